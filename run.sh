@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# One entry point that sets everything up, then runs:
+#   ./run.sh dry-run [ARGS]   a dry-run session against a simulated neuron (xdream dry-run ARGS)
+#   ./run.sh test [ARGS]      the test suite (pytest ARGS), PsychoPy windows under Xvfb
+#   ./run.sh xdream ARGS      any xdream command, inside the project's environment
+# Set-up is idempotent: a virtual environment in .venv, torch pinned to the
+# 2.13.0 CPU build (an unpinned torch pulls a multi-GB CUDA build), PsychoPy
+# and Xvfb only for the tests.
+set -euo pipefail
+cd "$(dirname "$0")"
+here=$(pwd)
+venv="$here/.venv"
+python=${PYTHON:-python3}
+
+ensure_venv() {  # $1: the project's extras
+  local extras=$1
+  local stamp="$venv/.xdream-installed-$(cat pyproject.toml | sha256sum | cut -c1-12)-${extras//,/-}"
+  [ -f "$stamp" ] && return 0
+  [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --upgrade pip
+  "$venv/bin/python" -m pip install -q "torch==2.13.0" -e ".[$extras]"
+  touch "$stamp"
+}
+
+ensure_xvfb() {
+  command -v Xvfb >/dev/null && return 0
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q xvfb xauth libgl1 libgl1-mesa-dri libglu1-mesa
+}
+
+# liblsl must never send multicast beyond this machine (tests and CI)
+export LSLAPICFG="$here/tests/lsl_api.cfg"
+
+cmd=${1:-}
+[ $# -gt 0 ] && shift
+case "$cmd" in
+  dry-run)
+    ensure_venv server
+    exec "$venv/bin/xdream" dry-run "$@" ;;
+  test)
+    ensure_venv server,present,test
+    ensure_xvfb
+    exec "$venv/bin/python" -m pytest "$@" ;;
+  xdream)
+    ensure_venv server,present
+    exec "$venv/bin/xdream" "$@" ;;
+  *)
+    sed -n '2,5p' "$0" | sed 's/^# //'
+    exit 2 ;;
+esac

@@ -1,0 +1,389 @@
+"""The evolution server: one asyncio loop, one ROUTER socket, peers as DEALERs.
+
+Tasks on the loop: the receiver (validates and dispatches every message), the
+heartbeat/liveness watcher, and the session itself (generation after
+generation).  Torch work runs in a one-thread executor, never on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import zmq
+import zmq.asyncio
+
+from server.generators import build_generator
+from server.journal import Journal
+from server.optimizers import Optimizer, build_optimizer
+from server.references import load_references
+from server.scheduler import BlockProgress, ScheduledBlock, Scheduler
+from xdream import protocol
+from xdream.errors import ProtocolError, SessionError
+from xdream.protocol import MsgType
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Peer:
+    routing_id: bytes
+    role: str
+    name: str
+    channels: int
+    last_seen: float
+    peer_id: str
+
+
+@dataclass
+class EvolutionThread:
+    name: str
+    channel: int
+    optimizer: Optimizer
+    generator: object
+    best_score: float = -math.inf
+
+
+class EvolutionServer:
+    def __init__(self, cfg, session_dir: Path):
+        self.cfg = cfg
+        self.journal = Journal(session_dir)
+        self.journal.save_config(cfg)
+        self.session_id = session_dir.name
+        self.peers: dict[bytes, Peer] = {}
+        self.progress: BlockProgress | None = None
+        self.past_blocks: dict[int, BlockProgress] = {}
+        self.endpoint = ""
+        self._changed = asyncio.Event()   # set whenever a report, count or peer arrives
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch")
+        self._seq = 0
+        self._n_peers = 0
+        size = cfg.presentation.image_size_px
+        root = np.random.SeedSequence(cfg.session.seed)
+        sched_seed, *thread_seeds = root.spawn(1 + len(cfg.threads))
+        generators: dict[tuple, object] = {}  # threads with the same generator config share one
+        self.threads = []
+        for tcfg, seed in zip(cfg.threads, thread_seeds):
+            key = (tcfg.generator.kind, tcfg.generator.weights, tcfg.generator.seed, tcfg.generator.device)
+            if key not in generators:
+                generators[key] = build_generator(tcfg.generator, size)
+            gen = generators[key]
+            rng = np.random.default_rng([tcfg.seed, *seed.generate_state(2)])
+            opt = build_optimizer(tcfg.optimizer, gen.code_shape, rng, tcfg.name)
+            self.threads.append(EvolutionThread(tcfg.name, tcfg.channel, opt, gen))
+        refs = load_references(cfg.reference.folder, cfg.reference.count, size)
+        for ref in refs:
+            self.journal.save_image_later(f"references/{ref.name}.png", ref.pixels)
+        self.scheduler = Scheduler(refs, np.random.default_rng(sched_seed), cfg.presentation.max_event_code,
+                                   cfg.presentation.shuffle)
+        self.journal.write("session_start", session=self.session_id,
+                           threads=[{"name": t.name, "channel": t.channel,
+                                     "device": str(t.generator.device),
+                                     "generator_sha256": t.generator.weights_sha256} for t in self.threads])
+
+    # ------------------------------------------------------------------ run
+    async def run(self, on_endpoint: Callable[[str], None] | None = None,
+                  on_generation: Callable[[int, list[dict]], None] | None = None) -> list[dict]:
+        ctx = zmq.asyncio.Context()
+        self.socket = ctx.socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.LINGER, 1000)
+        self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a gone peer raises, not vanishes
+        self.socket.bind(self.cfg.network.bind)
+        self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.journal.write("listening", endpoint=self.endpoint)
+        if on_endpoint:
+            on_endpoint(self.endpoint)
+        tasks = [asyncio.create_task(self._receive_loop(), name="receiver"),
+                 asyncio.create_task(self._heartbeat_loop(), name="heartbeats")]
+        reason = "finished"
+        try:
+            for generation in range(self.cfg.session.generations):
+                records = await self._run_generation(generation)
+                if on_generation:
+                    on_generation(generation, records)
+            return self.journal.summary
+        except BaseException as exc:
+            reason = f"stopped: {exc!r}"
+            raise
+        finally:
+            for peer in list(self.peers.values()):
+                await self._send(peer.routing_id, MsgType.END, protocol.End(reason))
+            self.journal.write("session_end", reason=reason)
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.socket.close(linger=1000)
+            ctx.term()
+            self._executor.shutdown(wait=True)
+            self.journal.close()
+
+    async def _run_generation(self, generation: int) -> list[dict]:
+        t0 = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        asked = {t.name: t.optimizer.ask() for t in self.threads}
+        images = await loop.run_in_executor(self._executor, self._generate, asked)
+        for t in self.threads:
+            self.journal.save_codes(generation, t.name, asked[t.name].ids, asked[t.name].codes)
+        block = self.scheduler.build_block(
+            generation, {name: (asked[name].ids, images[name]) for name in asked})
+        progress = await self._present(block)
+        records = []
+        for t in self.threads:
+            records.append(self._score_thread(t, progress, asked[t.name], images[t.name],
+                                              generation, time.perf_counter() - t0))
+        return records
+
+    def _generate(self, asked) -> dict[str, np.ndarray]:
+        return {t.name: t.generator.generate(asked[t.name].codes) for t in self.threads}
+
+    async def _present(self, block: ScheduledBlock) -> BlockProgress:
+        """Send one block and wait for its reports and counts (or the timeout)."""
+        await self._wait_for_peers()
+        self.journal.write("block", block_id=block.block_id, generation=block.generation,
+                           presentations=[{"pid": p.pid, "code": p.code, "kind": p.kind,
+                                           "thread": p.thread, "image_id": p.image_id}
+                                          for p in block.presentations])
+        progress = BlockProgress(block)
+        self.progress = progress
+        specs = [p.spec() for p in block.presentations]
+        # recorders first: the rig's first event code should find its block already known
+        peers = sorted(self.peers.values(), key=lambda peer: peer.role != "recorder")
+        for peer in peers:
+            if peer.role == "recorder":
+                await self._send(peer.routing_id, MsgType.BLOCK_INFO,
+                                 protocol.BlockInfo(block.block_id, block.generation, specs))
+            else:
+                await self._send(peer.routing_id, MsgType.BLOCK,
+                                 protocol.Block(block.block_id, block.generation, specs),
+                                 images=[p.image for p in block.presentations])
+        deadline = time.monotonic() + self.cfg.session.block_timeout_s
+        while not progress.complete():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                missing = progress.mark_missing("timeout")
+                log.error("block %d timed out after %.0f s: %d presentations missing",
+                          block.block_id, self.cfg.session.block_timeout_s, len(missing))
+                self.journal.write("missing", block_id=block.block_id, pids=missing, why="timeout")
+                break
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), timeout=min(left, 1.0))
+            except asyncio.TimeoutError:
+                pass
+        self.past_blocks[block.block_id] = progress
+        self.progress = None
+        return progress
+
+    def _score_thread(self, t: EvolutionThread, progress: BlockProgress, asked, images,
+                      generation: int, seconds: float) -> dict:
+        subtract = self.cfg.response.subtract_baseline
+        by_image: dict[str, list[float]] = {}
+        for p in progress.block.presentations:
+            by_image.setdefault(p.image_id, []).append(progress.response(p.pid, t.channel, subtract))
+        # a score is the mean over repeats that were measured; NaN if none was
+        scores = np.array([_nanmean(by_image.get(cid, [])) for cid in asked.ids])
+        refs = [_nanmean(v) for k, v in by_image.items() if k.startswith("ref/")]
+        t.optimizer.tell(asked.ids, scores)
+        self.journal.write("scores", generation=generation, thread=t.name, ids=asked.ids,
+                           scores=scores.tolist())
+        measured = scores[~np.isnan(scores)]
+        record = {"generation": generation, "thread": t.name,
+                  "mean": float(measured.mean()) if len(measured) else math.nan,
+                  "max": float(measured.max()) if len(measured) else math.nan,
+                  "ref_mean": _nanmean(refs), "n_missing": int(np.isnan(scores).sum()),
+                  "seconds": round(seconds, 3)}
+        if len(measured):
+            best = int(np.nanargmax(scores))
+            self.journal.save_image_later(f"best/gen{generation:03d}_{t.name}.png", images[best])
+            if scores[best] > t.best_score:
+                t.best_score = float(scores[best])
+                self.journal.save_image_later(f"best/best_{t.name}.png", images[best])
+                record["best_image"] = f"best/best_{t.name}.png"
+        self.journal.add_summary(record)
+        return record
+
+    async def _wait_for_peers(self) -> None:
+        deadline = time.monotonic() + self.cfg.session.wait_for_peers_s
+        warned = False
+        while not self._have_peers():
+            if time.monotonic() > deadline:
+                raise SessionError(f"no presenter and recorder connected within "
+                                   f"{self.cfg.session.wait_for_peers_s:.0f} s (server at {self.endpoint})")
+            if not warned:
+                log.info("waiting for a presenter and a recorder at %s", self.endpoint)
+                warned = True
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), timeout=1.0)
+            except asyncio.TimeoutError:
+                pass
+
+    def _have_peers(self) -> bool:
+        roles = {p.role for p in self.peers.values()}
+        return {"presenter", "recorder"} <= roles
+
+    # ---------------------------------------------------------- the wire
+    async def _send(self, routing_id: bytes, msg_type: MsgType, body, images=()) -> None:
+        self._seq += 1
+        frames = protocol.encode(msg_type, body, session=self.session_id, seq=self._seq, images=images)
+        try:
+            await self.socket.send_multipart([routing_id, *frames], copy=False)
+        except zmq.ZMQError as exc:  # EHOSTUNREACH: the peer is gone
+            log.warning("could not send %s to peer %r: %s", msg_type.value, routing_id, exc)
+
+    async def _receive_loop(self) -> None:
+        while True:
+            frames = await self.socket.recv_multipart(copy=False)
+            routing_id = frames[0].bytes
+            try:
+                msg = protocol.decode(frames[1:])
+                await self._dispatch(routing_id, msg)
+            except ProtocolError as exc:
+                await self._reject(routing_id, frames[1:], exc)
+            except Exception:  # a bug in a handler must not stop the session
+                log.exception("handler failed on a message from %r", routing_id)
+                self.journal.write("handler_error", peer=repr(routing_id))
+
+    async def _reject(self, routing_id: bytes, frames, exc: Exception) -> None:
+        peer = self.peers.get(routing_id)
+        who = peer.name if peer else repr(routing_id)
+        raw = _header_for_journal(frames)
+        log.error("rejected a message from %s: %s", who, exc)
+        self.journal.write("rejected", peer=who, reason=str(exc), header=raw)
+        ref = raw.get("seq", -1) if isinstance(raw, dict) else -1
+        await self._send(routing_id, MsgType.ERROR,
+                         protocol.Error(str(exc), ref if isinstance(ref, int) else -1))
+
+    async def _dispatch(self, routing_id: bytes, msg: protocol.Message) -> None:
+        if msg.type == MsgType.HELLO:
+            return await self._on_hello(routing_id, msg)
+        peer = self.peers.get(routing_id)
+        if peer is None:
+            raise ProtocolError(f"{msg.type.value} before hello: {protocol.HELLO_FIRST}")
+        if msg.session != self.session_id:
+            raise ProtocolError(f"message for session {msg.session!r}, this is {self.session_id!r}")
+        peer.last_seen = time.monotonic()
+        handler = {
+            MsgType.HEARTBEAT: self._on_heartbeat,
+            MsgType.SHOWN: self._on_shown,
+            MsgType.COUNTS: self._on_counts,
+            MsgType.BYE: self._on_bye,
+        }.get(msg.type)
+        if handler is None:
+            raise ProtocolError(f"a {peer.role} may not send {msg.type.value}")
+        if msg.type in (MsgType.SHOWN, MsgType.COUNTS) and peer.role != _SENDER_ROLE[msg.type]:
+            raise ProtocolError(f"a {peer.role} may not send {msg.type.value}")
+        await handler(peer, msg)
+
+    async def _on_hello(self, routing_id: bytes, msg: protocol.Message) -> None:
+        hello: protocol.Hello = msg.body
+        for old_id, old in list(self.peers.items()):
+            if old.name == hello.name and old_id != routing_id:
+                log.warning("peer %s reconnected; dropping its old connection", hello.name)
+                del self.peers[old_id]
+        self._n_peers += 1
+        peer = Peer(routing_id, hello.role, hello.name, hello.channels, time.monotonic(),
+                    f"{hello.role}-{self._n_peers}")
+        self.peers[routing_id] = peer
+        self.journal.write("peer_joined", peer=hello.name, role=hello.role, channels=hello.channels)
+        log.info("%s %s joined", hello.role, hello.name)
+        net = self.cfg.network
+        await self._send(routing_id, MsgType.WELCOME,
+                         protocol.Welcome(peer.peer_id, net.heartbeat_s, net.peer_timeout_s,
+                                          self._settings_for(hello.role)))
+        if self.progress is not None and hello.role == "recorder":
+            # a recorder that joins mid-block still needs to know what is on screen
+            block = self.progress.block
+            await self._send(routing_id, MsgType.BLOCK_INFO, protocol.BlockInfo(
+                block.block_id, block.generation, [p.spec() for p in block.presentations]))
+        self._changed.set()
+
+    def _settings_for(self, role: str) -> dict:
+        if role == "presenter":
+            return {k: v for k, v in asdict(self.cfg.presentation).items()}
+        return {k: v for k, v in asdict(self.cfg.response).items()}
+
+    async def _on_heartbeat(self, peer: Peer, msg: protocol.Message) -> None:
+        pass
+
+    async def _on_bye(self, peer: Peer, msg: protocol.Message) -> None:
+        self._drop_peer(peer, f"said bye: {msg.body.reason}")
+
+    async def _on_shown(self, peer: Peer, msg: protocol.Message) -> None:
+        await self._record(peer, msg, "shown", lambda progress: progress.record_shown(msg.body))
+
+    async def _on_counts(self, peer: Peer, msg: protocol.Message) -> None:
+        needed = max(t.channel for t in self.threads) + 1
+        if msg.body.status == "ok" and len(msg.body.counts) < needed:
+            raise ProtocolError(f"counts for {msg.body.pid} have {len(msg.body.counts)} channels, "
+                                f"the threads need {needed}")
+        await self._record(peer, msg, "counts", lambda progress: progress.record_counts(msg.body))
+
+    async def _record(self, peer: Peer, msg: protocol.Message, kind: str, record) -> None:
+        """Journal first, then acknowledge: an acked report is always on disk."""
+        body = msg.body
+        progress = self.progress if self.progress and self.progress.block.block_id == body.block_id \
+            else self.past_blocks.get(body.block_id)
+        if progress is None:
+            raise ProtocolError(f"{kind} for block {body.block_id}, which this session never sent")
+        if progress is not self.progress:
+            # late: the block was closed without it; keep it on the journal all the same
+            self.journal.write(f"late_{kind}", peer=peer.name, **asdict(body))
+            log.warning("late %s for %s (block %d already closed)", kind, body.pid, body.block_id)
+        elif record(progress):
+            self.journal.write(kind, peer=peer.name, **asdict(body))
+        await self._send(peer.routing_id, MsgType.ACK, protocol.Ack(msg.seq))
+        self._changed.set()
+
+    # ----------------------------------------------------------- liveness
+    async def _heartbeat_loop(self) -> None:
+        net = self.cfg.network
+        while True:
+            await asyncio.sleep(net.heartbeat_s)
+            now = time.monotonic()
+            for peer in list(self.peers.values()):
+                if now - peer.last_seen > net.peer_timeout_s:
+                    self._drop_peer(peer, f"silent for {now - peer.last_seen:.1f} s "
+                                          f"(timeout {net.peer_timeout_s:.1f} s)")
+                else:
+                    await self._send(peer.routing_id, MsgType.HEARTBEAT, protocol.Heartbeat())
+
+    def _drop_peer(self, peer: Peer, why: str) -> None:
+        if self.peers.pop(peer.routing_id, None) is None:
+            return
+        log.error("%s %s lost: %s", peer.role, peer.name, why)
+        self.journal.write("peer_lost", peer=peer.name, role=peer.role, why=why)
+        progress = self.progress
+        if progress is not None and not any(p.role == peer.role for p in self.peers.values()):
+            # nobody left to report the rest of this block: close it as missing now
+            missing = progress.mark_missing(f"{peer.role} {peer.name} lost")
+            if missing:
+                self.journal.write("missing", block_id=progress.block.block_id, pids=missing,
+                                   why=f"{peer.role} {peer.name} lost")
+        self._changed.set()
+
+
+_SENDER_ROLE = {MsgType.SHOWN: "presenter", MsgType.COUNTS: "recorder"}
+
+
+def _nanmean(values) -> float:
+    values = [v for v in values if not math.isnan(v)]
+    return float(np.mean(values)) if values else math.nan
+
+
+def _header_for_journal(frames) -> dict | str:
+    """What can be read of a rejected message, so that nothing sent is lost."""
+    import msgpack
+    try:
+        raw = frames[0].bytes if hasattr(frames[0], "bytes") else bytes(frames[0])
+        header = msgpack.unpackb(raw[:protocol.MAX_HEADER_BYTES], raw=False, strict_map_key=False)
+        return header if isinstance(header, dict) else repr(header)[:2000]
+    except Exception:
+        return repr(frames[0])[:200] if frames else ""

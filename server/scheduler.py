@@ -1,0 +1,152 @@
+"""Blocks: what the presenter gets at once, and how far each one has got.
+
+A block holds the generated images of every thread plus the reference images,
+shuffled, each with a presentation id and an event code.  `BlockProgress`
+collects the presenter's reports and the recorder's counts and says when the
+block is complete.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from server.references import ReferenceImage
+from xdream import protocol
+from xdream.errors import ProtocolError
+
+
+@dataclass(frozen=True)
+class Presentation:
+    pid: str
+    code: int
+    kind: str            # 'generated' | 'reference'
+    thread: str          # thread name; '' for references
+    image_id: str        # candidate id, or 'ref/<name>'
+    image: np.ndarray = field(repr=False)
+
+    def spec(self) -> protocol.PresentationSpec:
+        h, w, _ = self.image.shape
+        return protocol.PresentationSpec(self.pid, self.code, self.image_id, h, w)
+
+
+@dataclass(frozen=True)
+class ScheduledBlock:
+    block_id: int
+    generation: int
+    presentations: list[Presentation]
+
+
+class Scheduler:
+    """Builds blocks; event codes run 1..max_code and wrap, never 0."""
+
+    def __init__(self, references: list[ReferenceImage], rng: np.random.Generator,
+                 max_event_code: int = 255, shuffle: bool = True):
+        self.references = references
+        self.rng = rng
+        self.max_event_code = max_event_code
+        self.shuffle = shuffle
+        self.next_block_id = 0
+        self._next_code = 1
+
+    def build_block(self, generation: int, threads: dict[str, tuple[list[str], np.ndarray]]) -> ScheduledBlock:
+        """`threads` maps a thread name to its candidate ids and their images."""
+        items = [("generated", name, cid, img)
+                 for name, (ids, images) in threads.items() for cid, img in zip(ids, images)]
+        items += [("reference", "", f"ref/{ref.name}", ref.pixels) for ref in self.references]
+        if len(items) > self.max_event_code:
+            raise ValueError(f"a block of {len(items)} needs more than {self.max_event_code} event codes")
+        order = self.rng.permutation(len(items)) if self.shuffle else np.arange(len(items))
+        block_id = self.next_block_id
+        self.next_block_id += 1
+        presentations = []
+        for i, k in enumerate(order):
+            kind, thread, image_id, image = items[k]
+            presentations.append(Presentation(f"b{block_id:04d}-{i:03d}", self._take_code(),
+                                              kind, thread, image_id, image))
+        return ScheduledBlock(block_id, generation, presentations)
+
+    def _take_code(self) -> int:
+        code = self._next_code
+        self._next_code = code % self.max_event_code + 1
+        return code
+
+
+class BlockProgress:
+    """Reports and counts of one block, checked as they arrive."""
+
+    def __init__(self, block: ScheduledBlock):
+        self.block = block
+        self.by_pid = {p.pid: p for p in block.presentations}
+        self.shown: dict[str, protocol.Shown] = {}
+        self.counts: dict[str, protocol.Counts] = {}
+        self.missing: dict[str, str] = {}   # pid -> why
+
+    def record_shown(self, report: protocol.Shown) -> bool:
+        """True if new; False for an identical repeat (a resend after reconnect)."""
+        self._check(report.block_id, report.pid)
+        old = self.shown.get(report.pid)
+        if old is not None:
+            if old != report:
+                raise ProtocolError(f"presentation {report.pid} was already reported as {old.status}")
+            return False
+        self.shown[report.pid] = report
+        return True
+
+    def record_counts(self, counts: protocol.Counts) -> bool:
+        self._check(counts.block_id, counts.pid)
+        old = self.counts.get(counts.pid)
+        if old is not None:
+            if old != counts:
+                raise ProtocolError(f"counts for {counts.pid} were already reported")
+            return False
+        self.counts[counts.pid] = counts
+        return True
+
+    def _check(self, block_id: int, pid: str) -> None:
+        if block_id != self.block.block_id:
+            raise ProtocolError(f"report for block {block_id}, but block {self.block.block_id} is running")
+        if pid not in self.by_pid:
+            raise ProtocolError(f"unknown presentation id {pid!r} in block {block_id}")
+
+    def outstanding(self) -> list[str]:
+        """Pids still waiting: for the presenter's report, or, if shown, for counts."""
+        waiting = []
+        for pid in self.by_pid:
+            if pid in self.missing:
+                continue
+            report = self.shown.get(pid)
+            if report is None or (report.status == "shown" and pid not in self.counts):
+                waiting.append(pid)
+        return waiting
+
+    def complete(self) -> bool:
+        return not self.outstanding()
+
+    def mark_missing(self, why: str) -> list[str]:
+        pids = self.outstanding()
+        for pid in pids:
+            self.missing[pid] = why
+        return pids
+
+    def status(self, pid: str) -> str:
+        if pid in self.shown:
+            if self.shown[pid].status == "aborted":
+                return "aborted"
+            counts = self.counts.get(pid)
+            return "shown" if counts is not None and counts.status == "ok" else "missing"
+        return "missing"
+
+    def response(self, pid: str, channel: int, subtract_baseline: bool) -> float:
+        """Spike count of one presentation on one channel; NaN when not measured."""
+        if self.status(pid) != "shown":
+            return math.nan
+        counts = self.counts[pid]
+        if channel >= len(counts.counts):
+            return math.nan
+        value = counts.counts[channel]
+        if subtract_baseline and channel < len(counts.baseline):
+            value -= counts.baseline[channel]
+        return float(value)

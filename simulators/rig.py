@@ -1,0 +1,125 @@
+"""A simulated rig: watches the screen (the presenter's screen tap), records
+an event code at each onset, and fires Poisson spikes from ConvNet units.
+
+Its clock is the presenter's frame count times the nominal frame period, so
+the timeline is that of a paced display even under Xvfb.  Spike trains are
+drawn deterministically: a presentation's driven spikes from (seed, onset
+number), baseline spikes from (seed, 100 ms bin), so a seeded session gives
+the same counts however the processes are scheduled.
+
+In-process source for the recorder (RigEvents); real rig wire formats are the
+adapters' issue.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import zmq
+
+from recording_adapters.events import RigEvents
+from simulators.neuron import ConvNetUnits
+from xdream import protocol
+from xdream.errors import ProtocolError
+from xdream.protocol import MsgType
+
+log = logging.getLogger(__name__)
+
+BIN_S = 0.1           # baseline spikes are drawn per bin of rig time
+IDLE_GAP_S = 0.5      # rig time that passes when the screen goes idle between blocks
+
+
+class SimulatedRig:
+    def __init__(self, cfg, bind: str = "tcp://127.0.0.1:0", context: zmq.Context | None = None):
+        self.cfg = cfg
+        self.units = ConvNetUnits(cfg, cfg.device)
+        self.channels = self.units.channels
+        self.socket = (context or zmq.Context.instance()).socket(zmq.PULL)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.bind(bind)
+        self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.latency = cfg.latency_ms / 1000.0
+        self.duration = cfg.duration_ms / 1000.0
+        self.onsets = 0
+        self._offset = 0.0          # added to presenter frame time: keeps rig time monotonic
+        self._last_t = -math.inf
+        self._baseline_bins = 0     # bins [0, n) of baseline spikes already drawn
+        self._watermark = 0.0
+        self.seen: list[tuple[int, np.ndarray]] = []  # (code, RF view) kept for tests, if enabled
+        self.keep_views = False
+
+    def poll(self, timeout_s: float) -> RigEvents:
+        frames = []
+        if self.socket.poll(int(timeout_s * 1000)):
+            while self.socket.poll(0):
+                try:
+                    frames.append(protocol.decode(self.socket.recv_multipart(copy=False)))
+                except ProtocolError as exc:
+                    log.error("dropped a malformed screen frame: %s", exc)
+        events = RigEvents()
+        onsets = [m for m in frames if m.type == MsgType.SCREEN_FRAME and m.body.code != 0]
+        if onsets:
+            self._fire(onsets, events)
+        for m in frames:
+            if m.type == MsgType.SCREEN_FRAME and m.body.code == 0:  # screen idle: the clock runs on
+                t = self._rig_time(m.body)
+                self._watermark = max(self._watermark, t + IDLE_GAP_S)
+                self._last_t = self._watermark
+        self._draw_baseline(self._watermark, events)
+        # counts are final only where baseline spikes have been drawn too
+        events.watermark = min(self._watermark, self._baseline_bins * BIN_S)
+        return events
+
+    def _rig_time(self, body: protocol.ScreenFrame) -> float:
+        t = body.frame_index * body.frame_period + self._offset
+        if t < self._last_t - 1e-9:  # a restarted presenter or an idle gap: shift, never go back
+            self._offset += self._last_t - t
+            t = self._last_t
+        self._last_t = t
+        return t
+
+    def _fire(self, onsets, events: RigEvents) -> None:
+        views = np.stack([self._receptive_field(m.images()[0]) for m in onsets])
+        rates = self.units.rates(views)
+        times, chans = [], []
+        for m, view, rate in zip(onsets, views, rates):
+            t = self._rig_time(m.body)
+            events.codes.append((t, m.body.code))
+            rng = np.random.default_rng([self.cfg.seed, 1, self.onsets])
+            self.onsets += 1
+            counts = rng.poisson(rate * self.duration)
+            for ch, k in enumerate(counts):
+                times.append(t + self.latency + rng.random(k) * self.duration)
+                chans.append(np.full(k, ch))
+            if self.keep_views:
+                self.seen.append((m.body.code, view))
+            # responses of later onsets start after their own latency: all before this is final
+            self._watermark = max(self._watermark, t + self.latency)
+        events.spike_times = np.concatenate(times)
+        events.spike_channels = np.concatenate(chans)
+
+    def _receptive_field(self, frame: np.ndarray) -> np.ndarray:
+        h, w, _ = frame.shape
+        s = min(self.cfg.rf_size_px, h, w)
+        top, left = (h - s) // 2, (w - s) // 2
+        return frame[top:top + s, left:left + s]
+
+    def _draw_baseline(self, until: float, events: RigEvents) -> None:
+        n_bins = int(until / BIN_S)
+        if n_bins <= self._baseline_bins:
+            return
+        times, chans = [events.spike_times], [events.spike_channels]
+        for b in range(self._baseline_bins, n_bins):
+            rng = np.random.default_rng([self.cfg.seed, 2, b])
+            for ch in range(self.channels):
+                k = rng.poisson(self.cfg.baseline_hz * BIN_S)
+                times.append((b + rng.random(k)) * BIN_S)
+                chans.append(np.full(k, ch))
+        self._baseline_bins = n_bins
+        events.spike_times = np.concatenate(times)
+        events.spike_channels = np.concatenate(chans).astype(int)
+
+    def close(self) -> None:
+        self.socket.close()

@@ -1,0 +1,106 @@
+"""The whole loop as separate OS processes on 127.0.0.1: `xdream dry-run`."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import small_config
+from xdream import config as config_mod
+
+
+def dry_run(args, out: Path, timeout=300):
+    result = subprocess.run([sys.executable, "-m", "xdream.cli", "dry-run", "--out", str(out), *args],
+                            capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout + result.stderr
+    folders = list(out.iterdir())
+    assert len(folders) == 1
+    return result.stdout, folders[0]
+
+
+def journal(folder):
+    return [json.loads(line) for line in (folder / "journal.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    """The embedded default config (two threads, two units), 15 generations."""
+    return dry_run(["--generations", "15"], tmp_path_factory.mktemp("default"))
+
+
+def test_simulated_neuron_response_to_generated_images_rises(default_run):
+    _, folder = default_run
+    scores = {}
+    for r in journal(folder):
+        if r["kind"] == "scores":
+            scores.setdefault(r["thread"], []).append(r["scores"])
+    for thread in ("a", "b"):
+        assert len(scores[thread]) == 15
+        first = np.array(scores[thread][:3], dtype=float).ravel()
+        last = np.array(scores[thread][-3:], dtype=float).ravel()
+        # a rise far beyond the Poisson noise: Welch's t over 60 images a side, and 25% at least
+        t = (last.mean() - first.mean()) / np.sqrt(last.var(ddof=1) / last.size + first.var(ddof=1) / first.size)
+        assert t > 4 and last.mean() > 1.25 * first.mean(), f"thread {thread}: {first.mean()} -> {last.mean()}"
+    summary = json.loads((folder / "summary.json").read_text())
+    # the reference images are not evolved: the neuron's response to them stays low
+    a = [r for r in summary if r["thread"] == "a"]
+    assert np.mean([r["ref_mean"] for r in a[-3:]]) < 0.5 * np.mean([r["mean"] for r in a[-3:]])
+
+
+def test_progress_lines_and_where_the_results_are(default_run):
+    stdout, folder = default_run
+    lines = [line for line in stdout.splitlines() if line.startswith("gen ")]
+    assert len(lines) == 15 and "a: mean" in lines[0] and "b: mean" in lines[0] and "ref" in lines[0]
+    assert f"done: session folder {folder}" in stdout
+    for thread in ("a", "b"):
+        assert f"best image of thread {thread}" in stdout
+        assert (folder / "best" / f"best_{thread}.png").is_file()
+    assert len(list((folder / "best").glob("gen*_a.png"))) == 15
+    assert len(list((folder / "codes").glob("gen*.npz"))) == 30
+    saved = config_mod.load(folder / "config.json")
+    assert saved.session.generations == 15 and saved.session.seed == 0
+
+
+def test_journal_holds_every_presentation(default_run):
+    _, folder = default_run
+    records = journal(folder)
+    blocks = [r for r in records if r["kind"] == "block"]
+    assert len(blocks) == 15
+    sent = [p["pid"] for b in blocks for p in b["presentations"]]
+    assert len(sent) == 15 * 48 and len(set(sent)) == len(sent)
+    shown = [r["pid"] for r in records if r["kind"] == "shown"]
+    counted = [r["pid"] for r in records if r["kind"] == "counts"]
+    assert sorted(shown) == sorted(sent) and sorted(counted) == sorted(sent)
+    assert not [r for r in records if r["kind"] in ("missing", "rejected", "late_counts", "late_shown")]
+    codes = np.load(sorted((folder / "codes").glob("gen014_a.npz"))[0])
+    assert codes["codes"].shape == (20, 4096)
+
+
+def test_same_seed_same_session(tmp_path, default_run):
+    """Seeded end to end: a second run gives the same scores (first generations)."""
+    _, folder = default_run
+    _, again = dry_run(["--generations", "3"], tmp_path)
+    first = [r for r in journal(folder) if r["kind"] == "scores"][:6]
+    second = [r for r in journal(again) if r["kind"] == "scores"]
+    assert [r["scores"] for r in first] == [r["scores"] for r in second]
+
+
+@pytest.mark.window
+def test_neuron_sees_the_frame_psychopy_drew(tmp_path, display):
+    """A real PsychoPy window under Xvfb; the simulated rig's eye is the back
+    buffer.  The headless presenter composes its frame from the arrays sent,
+    so equal scores mean the drawn frames equalled the sent images pixel for
+    pixel (any flip, colour swap or rescale would change the unit's response)."""
+    cfg = small_config(tmp_path, generations=2)
+    cfg.simulator.rf_size_px = 128
+    path = tmp_path / "small.json"
+    config_mod.save_json(cfg, path)
+    _, window = dry_run([str(path), "--window"], tmp_path / "window")
+    _, headless = dry_run([str(path)], tmp_path / "headless")
+    w = [r["scores"] for r in journal(window) if r["kind"] == "scores"]
+    h = [r["scores"] for r in journal(headless) if r["kind"] == "scores"]
+    assert len(w) == 2 and w == h
+    assert all(s is not None for gen in w for s in gen)

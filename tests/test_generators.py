@@ -1,0 +1,77 @@
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+
+from server.generators import DeePSiMFc6, DeepSimGenerator
+from xdream.errors import GeneratorError
+
+
+@pytest.fixture(scope="module")
+def gen():
+    return DeepSimGenerator(seed=0, device="cpu", image_size=256)
+
+
+def test_output_shape_dtype_and_range(gen):
+    codes = np.random.default_rng(0).normal(size=(3, 4096))
+    images = gen.generate(codes)
+    assert images.shape == (3, 256, 256, 3) and images.dtype == np.uint8
+    # a usable stimulus: real contrast, little clipping
+    assert 30 < images.std() < 90
+    assert (images == 0).mean() < 0.1 and (images == 255).mean() < 0.1
+
+
+def test_same_seed_same_images_and_codes_matter(gen):
+    codes = np.random.default_rng(1).normal(size=(2, 4096))
+    again = DeepSimGenerator(seed=0, device="cpu").generate(codes)
+    np.testing.assert_array_equal(gen.generate(codes), again)
+    assert np.abs(again[0].astype(int) - again[1]).mean() > 5
+
+
+def test_architecture_matches_deepsim_fc6():
+    net = DeePSiMFc6()
+    assert sum(p.numel() for p in net.parameters()) > 50e6   # about 56 M parameters
+    out = net(torch.zeros(1, 4096))
+    assert out.shape == (1, 3, 256, 256)
+
+
+def test_bgr_mean_subtracted_output_becomes_rgb(gen, monkeypatch):
+    # a net that outputs B=+50, G=0, R=-50 (BGR order, mean-subtracted)
+    fake = torch.zeros(1, 3, 256, 256)
+    fake[:, 0], fake[:, 2] = 50.0, -50.0
+    monkeypatch.setattr(gen, "net", lambda x: fake.expand(len(x), -1, -1, -1))
+    rgb = gen.generate(np.zeros((1, 4096)))[0, 0, 0]
+    assert tuple(rgb) == (123 - 50, 117, 104 + 50)
+
+
+def test_resizes_to_the_stimulus_size():
+    small = DeepSimGenerator(seed=0, device="cpu", image_size=64)
+    assert small.generate(np.zeros((1, 4096))).shape == (1, 64, 64, 3)
+
+
+def test_weights_load_with_checksum(tmp_path):
+    net = DeePSiMFc6()
+    path = tmp_path / "fc6.pt"
+    torch.save(net.state_dict(), path)
+    loaded = DeepSimGenerator(weights=str(path), device="cpu")
+    assert loaded.weights_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    torch.testing.assert_close(loaded.net.defc7.weight, net.defc7.weight)
+
+
+def test_weight_shape_mismatch_names_the_layer(tmp_path):
+    state = DeePSiMFc6().state_dict()
+    state["deconv3.weight"] = torch.zeros(256, 64, 4, 4)
+    path = tmp_path / "bad.pt"
+    torch.save(state, path)
+    with pytest.raises(GeneratorError, match=r"deconv3.weight has shape \(256, 64, 4, 4\), expected \(256, 128, 4, 4\)"):
+        DeepSimGenerator(weights=str(path), device="cpu")
+
+
+def test_not_a_state_dict_is_a_clear_error(tmp_path):
+    path = tmp_path / "junk.pt"
+    path.write_bytes(b"not a torch file")
+    with pytest.raises(GeneratorError, match="not a torch state dict"):
+        DeepSimGenerator(weights=str(path), device="cpu")
+    with pytest.raises(GeneratorError, match="cannot read"):
+        DeepSimGenerator(weights=str(tmp_path / "absent.pt"), device="cpu")

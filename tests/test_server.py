@@ -1,0 +1,153 @@
+"""The server against hand-driven peers on real ZeroMQ sockets: bad input of
+every kind gets an ERROR reply and a journal line, and the session goes on."""
+
+import asyncio
+import json
+import math
+
+import pytest
+import zmq
+import zmq.asyncio
+
+from server.app import EvolutionServer
+from tests.conftest import small_config
+from xdream import protocol
+from xdream.protocol import MsgType
+
+
+class FakePeer:
+    def __init__(self, ctx, endpoint, role, name, channels=0):
+        self.sock = ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoint)
+        self.hello = protocol.Hello(role, name, channels)
+        self.session = ""
+        self.seq = 0
+        self.inbox = []
+
+    async def send(self, msg_type, body, images=()):
+        self.seq += 1
+        await self.sock.send_multipart(protocol.encode(msg_type, body, session=self.session, seq=self.seq,
+                                                       images=images))
+        return self.seq
+
+    async def expect(self, msg_type, timeout=10.0):
+        """Next message of this type; heartbeats and others are kept in the inbox."""
+        async def wait():
+            while True:
+                msg = protocol.decode(await self.sock.recv_multipart())
+                if msg.type == msg_type:
+                    return msg
+                self.inbox.append(msg)
+        return await asyncio.wait_for(wait(), timeout)
+
+    async def join(self):
+        await self.send(MsgType.HELLO, self.hello)
+        welcome = await self.expect(MsgType.WELCOME)
+        self.session = welcome.session
+        return welcome
+
+
+async def keep_alive(peer, period=0.2):
+    while True:
+        await peer.send(MsgType.HEARTBEAT, protocol.Heartbeat())
+        await asyncio.sleep(period)
+
+
+def journal(folder):
+    return [json.loads(line) for line in (folder / "journal.jsonl").read_text().splitlines()]
+
+
+async def test_bad_input_is_rejected_and_a_vanished_presenter_does_not_stop_the_session(tmp_path):
+    cfg = small_config(tmp_path, generations=1)
+    cfg.network.peer_timeout_s = 2.0
+    cfg.threads[0].channel = 1   # so that counts need two channels
+    folder = tmp_path / "session"
+    server = EvolutionServer(cfg, folder)
+    endpoint = asyncio.get_running_loop().create_future()
+    run = asyncio.create_task(server.run(on_endpoint=endpoint.set_result))
+    ctx = zmq.asyncio.Context()
+    try:
+        ep = await asyncio.wait_for(endpoint, 10)
+        pres = FakePeer(ctx, ep, "presenter", "pres")
+        rec = FakePeer(ctx, ep, "recorder", "rec", channels=2)
+
+        # garbage before any hello: an error reply, not a crash
+        await pres.sock.send_multipart([b"\x00garbage"])
+        assert "not valid msgpack" in (await pres.expect(MsgType.ERROR)).body.reason
+        await pres.send(MsgType.HEARTBEAT, protocol.Heartbeat())
+        assert "say hello first" in (await pres.expect(MsgType.ERROR)).body.reason
+
+        welcome = await rec.join()
+        assert welcome.body.settings["window_ms"] == [50.0, 200.0]
+        alive = asyncio.create_task(keep_alive(rec))
+        assert (await pres.join()).body.settings["on_ms"] == 100.0
+        info = await rec.expect(MsgType.BLOCK_INFO)
+        block = await pres.expect(MsgType.BLOCK)
+        assert [p.pid for p in block.body.presentations] == [p.pid for p in info.body.presentations]
+        assert len(block.images()) == 8 and block.images()[0].shape == (64, 64, 3)
+        pids = [p.pid for p in block.body.presentations]
+        withheld = [p.pid for p in block.body.presentations if p.image_id.startswith("a/")][-1]
+        bid = block.body.block_id
+
+        bad = [
+            (pres, MsgType.SHOWN, protocol.Shown(bid, "b9999-000", "shown", 1.0, 6), "unknown presentation id"),
+            (rec, MsgType.COUNTS, protocol.Counts(bid, pids[0], "ok", [math.nan, 1.0]), "not finite"),
+            (rec, MsgType.COUNTS, protocol.Counts(bid, pids[0], "ok", [-1.0, 1.0]), "not finite"),
+            (rec, MsgType.COUNTS, protocol.Counts(bid, pids[0], "ok", [1.0]), "the threads need"),
+            (pres, MsgType.COUNTS, protocol.Counts(bid, pids[0], "ok", [1.0, 1.0]), "a presenter may not"),
+            (pres, MsgType.SHOWN, protocol.Shown(bid + 7, pids[0], "shown", 1.0, 6), "never sent"),
+        ]
+        for peer, msg_type, body, reason in bad:
+            seq = await peer.send(msg_type, body)
+            err = await peer.expect(MsgType.ERROR)
+            assert reason in err.body.reason and err.body.ref_seq == seq
+
+        # good reports for all but one generated presentation, each acknowledged
+        for i, pid in enumerate(p for p in pids if p != withheld):
+            seq = await pres.send(MsgType.SHOWN, protocol.Shown(bid, pid, "shown", float(i), 6))
+            assert (await pres.expect(MsgType.ACK)).body.ref_seq == seq
+            seq = await rec.send(MsgType.COUNTS, protocol.Counts(bid, pid, "ok", [float(i), 1.0], [0.0, 0.0]))
+            assert (await rec.expect(MsgType.ACK)).body.ref_seq == seq
+        # an identical resend (after a reconnect, say) is acknowledged again, not double-counted
+        seq = await pres.send(MsgType.SHOWN, protocol.Shown(bid, pids[0], "shown", 0.0, 6))
+        assert (await pres.expect(MsgType.ACK)).body.ref_seq == seq
+
+        # the presenter vanishes mid-block: the server declares it lost and closes the block
+        pres.sock.close()
+        summary = await asyncio.wait_for(run, 20)
+        alive.cancel()
+    finally:
+        if not run.done():
+            run.cancel()
+        ctx.destroy(linger=0)
+
+    assert summary[0]["n_missing"] == 1
+    records = journal(folder)
+    kinds = [r["kind"] for r in records]
+    assert kinds.count("rejected") == 8
+    assert kinds.count("shown") == len(pids) - 1 and kinds.count("counts") == len(pids) - 1
+    lost = [r for r in records if r["kind"] == "peer_lost"]
+    assert lost and lost[0]["peer"] == "pres" and "silent" in lost[0]["why"]
+    missing = [r for r in records if r["kind"] == "missing"]
+    assert missing[0]["pids"] == [withheld]
+    scores = [r for r in records if r["kind"] == "scores"][0]
+    assert sum(s is None for s in scores["scores"]) == 1   # NaN journaled as null, never 0
+    assert kinds[-1] == "session_end"
+
+
+async def test_no_peers_is_a_clear_session_error(tmp_path):
+    from xdream.errors import SessionError
+    cfg = small_config(tmp_path, generations=1, wait_for_peers_s=0.5)
+    server = EvolutionServer(cfg, tmp_path / "s")
+    with pytest.raises(SessionError, match="no presenter and recorder connected"):
+        await asyncio.wait_for(server.run(), 10)
+    assert journal(tmp_path / "s")[-1]["kind"] == "session_end"
+
+
+def test_session_folder_is_never_overwritten(tmp_path):
+    from xdream.errors import SessionError
+    cfg = small_config(tmp_path)
+    (tmp_path / "s").mkdir()
+    with pytest.raises(SessionError, match="exists already"):
+        EvolutionServer(cfg, tmp_path / "s")

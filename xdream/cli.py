@@ -1,0 +1,185 @@
+"""The `xdream` command line.
+
+    xdream dry-run                       the whole loop against a simulated neuron
+    xdream serve CONFIG                  the evolution server
+    xdream present --server ENDPOINT     the PsychoPy presentation client
+    xdream record --server ENDPOINT ...  the recorder peer
+
+Each role imports only what it needs: `present` never imports torch, and
+`record` imports torch only to simulate a rig.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from xdream import config as config_mod
+from xdream.errors import XdreamError
+
+log = logging.getLogger("xdream")
+
+LISTENING = "server listening on "
+SESSION_FOLDER = "session folder: "
+SCREEN_TAP = "screen tap on "
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose >= 2 else logging.INFO if args.verbose else logging.WARNING,
+                        format=f"%(asctime)s {args.command:>7} %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    try:
+        return args.func(args)
+    except XdreamError as exc:
+        log.error("%s", exc)
+        print(f"xdream {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="xdream", description="Closed-loop image evolution for visual neurons.")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="-v: info, -vv: debug log lines")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("dry-run", help="run server, presenter and a simulated rig+recorder as separate "
+                                       "processes on 127.0.0.1, on the embedded default config")
+    d.add_argument("config", nargs="?", help="config file (TOML/JSON); default: the embedded one")
+    d.add_argument("--generations", type=int, help="override session.generations")
+    d.add_argument("--out", help="override session.out_dir (where the session folder goes)")
+    d.add_argument("--window", action="store_true",
+                   help="present in a real PsychoPy window (needs a display) instead of headless")
+    d.add_argument("--timeout", type=float, default=1800.0, help="give up after this many seconds")
+    d.set_defaults(func=_cmd_dry_run)
+
+    s = sub.add_parser("serve", help="the evolution server: binds a ROUTER socket and runs the session")
+    s.add_argument("config", help="config file (TOML, or a session's config.json); 'default' for the embedded one")
+    s.add_argument("--generations", type=int, help="override session.generations")
+    s.add_argument("--out", help="override session.out_dir")
+    s.add_argument("--bind", help="override network.bind, e.g. tcp://0.0.0.0:5555 for peers on other PCs")
+    s.set_defaults(func=_cmd_serve)
+
+    pr = sub.add_parser("present", help="the presentation client (PsychoPy; needs no torch)")
+    pr.add_argument("--server", required=True, help="the server's endpoint, e.g. tcp://192.168.1.10:5555")
+    pr.add_argument("--headless", action="store_true",
+                    help="no window: timestamp frames without drawing (for machines with no display)")
+    pr.add_argument("--fullscreen", action="store_true", help="open the window full screen")
+    pr.add_argument("--window-size", type=int, nargs=2, default=[800, 600], metavar=("W", "H"),
+                    help="window size in pixels (default 800 600)")
+    pr.add_argument("--frame-rate", type=float, default=60.0,
+                    help="the monitor's refresh rate in Hz; durations are counted in its frames (default 60)")
+    pr.add_argument("--screen-tap", help="send each onset frame as drawn to a simulated rig at this endpoint")
+    pr.add_argument("--name", default="presenter", help="this peer's name in the journal")
+    pr.set_defaults(func=_cmd_present)
+
+    r = sub.add_parser("record", help="the recorder peer: rig events in, spike counts per presentation out")
+    r.add_argument("--server", required=True, help="the server's endpoint")
+    r.add_argument("--simulate", metavar="CONFIG",
+                   help="simulate the rig with ConvNet units from CONFIG's [simulator] ('default' for the "
+                        "embedded config); it listens for the presenter's --screen-tap")
+    r.add_argument("--tap-bind", default="tcp://127.0.0.1:0", help="where the simulated rig listens")
+    r.add_argument("--name", default="recorder", help="this peer's name in the journal")
+    r.set_defaults(func=_cmd_record)
+    return p
+
+
+def _load(path: str | None) -> config_mod.Config:
+    return config_mod.load(None if path in (None, "default") else path)
+
+
+def _cmd_serve(args) -> int:
+    import asyncio
+
+    from server.app import EvolutionServer
+
+    cfg = _load(args.config)
+    if args.generations is not None:
+        cfg.session.generations = args.generations
+    if args.out:
+        cfg.session.out_dir = args.out
+    if args.bind:
+        cfg.network.bind = args.bind
+    cfg.validate()
+    folder = _new_session_folder(Path(cfg.session.out_dir), cfg.session.name)
+    server = EvolutionServer(cfg, folder)
+    print(f"{SESSION_FOLDER}{folder}", flush=True)
+
+    def on_generation(generation: int, records: list[dict]) -> None:
+        parts = [f"{r['thread']}: mean {r['mean']:6.2f} max {r['max']:6.2f}" for r in records]
+        print(f"gen {generation:3d} | " + " | ".join(parts) +
+              f" | ref {records[0]['ref_mean']:6.2f} | {records[0]['seconds']:5.2f} s", flush=True)
+
+    summary = asyncio.run(server.run(on_endpoint=lambda ep: print(f"{LISTENING}{ep}", flush=True),
+                                     on_generation=on_generation))
+    best = sorted({str(folder / r["best_image"]) for r in summary if "best_image" in r})
+    finals = {t.name: t.best_score for t in server.threads}
+    print(f"done: session folder {folder}", flush=True)
+    for t in server.threads:
+        print(f"best image of thread {t.name} (score {finals[t.name]:.2f}): {folder / 'best' / f'best_{t.name}.png'}",
+              flush=True)
+    return 0 if best else 1
+
+
+def _new_session_folder(out_dir: Path, name: str) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    folder = out_dir / f"{name}-{stamp}"
+    n = 1
+    while folder.exists():
+        n += 1
+        folder = out_dir / f"{name}-{stamp}-{n}"
+    return folder
+
+
+def _cmd_present(args) -> int:
+    import zmq
+
+    from stimulus_client.display import HeadlessDisplay, PsychoPyDisplay
+    from stimulus_client.presenter import Presenter, ScreenTap
+    from xdream.peer import PeerConnection
+
+    size = tuple(args.window_size)
+    if args.headless:
+        display = HeadlessDisplay(size, args.frame_rate)
+    else:
+        display = PsychoPyDisplay(size, args.frame_rate, fullscreen=args.fullscreen)
+    conn = PeerConnection(args.server, "presenter", args.name)
+    tap = ScreenTap(args.screen_tap, zmq.Context.instance()) if args.screen_tap else None
+    shown = Presenter(conn, display, tap).run()
+    log.info("presented %d images", shown)
+    return 0
+
+
+def _cmd_record(args) -> int:
+    from recording_adapters.recorder import Recorder
+    from xdream.peer import PeerConnection
+
+    if not args.simulate:
+        print("xdream record: no rig adapter is built yet; use --simulate CONFIG "
+              "(real rig adapters are the recording-adapters issue)", file=sys.stderr)
+        return 2
+    from simulators.rig import SimulatedRig
+
+    cfg = _load(args.simulate)
+    rig = SimulatedRig(cfg.simulator, bind=args.tap_bind)
+    print(f"{SCREEN_TAP}{rig.endpoint}", flush=True)
+    conn = PeerConnection(args.server, "recorder", args.name, channels=rig.channels)
+    reported = Recorder(conn, rig).run()
+    log.info("reported counts for %d presentations", reported)
+    return 0
+
+
+def _cmd_dry_run(args) -> int:
+    from xdream.dryrun import run_dry_run
+
+    return run_dry_run(args.config, generations=args.generations, out=args.out, window=args.window,
+                       timeout_s=args.timeout, verbose=args.verbose)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

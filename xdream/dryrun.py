@@ -1,0 +1,78 @@
+"""`xdream dry-run`: the three roles as separate OS processes on 127.0.0.1.
+
+The server binds a free port and says where; the recorder (with a simulated
+rig) says where its screen tap listens; the presenter is started with both.
+The server's progress lines are passed through to this terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from xdream import config as config_mod
+from xdream.cli import LISTENING, SCREEN_TAP, SESSION_FOLDER
+from xdream.errors import SessionError
+
+
+def run_dry_run(config_path: str | None, *, generations: int | None = None, out: str | None = None,
+                window: bool = False, timeout_s: float = 1800.0, verbose: int = 0) -> int:
+    cfg = config_mod.load(config_path)
+    if generations is not None:
+        cfg.session.generations = generations
+    if out:
+        cfg.session.out_dir = out
+    cfg.validate()
+    procs: list[subprocess.Popen] = []
+    timer = threading.Timer(timeout_s, lambda: [p.kill() for p in procs])
+    timer.daemon = True
+    with tempfile.TemporaryDirectory(prefix="xdream-dry-run-") as tmp:
+        cfg_file = Path(tmp) / "config.json"
+        cfg_file.write_text(json.dumps(config_mod.to_dict(cfg)))
+        cli = [sys.executable, "-m", "xdream.cli"] + ["-v"] * verbose
+        try:
+            timer.start()
+            server = _start(procs, cli + ["serve", str(cfg_file)])
+            endpoint = _wait_for_line(server, LISTENING, echo=(SESSION_FOLDER,))
+            recorder = _start(procs, cli + ["record", "--server", endpoint, "--simulate", str(cfg_file)])
+            tap = _wait_for_line(recorder, SCREEN_TAP)
+            screen = cfg.presentation
+            presenter_cmd = cli + ["present", "--server", endpoint, "--screen-tap", tap,
+                                   "--window-size", *map(str, screen.window_size),
+                                   "--frame-rate", str(screen.frame_rate_hz)]
+            _start(procs, presenter_cmd if window else presenter_cmd + ["--headless"], stdout=None)
+            for line in server.stdout:
+                print(line, end="", flush=True)
+            code = server.wait()
+            for p in procs[1:]:
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    print(f"xdream dry-run: {p.args[3]} did not stop; killed", file=sys.stderr)
+            return code
+        finally:
+            timer.cancel()
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+
+
+def _start(procs: list, cmd: list[str], stdout=subprocess.PIPE) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, stdout=stdout, text=True, bufsize=1)
+    procs.append(proc)
+    return proc
+
+
+def _wait_for_line(proc: subprocess.Popen, prefix: str, echo: tuple[str, ...] = ()) -> str:
+    for line in proc.stdout:
+        if line.startswith(prefix):
+            return line[len(prefix):].strip()
+        if line.startswith(echo):
+            print(line, end="", flush=True)
+    raise SessionError(f"{' '.join(proc.args[3:5])} exited (code {proc.wait()}) before saying {prefix!r}")

@@ -1,0 +1,165 @@
+"""The peer side of the wire: a DEALER that says hello, keeps heartbeats going,
+reconnects with backoff when the server goes silent (zguide's Lazy/Paranoid
+Pirate), and keeps every report until the server acknowledges it.
+
+Synchronous on purpose: the presenter's frame loop is blocking, so it polls
+this connection with a short timeout between flips.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import zmq
+
+from xdream import protocol
+from xdream.errors import ProtocolError, SessionError
+from xdream.protocol import MsgType
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HEARTBEAT_S = 1.0
+DEFAULT_TIMEOUT_S = 10.0
+MAX_BACKOFF_S = 8.0
+
+
+class PeerConnection:
+    def __init__(self, endpoint: str, role: str, name: str, channels: int = 0,
+                 context: zmq.Context | None = None):
+        self.endpoint = endpoint
+        self.hello = protocol.Hello(role, name, channels)
+        self.hello.check()
+        self.context = context or zmq.Context.instance()
+        self.session = ""
+        self.welcome: protocol.Welcome | None = None
+        self.heartbeat_s = DEFAULT_HEARTBEAT_S
+        self.timeout_s = DEFAULT_TIMEOUT_S
+        self.ended = False
+        self._socket: zmq.Socket | None = None
+        self._seq = 0
+        self._outbox: dict[int, list] = {}  # seq -> frames, until acknowledged
+        self._last_recv = time.monotonic()
+        self._last_send = 0.0
+        self._backoff = 0.5
+        self._early: list[protocol.Message] = []  # arrived while waiting for the welcome
+        self._connect()
+
+    # ------------------------------------------------------------- public
+    def wait_welcome(self, timeout_s: float) -> protocol.Welcome:
+        """Block until the server has welcomed us; messages that arrive early are kept."""
+        deadline = time.monotonic() + timeout_s
+        while self.welcome is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise SessionError(f"no welcome from the server at {self.endpoint} within {timeout_s:.0f} s")
+            self._early.extend(self._poll_socket(min(left, 0.2)))
+        return self.welcome
+
+    def send(self, msg_type: MsgType, body, images=(), reliable: bool = False) -> int:
+        """Send a message; `reliable` ones are resent after a reconnect until acked."""
+        self._seq += 1
+        frames = protocol.encode(msg_type, body, session=self.session, seq=self._seq, images=images)
+        if reliable:
+            self._outbox[self._seq] = frames
+        self._send_frames(frames)
+        return self._seq
+
+    @property
+    def unacknowledged(self) -> int:
+        return len(self._outbox)
+
+    def poll(self, timeout_s: float) -> list[protocol.Message]:
+        """Wait up to timeout_s for messages; returns those the caller must act on
+        (BLOCK, BLOCK_INFO, END), having handled welcome/ack/heartbeat/error."""
+        out, self._early = self._early, []
+        out.extend(self._poll_socket(timeout_s))
+        return out
+
+    def _poll_socket(self, timeout_s: float) -> list[protocol.Message]:
+        out = []
+        if self._socket.poll(int(timeout_s * 1000)):
+            while self._socket.poll(0):
+                frames = self._socket.recv_multipart(copy=False)
+                self._last_recv = time.monotonic()
+                try:
+                    msg = protocol.decode(frames)
+                except ProtocolError as exc:
+                    log.error("dropped a malformed message from the server: %s", exc)
+                    continue
+                if self._handle(msg):
+                    out.append(msg)
+        self._keep_alive()
+        return out
+
+    def close(self, reason: str = "done") -> None:
+        if self._socket is None:
+            return
+        if not self.ended:
+            try:
+                self.send(MsgType.BYE, protocol.Bye(reason))
+            except zmq.ZMQError:
+                pass
+        if self._outbox:
+            log.warning("closing with %d reports the server never acknowledged", len(self._outbox))
+        self._socket.close(linger=500)
+        self._socket = None
+
+    # ------------------------------------------------------------ private
+    def _connect(self) -> None:
+        self._socket = self.context.socket(zmq.DEALER)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.connect(self.endpoint)
+        self._last_recv = time.monotonic()
+        self._seq += 1
+        self._send_frames(protocol.encode(MsgType.HELLO, self.hello, session=self.session, seq=self._seq))
+
+    def _send_frames(self, frames) -> None:
+        self._socket.send_multipart(frames, copy=False)
+        self._last_send = time.monotonic()
+
+    def _handle(self, msg: protocol.Message) -> bool:
+        if msg.type == MsgType.WELCOME:
+            self.welcome = msg.body
+            self.session = msg.session
+            self.heartbeat_s = msg.body.heartbeat_s
+            self.timeout_s = msg.body.peer_timeout_s
+            self._backoff = 0.5
+            for frames in self._outbox.values():  # resend what the last server never acked
+                self._send_frames(frames)
+            log.info("welcomed by %s as %s (session %s)", self.endpoint, msg.body.peer_id, msg.session)
+            return False
+        if msg.type == MsgType.ACK:
+            self._outbox.pop(msg.body.ref_seq, None)
+            return False
+        if msg.type == MsgType.ERROR and protocol.HELLO_FIRST in msg.body.reason:
+            # a restarted server does not know us: say hello again (reports stay in the outbox)
+            log.warning("server at %s does not know this peer; saying hello again", self.endpoint)
+            self.welcome = None
+            self._seq += 1
+            self._send_frames(protocol.encode(MsgType.HELLO, self.hello, session=self.session, seq=self._seq))
+            return False
+        if msg.type == MsgType.ERROR:
+            log.error("server rejected message %d: %s", msg.body.ref_seq, msg.body.reason)
+            self._outbox.pop(msg.body.ref_seq, None)  # resending a rejected report cannot help
+            return False
+        if msg.type == MsgType.HEARTBEAT:
+            return False
+        if msg.type == MsgType.END:
+            self.ended = True
+        return True
+
+    def _keep_alive(self) -> None:
+        now = time.monotonic()
+        silent = now - self._last_recv
+        if silent > self.timeout_s:
+            log.warning("server at %s silent for %.1f s; reconnecting (next try in %.1f s)",
+                        self.endpoint, silent, self._backoff)
+            self._socket.close(linger=0)
+            time.sleep(self._backoff)  # bounded: at most MAX_BACKOFF_S
+            self._backoff = min(self._backoff * 2, MAX_BACKOFF_S)
+            self._connect()
+        elif now - self._last_send > self.heartbeat_s:
+            self._seq += 1
+            self._send_frames(protocol.encode(MsgType.HEARTBEAT, protocol.Heartbeat(),
+                                              session=self.session, seq=self._seq))
