@@ -86,23 +86,19 @@ class BlockProgress:
 
     def record_shown(self, report: protocol.Shown) -> bool:
         """True if new; False for an identical repeat (a resend after reconnect)."""
-        self._check(report.block_id, report.pid)
-        old = self.shown.get(report.pid)
-        if old is not None:
-            if old != report:
-                raise ProtocolError(f"presentation {report.pid} was already reported as {old.status}")
-            return False
-        self.shown[report.pid] = report
-        return True
+        return self._record(self.shown, report, "the presenter's report")
 
     def record_counts(self, counts: protocol.Counts) -> bool:
-        self._check(counts.block_id, counts.pid)
-        old = self.counts.get(counts.pid)
+        return self._record(self.counts, counts, "the recorder's counts")
+
+    def _record(self, store: dict, item, what: str) -> bool:
+        self._check(item.block_id, item.pid)
+        old = store.get(item.pid)
         if old is not None:
-            if old != counts:
-                raise ProtocolError(f"counts for {counts.pid} were already reported")
+            if old != item:
+                raise ProtocolError(f"{what} for {item.pid} were already reported, differently")
             return False
-        self.counts[counts.pid] = counts
+        store[item.pid] = item
         return True
 
     def _check(self, block_id: int, pid: str) -> None:
