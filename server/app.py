@@ -71,12 +71,12 @@ class EvolutionServer:
         generators: dict[tuple, object] = {}  # threads with the same generator config share one
         self.threads = []
         for tcfg, seed in zip(cfg.threads, thread_seeds):
-            key = (tcfg.generator.kind, tcfg.generator.weights, tcfg.generator.seed, tcfg.generator.device)
+            key = repr(tcfg.generator)
             if key not in generators:
                 generators[key] = build_generator(tcfg.generator, size)
             gen = generators[key]
             rng = np.random.default_rng([tcfg.seed, *seed.generate_state(2)])
-            opt = build_optimizer(tcfg.optimizer, gen.code_shape, rng, tcfg.name)
+            opt = build_optimizer(tcfg.optimizer, gen, rng, tcfg.name)
             self.threads.append(EvolutionThread(tcfg.name, tcfg.channel, opt, gen))
         refs = load_references(cfg.reference.folder, cfg.reference.count, size)
         for ref in refs:
@@ -85,7 +85,8 @@ class EvolutionServer:
                                    cfg.presentation.shuffle)
         self.journal.write("session_start", session=self.session_id,
                            threads=[{"name": t.name, "channel": t.channel,
-                                     "device": str(t.generator.device),
+                                     "generator": t.generator.name, "device": str(t.generator.device),
+                                     "generator_weights": t.generator.cfg.weights,
                                      "generator_sha256": t.generator.weights_sha256} for t in self.threads])
 
     # ------------------------------------------------------------------ run

@@ -77,7 +77,7 @@ class GeneticOptimizer(Optimizer):
     """
 
     def __init__(self, code_shape, rng, *, population=20, mutation_rate=0.5, mutation_size=0.5,
-                 selectivity=2.0, heritability=0.5, n_elites=1, init_sd=1.0, name="ga"):
+                 selectivity=2.0, heritability=0.5, n_elites=1, init_codes=None, name="ga"):
         super().__init__(code_shape, rng, name)
         if population < 2:
             raise OptimizerError("population must be >= 2")
@@ -94,7 +94,13 @@ class GeneticOptimizer(Optimizer):
         # heritability is symmetric around 0.5: h and 1-h describe the same crossover
         self.heritability = max(heritability, 1.0 - heritability)
         self.n_elites = n_elites
-        self._codes = rng.normal(0.0, init_sd, size=(population, *self.code_shape))
+        if init_codes is None:
+            init_codes = rng.normal(0.0, 1.0, size=(population, *self.code_shape))
+        init_codes = np.asarray(init_codes, dtype=float)
+        if init_codes.shape != (population, *self.code_shape):
+            raise OptimizerError(f"initial codes have shape {init_codes.shape}, "
+                                 f"expected {(population, *self.code_shape)}")
+        self._codes = init_codes.copy()
 
     def _ask(self) -> np.ndarray:
         return self._codes.copy()
@@ -141,9 +147,11 @@ class GeneticOptimizer(Optimizer):
         return children + mutate * self.rng.normal(0.0, self.mutation_size, size=children.shape)
 
 
-def build_optimizer(cfg, code_shape, rng: np.random.Generator, name: str) -> Optimizer:
-    """From an OptimizerConfig; the only kind so far is XDream's GA."""
-    return GeneticOptimizer(code_shape, rng, population=cfg.population, mutation_rate=cfg.mutation_rate,
-                            mutation_size=cfg.mutation_size, selectivity=cfg.selectivity,
-                            heritability=cfg.heritability, n_elites=cfg.n_elites,
-                            init_sd=cfg.init_sd, name=name)
+def build_optimizer(cfg, generator, rng: np.random.Generator, name: str) -> Optimizer:
+    """From an OptimizerConfig; the generator supplies the first codes.
+    The only kind so far is XDream's GA."""
+    return GeneticOptimizer(generator.code_shape, rng, population=cfg.population,
+                            mutation_rate=cfg.mutation_rate, mutation_size=cfg.mutation_size,
+                            selectivity=cfg.selectivity, heritability=cfg.heritability,
+                            n_elites=cfg.n_elites, init_codes=generator.initial_codes(cfg.population, rng),
+                            name=name)

@@ -4,13 +4,18 @@ import numpy as np
 import pytest
 import torch
 
-from server.generators import DeePSiMFc6, DeepSimGenerator
+from server.generators.deepsim import DeePSiMFc6, DeepSimGenerator
+from xdream.config import GeneratorConfig
 from xdream.errors import GeneratorError
+
+
+def deepsim(image_size=256, **kw):
+    return DeepSimGenerator(GeneratorConfig(device="cpu", **kw), image_size)
 
 
 @pytest.fixture(scope="module")
 def gen():
-    return DeepSimGenerator(seed=0, device="cpu", image_size=256)
+    return deepsim(seed=0)
 
 
 def test_output_shape_dtype_and_range(gen):
@@ -24,7 +29,7 @@ def test_output_shape_dtype_and_range(gen):
 
 def test_same_seed_same_images_and_codes_matter(gen):
     codes = np.random.default_rng(1).normal(size=(2, 4096))
-    again = DeepSimGenerator(seed=0, device="cpu").generate(codes)
+    again = deepsim(seed=0).generate(codes)
     np.testing.assert_array_equal(gen.generate(codes), again)
     assert np.abs(again[0].astype(int) - again[1]).mean() > 5
 
@@ -46,7 +51,7 @@ def test_bgr_mean_subtracted_output_becomes_rgb(gen, monkeypatch):
 
 
 def test_resizes_to_the_stimulus_size():
-    small = DeepSimGenerator(seed=0, device="cpu", image_size=64)
+    small = deepsim(64, seed=0)
     assert small.generate(np.zeros((1, 4096))).shape == (1, 64, 64, 3)
 
 
@@ -54,7 +59,7 @@ def test_weights_load_with_checksum(tmp_path):
     net = DeePSiMFc6()
     path = tmp_path / "fc6.pt"
     torch.save(net.state_dict(), path)
-    loaded = DeepSimGenerator(weights=str(path), device="cpu")
+    loaded = deepsim(weights=str(path))
     assert loaded.weights_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     torch.testing.assert_close(loaded.net.defc7.weight, net.defc7.weight)
 
@@ -65,13 +70,13 @@ def test_weight_shape_mismatch_names_the_layer(tmp_path):
     path = tmp_path / "bad.pt"
     torch.save(state, path)
     with pytest.raises(GeneratorError, match=r"deconv3.weight has shape \(256, 64, 4, 4\), expected \(256, 128, 4, 4\)"):
-        DeepSimGenerator(weights=str(path), device="cpu")
+        deepsim(weights=str(path))
 
 
 def test_not_a_state_dict_is_a_clear_error(tmp_path):
     path = tmp_path / "junk.pt"
     path.write_bytes(b"not a torch file")
     with pytest.raises(GeneratorError, match="not a torch state dict"):
-        DeepSimGenerator(weights=str(path), device="cpu")
+        deepsim(weights=str(path))
     with pytest.raises(GeneratorError, match="cannot read"):
-        DeepSimGenerator(weights=str(tmp_path / "absent.pt"), device="cpu")
+        deepsim(weights=str(tmp_path / "absent.pt"))

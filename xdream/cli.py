@@ -78,6 +78,28 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--name", default="presenter", help="this peer's name in the journal")
     pr.set_defaults(func=_cmd_present)
 
+    w = sub.add_parser("weights", help="list the known generator weights, check them, download missing ones")
+    w.add_argument("--dir", help="the weights folder (default: $XDREAM_WEIGHTS, else ~/.cache/xdream/weights)")
+    w.add_argument("--download", nargs="+", metavar="NAME",
+                   help="download these generators' weights ('all' for every one) and verify the SHA-256")
+    w.add_argument("--json", action="store_true", help="print the listing as JSON")
+    w.set_defaults(func=_cmd_weights)
+
+    cv = sub.add_parser("convert-caffe", help="convert an original DeePSiM caffemodel to a state dict "
+                                              "(no Caffe needed)")
+    cv.add_argument("caffemodel", help="generator.caffemodel of the original release")
+    cv.add_argument("--layer", required=True, help="which generator: norm1, norm2, conv3, conv4, pool5, "
+                                                  "fc6, fc7 or fc8")
+    cv.add_argument("--out", required=True, help="where to write the state dict (.pt)")
+    cv.set_defaults(func=_cmd_convert_caffe)
+
+    b = sub.add_parser("bench", help="benchmarks: 'generators' (images per second against the compute bound)")
+    b.add_argument("what", choices=["generators"], help="what to measure")
+    b.add_argument("--json", action="store_true", help="print the figures as JSON")
+    b.add_argument("--batch", type=int, default=40, help="images per generation (default 40)")
+    b.add_argument("--repeats", type=int, default=5, help="timed repeats (default 5)")
+    b.set_defaults(func=_cmd_bench)
+
     r = sub.add_parser("record", help="the recorder peer: rig events in, spike counts per presentation out")
     r.add_argument("--server", required=True, help="the server's endpoint")
     r.add_argument("--simulate", metavar="CONFIG",
@@ -172,6 +194,21 @@ def _cmd_record(args) -> int:
     reported = Recorder(conn, rig).run()
     log.info("reported counts for %d presentations", reported)
     return 0
+
+
+def _cmd_weights(args) -> int:
+    from server.weights import cli_weights
+    return cli_weights(args)
+
+
+def _cmd_convert_caffe(args) -> int:
+    from server.generators.caffe import cli_convert
+    return cli_convert(args)
+
+
+def _cmd_bench(args) -> int:
+    from server.bench import cli_bench
+    return cli_bench(args)
 
 
 def _cmd_dry_run(args) -> int:

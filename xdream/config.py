@@ -30,10 +30,14 @@ class SessionConfig:
 
 @dataclass
 class GeneratorConfig:
-    kind: str = "deepsim-fc6"
+    kind: str = "deepsim-fc6"  # deepsim-<layer> (norm1 ... fc8)
     weights: str = ""          # a state-dict file; empty: random weights from `seed`
     seed: int = 0
     device: str = "auto"       # auto | cpu | cuda
+    fit: str = "resize"        # to the stimulus size: resize (whole image) | crop (centre square)
+    init_sd: float = 1.0       # first generation: N(0, init_sd) ...
+    init_stats: str = ""       # ... or per-unit mean/std from an .npz ('mean', 'std')
+    init_clip: bool = False    # clip initial codes at 0 (generators trained on post-ReLU features)
 
 
 @dataclass
@@ -45,7 +49,6 @@ class OptimizerConfig:
     selectivity: float = 2.0
     heritability: float = 0.5
     n_elites: int = 1
-    init_sd: float = 1.0
 
 
 @dataclass
@@ -133,8 +136,6 @@ class Config:
         for t in self.threads:
             if t.optimizer.kind != "ga":
                 raise ConfigError(f"thread {t.name}: unknown optimizer kind {t.optimizer.kind!r}")
-            if t.generator.kind != "deepsim-fc6":
-                raise ConfigError(f"thread {t.name}: unknown generator kind {t.generator.kind!r}")
             if t.channel < 0:
                 raise ConfigError(f"thread {t.name}: channel must be >= 0")
         p = self.presentation

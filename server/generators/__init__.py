@@ -1,0 +1,15 @@
+"""Image spaces behind one interface (see base.py); `build_generator` picks one
+by the config's generator.kind."""
+
+from __future__ import annotations
+
+from server.generators.base import ImageGenerator
+from xdream.errors import ConfigError
+
+
+def build_generator(cfg, image_size: int) -> ImageGenerator:
+    kind = cfg.kind
+    if kind.startswith("deepsim-"):
+        from server.generators.deepsim import DeepSimGenerator
+        return DeepSimGenerator(cfg, image_size)
+    raise ConfigError(f"unknown generator kind {kind!r}")
