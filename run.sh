@@ -19,6 +19,9 @@ ensure_venv() {  # $1: the project's extras
   [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
   "$venv/bin/python" -m pip install -q --upgrade pip
   "$venv/bin/python" -m pip install -q "torch==2.13.0" -e ".[$extras]"
+  # the pretrained DCGAN face generator's weights; --no-deps: its declared
+  # dependencies pull torchvision and an unpinned torch
+  "$venv/bin/python" -m pip install -q --no-deps "gan-face-generate==1.1.1"
   touch "$stamp"
 }
 

@@ -104,3 +104,34 @@ def test_neuron_sees_the_frame_psychopy_drew(tmp_path, display):
     h = [r["scores"] for r in journal(headless) if r["kind"] == "scores"]
     assert len(w) == 2 and w == h
     assert all(s is not None for gen in w for s in gen)
+
+
+@pytest.mark.parametrize("space", ["fourier", "dcgan-face", "deepsim-fc6-weights"])
+def test_dry_run_in_each_image_space(tmp_path, space):
+    """`xdream dry-run` with a config naming each image space, two generations."""
+    import hashlib
+
+    import torch
+
+    from server.generators.deepsim import DeePSiMFc6
+
+    cfg = small_config(tmp_path, generations=2)
+    gen = cfg.threads[0].generator
+    if space == "deepsim-fc6-weights":
+        weights = tmp_path / "fc6.pt"
+        torch.save(DeePSiMFc6().state_dict(), weights)
+        gen.weights = str(weights)
+    else:
+        gen.kind = space
+    path = tmp_path / f"{space}.json"
+    config_mod.save_json(cfg, path)
+    _, folder = dry_run([str(path)], tmp_path / "out")
+    start = journal(folder)[0]
+    assert start["kind"] == "session_start"
+    if space == "deepsim-fc6-weights":
+        assert start["threads"][0]["generator_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    else:
+        assert start["threads"][0]["generator"] == space
+    scores = [r["scores"] for r in journal(folder) if r["kind"] == "scores"]
+    assert len(scores) == 2 and all(s is not None for gen_scores in scores for s in gen_scores)
+    assert (folder / "best" / "best_a.png").is_file()

@@ -78,5 +78,48 @@ def test_not_a_state_dict_is_a_clear_error(tmp_path):
     path.write_bytes(b"not a torch file")
     with pytest.raises(GeneratorError, match="not a torch state dict"):
         deepsim(weights=str(path))
-    with pytest.raises(GeneratorError, match="cannot read"):
+    with pytest.raises(GeneratorError, match="no such file, and not a known generator name"):
         deepsim(weights=str(tmp_path / "absent.pt"))
+
+
+def test_initial_codes_normal_clipped_and_from_statistics(tmp_path):
+    from server.generators.base import ImageGenerator
+    from xdream.errors import ConfigError
+
+    class Space(ImageGenerator):
+        code_shape = (2, 3)
+
+    rng = lambda: np.random.default_rng(0)
+    plain = Space(GeneratorConfig(init_sd=2.0), 8).initial_codes(500, rng())
+    assert plain.shape == (500, 2, 3) and 1.8 < plain.std() < 2.2 and plain.min() < 0
+    assert Space(GeneratorConfig(init_clip=True), 8).initial_codes(50, rng()).min() == 0.0
+    mean, std = np.arange(6.0).reshape(2, 3), np.full((2, 3), 0.01)
+    np.savez(tmp_path / "stats.npz", mean=mean, std=std)
+    codes = Space(GeneratorConfig(init_stats=str(tmp_path / "stats.npz")), 8).initial_codes(100, rng())
+    np.testing.assert_allclose(codes.mean(axis=0), mean, atol=0.01)
+    np.savez(tmp_path / "wrong.npz", mean=np.zeros(6), std=np.ones(6))
+    with pytest.raises(ConfigError, match=r"shapes \(6,\)/\(6,\)"):
+        Space(GeneratorConfig(init_stats=str(tmp_path / "wrong.npz")), 8).initial_codes(1, rng())
+    with pytest.raises(ConfigError, match="generator.fit"):
+        Space(GeneratorConfig(fit="stretch"), 8)
+
+
+def test_fit_crop_takes_the_centre_and_resize_takes_everything():
+    from server.generators.base import ImageGenerator
+    rgb = torch.zeros(1, 3, 8, 8)
+    rgb[..., 2:6, 2:6] = 255.0   # a white centre square on black
+    crop = ImageGenerator(GeneratorConfig(fit="crop"), 4).fit_and_quantise(rgb)
+    assert crop.shape == (1, 4, 4, 3) and (crop == 255).all()
+    resized = ImageGenerator(GeneratorConfig(fit="resize"), 4).fit_and_quantise(rgb)
+    assert resized[0, 0, 0, 0] < 128 < resized[0, 2, 2, 0]
+
+
+def test_weights_by_name_are_found_in_the_weights_folder(tmp_path):
+    from server.weights import REGISTRY
+    net = DeePSiMFc6()
+    torch.save(net.state_dict(), tmp_path / REGISTRY["fc6"].filename)
+    loaded = deepsim(weights="fc6", weights_dir=str(tmp_path))
+    torch.testing.assert_close(loaded.net.deconv0.weight, net.deconv0.weight)
+    with pytest.raises(GeneratorError, match="xdream weights --download fc7"):
+        DeepSimGenerator(GeneratorConfig(kind="deepsim-fc7", weights="fc7", weights_dir=str(tmp_path),
+                                         device="cpu"), 64)

@@ -30,8 +30,9 @@ class SessionConfig:
 
 @dataclass
 class GeneratorConfig:
-    kind: str = "deepsim-fc6"  # deepsim-<layer> (norm1 ... fc8)
-    weights: str = ""          # a state-dict file; empty: random weights from `seed`
+    kind: str = "deepsim-fc6"  # deepsim-<layer> (norm1 ... fc8) | fourier | dcgan-face
+    weights: str = ""          # a file, or a known name ('fc6') in weights_dir; empty: random weights
+    weights_dir: str = ""      # default: $XDREAM_WEIGHTS, else ~/.cache/xdream/weights
     seed: int = 0
     device: str = "auto"       # auto | cpu | cuda
     fit: str = "resize"        # to the stimulus size: resize (whole image) | crop (centre square)

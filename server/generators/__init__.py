@@ -12,4 +12,10 @@ def build_generator(cfg, image_size: int) -> ImageGenerator:
     if kind.startswith("deepsim-"):
         from server.generators.deepsim import DeepSimGenerator
         return DeepSimGenerator(cfg, image_size)
-    raise ConfigError(f"unknown generator kind {kind!r}")
+    if kind == "fourier":
+        from server.generators.fourier import FourierGenerator
+        return FourierGenerator(cfg, image_size)
+    if kind == "dcgan-face":
+        from server.generators.dcgan_face import DCGANFaceGenerator
+        return DCGANFaceGenerator(cfg, image_size)
+    raise ConfigError(f"unknown generator kind {kind!r}; known: deepsim-<layer>, fourier, dcgan-face")
