@@ -86,6 +86,7 @@ class EvolutionServer:
         self.journal.write("session_start", session=self.session_id,
                            threads=[{"name": t.name, "channel": t.channel,
                                      "generator": t.generator.name, "device": str(t.generator.device),
+                                     "precision": t.generator.precision,
                                      "generator_weights": t.generator.cfg.weights,
                                      "generator_sha256": t.generator.weights_sha256} for t in self.threads])
 

@@ -45,7 +45,7 @@ def test_bgr_mean_subtracted_output_becomes_rgb(gen, monkeypatch):
     # a net that outputs B=+50, G=0, R=-50 (BGR order, mean-subtracted)
     fake = torch.zeros(1, 3, 256, 256)
     fake[:, 0], fake[:, 2] = 50.0, -50.0
-    monkeypatch.setattr(gen, "net", lambda x: fake.expand(len(x), -1, -1, -1))
+    monkeypatch.setattr(gen, "fast_net", lambda x: fake.expand(len(x), -1, -1, -1))
     rgb = gen.generate(np.zeros((1, 4096)))[0, 0, 0]
     assert tuple(rgb) == (123 - 50, 117, 104 + 50)
 

@@ -93,11 +93,34 @@ def _parser() -> argparse.ArgumentParser:
     cv.add_argument("--out", required=True, help="where to write the state dict (.pt)")
     cv.set_defaults(func=_cmd_convert_caffe)
 
-    b = sub.add_parser("bench", help="benchmarks: 'generators' (images per second against the compute bound)")
-    b.add_argument("what", choices=["generators"], help="what to measure")
+    b = sub.add_parser("bench", help="benchmarks: 'generators' (images per second against the compute bound), "
+                                     "'optimizers' (the GECCO 2022 optimizer benchmark on AlexNet units)")
+    b.add_argument("what", choices=["generators", "optimizers"], help="what to measure")
     b.add_argument("--json", action="store_true", help="print the figures as JSON")
     b.add_argument("--batch", type=int, default=40, help="images per generation (default 40)")
     b.add_argument("--repeats", type=int, default=5, help="timed repeats (default 5)")
+    b.add_argument("--suite", choices=["quick", "gecco"], default="quick",
+                   help="optimizers: 'quick' (2 units, under 20 min on 2 CPU cores) or 'gecco' (the published "
+                        "protocol: 7 layers x 10 units x 5 seeds, for a GPU or a cluster)")
+    b.add_argument("--optimizers", help="optimizers: comma-separated kinds (default: the suite's)")
+    b.add_argument("--out", default="bench-optimizers", help="optimizers: results folder (default bench-optimizers)")
+    b.add_argument("--list-jobs", action="store_true", help="optimizers: print one JSON job per line and exit")
+    b.add_argument("--job", help="optimizers: run one job (a line of --list-jobs, or @FILE) into --out")
+    b.add_argument("--workers", type=int, default=1, help="optimizers: worker processes (default 1)")
+    b.add_argument("--device", default="auto", help="optimizers: auto, cpu or cuda (default auto)")
+    b.add_argument("--generator-weights", metavar="FILE", help="optimizers: DeePSiM fc6 state dict "
+                                                               "(default: seeded random weights)")
+    b.add_argument("--alexnet-weights", metavar="FILE", help="optimizers: torchvision-style AlexNet state dict "
+                                                             "(default: seeded random weights)")
+    b.add_argument("--layers", help="optimizers: comma-separated AlexNet layers (overrides the suite's)")
+    b.add_argument("--channels", type=int, help="optimizers: channels 0..N-1 of each layer")
+    b.add_argument("--channel-list", help="optimizers: comma-separated channels of each layer")
+    b.add_argument("--seeds", type=int, help="optimizers: seeds 0..N-1 per unit and noise level")
+    b.add_argument("--sigmas", help="optimizers: comma-separated noise levels (default 0,0.2,0.5)")
+    b.add_argument("--generations", type=int, help="optimizers: generations per run (default 75)")
+    b.add_argument("--wb-norm", type=float, help="optimizers: white-box code-norm bound (default 320 = 5 x 64)")
+    b.add_argument("--wb-restarts", type=int, help="optimizers: white-box restarts")
+    b.add_argument("--wb-steps", type=int, help="optimizers: white-box Adam steps")
     b.set_defaults(func=_cmd_bench)
 
     r = sub.add_parser("record", help="the recorder peer: rig events in, spike counts per presentation out")
@@ -119,6 +142,9 @@ def _cmd_serve(args) -> int:
     import asyncio
 
     from server.app import EvolutionServer
+    from server.generators.fast import tune_cpu_allocator
+
+    tune_cpu_allocator()  # before any thread allocates: keeps large activations' pages between generations
 
     cfg = _load(args.config)
     if args.generations is not None:
@@ -207,6 +233,9 @@ def _cmd_convert_caffe(args) -> int:
 
 
 def _cmd_bench(args) -> int:
+    if args.what == "optimizers":
+        from server.bench_optimizers import cli_bench_optimizers
+        return cli_bench_optimizers(args)
     from server.bench import cli_bench
     return cli_bench(args)
 

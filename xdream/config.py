@@ -35,6 +35,7 @@ class GeneratorConfig:
     weights_dir: str = ""      # default: $XDREAM_WEIGHTS, else ~/.cache/xdream/weights
     seed: int = 0
     device: str = "auto"       # auto | cpu | cuda
+    precision: str = "fp32"    # fp32 | bf16 (CPUs with avx512_bf16/AMX, and CUDA): about 2x faster
     fit: str = "resize"        # to the stimulus size: resize (whole image) | crop (centre square)
     init_sd: float = 1.0       # first generation: N(0, init_sd) ...
     init_stats: str = ""       # ... or per-unit mean/std from an .npz ('mean', 'std')

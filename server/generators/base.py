@@ -38,6 +38,7 @@ class ImageGenerator:
         self.image_size = image_size
         self.device = pick_device(cfg.device)
         self.weights_sha256 = ""
+        self.precision = "fp32"
 
     def initial_codes(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """N(0, init_sd), or per-unit statistics from generator.init_stats (an .npz

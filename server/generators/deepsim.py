@@ -37,6 +37,7 @@ from torch import nn
 
 from server.generators import ports
 from server.generators.base import ImageGenerator
+from server.generators.fast import accelerate
 from server.weights import resolve_weights, weights_folder
 from xdream.errors import ConfigError, GeneratorError
 
@@ -232,12 +233,17 @@ class DeepSimGenerator(ImageGenerator):
         else:
             random_init(self.net, cfg.seed)
         self.net.eval().to(self.device)
+        # `net` keeps the canonical layers (weights to inspect, gradients for white-box
+        # search); `fast_net` is the same network rewritten for speed (fast.py), and is
+        # what generates. bf16 falls back to fp32 where the hardware has none.
+        self.fast_net = accelerate(self.net, cfg.precision)
+        self.precision = self.fast_net.precision
         self._mean = torch.tensor(BGR_MEAN, device=self.device).view(1, 3, 1, 1)
 
     @torch.inference_mode()
     def generate(self, codes: np.ndarray) -> np.ndarray:
         codes = np.asarray(codes, dtype=np.float32).reshape(-1, *self.code_shape)
-        bgr = self.net(torch.from_numpy(codes).to(self.device))
+        bgr = self.fast_net(torch.from_numpy(codes).to(self.device))
         return self.fit_and_quantise((bgr + self._mean).flip(1))  # BGR -> RGB
 
 
