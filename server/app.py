@@ -62,6 +62,7 @@ class EvolutionServer:
         self.past_blocks: dict[int, BlockProgress] = {}
         self.endpoint = ""
         self._changed = asyncio.Event()   # set whenever a report, count or peer arrives
+        self._aborted: list[str] = []     # pids reported aborted, not yet re-queued
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch")
         self._seq = 0
         self._n_peers = 0
@@ -146,32 +147,30 @@ class EvolutionServer:
         return {t.name: t.generator.generate(asked[t.name].codes) for t in self.threads}
 
     async def _present(self, block: ScheduledBlock) -> BlockProgress:
-        """Send one block and wait for its reports and counts (or the timeout)."""
+        """Send one block and wait for its reports and counts (or the timeout).
+
+        Presentations reported aborted are re-queued at the end of the block as
+        new presentations of the same image (session.abort_policy = "requeue",
+        at most session.max_requeues times each), or left NaN ("nan")."""
         await self._wait_for_peers()
-        self.journal.write("block", block_id=block.block_id, generation=block.generation,
-                           presentations=[{"pid": p.pid, "code": p.code, "kind": p.kind,
-                                           "thread": p.thread, "image_id": p.image_id}
-                                          for p in block.presentations])
         progress = BlockProgress(block)
         self.progress = progress
-        specs = [p.spec() for p in block.presentations]
-        # recorders first: the rig's first event code should find its block already known
-        peers = sorted(self.peers.values(), key=lambda peer: peer.role != "recorder")
-        for peer in peers:
-            if peer.role == "recorder":
-                await self._send(peer.routing_id, MsgType.BLOCK_INFO,
-                                 protocol.BlockInfo(block.block_id, block.generation, specs))
-            else:
-                await self._send(peer.routing_id, MsgType.BLOCK,
-                                 protocol.Block(block.block_id, block.generation, specs),
-                                 images=[p.image for p in block.presentations])
-        deadline = time.monotonic() + self.cfg.session.block_timeout_s
-        while not progress.complete():
+        await self._send_presentations(block, block.presentations)
+        timeout = self.cfg.session.block_timeout_s
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._aborted:  # before the completeness check: a last abort may still be re-queued
+                extra = self._requeue(progress)
+                if extra:
+                    await self._send_presentations(block, extra)
+                    deadline = time.monotonic() + timeout  # the re-queued ones need their own time
+            if progress.complete():
+                break
             left = deadline - time.monotonic()
             if left <= 0:
                 missing = progress.mark_missing("timeout")
                 log.error("block %d timed out after %.0f s: %d presentations missing",
-                          block.block_id, self.cfg.session.block_timeout_s, len(missing))
+                          block.block_id, timeout, len(missing))
                 self.journal.write("missing", block_id=block.block_id, pids=missing, why="timeout")
                 break
             self._changed.clear()
@@ -179,9 +178,48 @@ class EvolutionServer:
                 await asyncio.wait_for(self._changed.wait(), timeout=min(left, 1.0))
             except asyncio.TimeoutError:
                 pass
+        self._aborted.clear()
         self.past_blocks[block.block_id] = progress
         self.progress = None
         return progress
+
+    async def _send_presentations(self, block: ScheduledBlock, presentations) -> None:
+        """Journal, then send to recorders (first: the rig's first event code should
+        find its block already known) and presenters."""
+        self.journal.write("block", block_id=block.block_id, generation=block.generation,
+                           presentations=[{"pid": p.pid, "code": p.code, "kind": p.kind,
+                                           "thread": p.thread, "image_id": p.image_id,
+                                           "requeue_of": p.requeue_of} for p in presentations])
+        specs = [p.spec() for p in presentations]
+        for peer in sorted(self.peers.values(), key=lambda peer: peer.role != "recorder"):
+            if peer.role == "recorder":
+                await self._send(peer.routing_id, MsgType.BLOCK_INFO,
+                                 protocol.BlockInfo(block.block_id, block.generation, specs))
+            else:
+                await self._send(peer.routing_id, MsgType.BLOCK,
+                                 protocol.Block(block.block_id, block.generation, specs),
+                                 images=[p.image for p in presentations])
+
+    def _requeue(self, progress: BlockProgress) -> list:
+        """New presentations for the aborted ones, by the session's policy."""
+        session = self.cfg.session
+        extra = []
+        for pid in self._aborted:
+            original = progress.by_pid[pid]
+            if session.abort_policy != "requeue" or original.attempt >= session.max_requeues:
+                self.journal.write("abort_scored_nan", pid=pid, image_id=original.image_id)
+                continue
+            if len(progress.by_pid) + len(extra) >= self.scheduler.max_event_code:
+                log.warning("block %d: no event codes left to re-queue %s; scored NaN",
+                            progress.block.block_id, pid)
+                self.journal.write("abort_scored_nan", pid=pid, image_id=original.image_id,
+                                   why="no event codes left in the block")
+                continue
+            extra.append(self.scheduler.requeue(original))
+        self._aborted.clear()
+        for p in extra:
+            progress.add(p)
+        return extra
 
     def _score_thread(self, t: EvolutionThread, progress: BlockProgress, asked, images,
                       generation: int, seconds: float) -> dict:
@@ -269,7 +307,8 @@ class EvolutionServer:
         peer = self.peers.get(routing_id)
         if peer is None:
             raise ProtocolError(f"{msg.type.value} before hello: {protocol.HELLO_FIRST}")
-        if msg.session != self.session_id:
+        if msg.session != self.session_id and msg.type not in (MsgType.SHOWN, MsgType.COUNTS):
+            # reports of an earlier server's session are still data: _record journals them
             raise ProtocolError(f"message for session {msg.session!r}, this is {self.session_id!r}")
         peer.last_seen = time.monotonic()
         handler = {
@@ -334,13 +373,19 @@ class EvolutionServer:
         progress = self.progress if self.progress and self.progress.block.block_id == body.block_id \
             else self.past_blocks.get(body.block_id)
         if progress is None:
-            raise ProtocolError(f"{kind} for block {body.block_id}, which this session never sent")
-        if progress is not self.progress:
+            # a block this session never sent: a report made for a server that has since
+            # been restarted. Kept on the journal (never lost), acknowledged, not scored.
+            self.journal.write(f"orphan_{kind}", peer=peer.name, session=msg.session, **asdict(body))
+            log.warning("%s for %s of block %d, which this session never sent (session %r): journaled",
+                        kind, body.pid, body.block_id, msg.session)
+        elif progress is not self.progress:
             # late: the block was closed without it; keep it on the journal all the same
             self.journal.write(f"late_{kind}", peer=peer.name, **asdict(body))
             log.warning("late %s for %s (block %d already closed)", kind, body.pid, body.block_id)
         elif record(progress):
             self.journal.write(kind, peer=peer.name, **asdict(body))
+            if kind == "shown" and body.status == "aborted":
+                self._aborted.append(body.pid)
         await self._send(peer.routing_id, MsgType.ACK, protocol.Ack(msg.seq))
         self._changed.set()
 

@@ -26,6 +26,8 @@ class Presentation:
     thread: str          # thread name; '' for references
     image_id: str        # candidate id, or 'ref/<name>'
     image: np.ndarray = field(repr=False)
+    requeue_of: str = ""  # the aborted presentation this one repeats
+    attempt: int = 0      # 0 for the first showing, n for the n-th re-queue
 
     def spec(self) -> protocol.PresentationSpec:
         h, w, _ = self.image.shape
@@ -68,6 +70,13 @@ class Scheduler:
                                               kind, thread, image_id, image))
         return ScheduledBlock(block_id, generation, presentations)
 
+    def requeue(self, aborted: Presentation) -> Presentation:
+        """The same image again, later in the same block, with its own pid and code."""
+        root = aborted.requeue_of or aborted.pid
+        attempt = aborted.attempt + 1
+        return Presentation(f"{root}r{attempt}", self._take_code(), aborted.kind, aborted.thread,
+                            aborted.image_id, aborted.image, root, attempt)
+
     def _take_code(self) -> int:
         code = self._next_code
         self._next_code = code % self.max_event_code + 1
@@ -83,6 +92,11 @@ class BlockProgress:
         self.shown: dict[str, protocol.Shown] = {}
         self.counts: dict[str, protocol.Counts] = {}
         self.missing: dict[str, str] = {}   # pid -> why
+
+    def add(self, presentation: Presentation) -> None:
+        """A re-queued presentation joins the block."""
+        self.block.presentations.append(presentation)
+        self.by_pid[presentation.pid] = presentation
 
     def record_shown(self, report: protocol.Shown) -> bool:
         """True if new; False for an identical repeat (a resend after reconnect)."""

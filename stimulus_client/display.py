@@ -1,86 +1,175 @@
 """Displays the presenter draws on: a PsychoPy window, or a headless stand-in.
 
-Both count durations in frames, draw images centred at their own pixel size
-on a gray background, and can read back what they drew on the back buffer
-(for a simulated rig's 'eye').
+Both draw the same frame (gray background, the image at its size and position
+in degrees, the fixation point, the photodiode patch) from one Layout, count
+durations in frames, run callbacks right after a flip (PsychoPy's
+`win.callOnFlip`), and can read back what they drew on the back buffer (for a
+simulated rig's 'eye').
+
+    display.draw(handle, fixation=True, photodiode_white=True)
+    display.call_on_flip(markers.send, code)
+    flip = display.flip()          # FlipInfo(index, time, interval)
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
+from stimulus_client.config import PresenterConfig
+from stimulus_client.geometry import Layout
+from stimulus_client.keys import KeySource, NoKeys, PsychoPyKeys
+
 log = logging.getLogger(__name__)
 
-GRAY = 128
+GRAY = 128  # the default background
 
 
-class HeadlessDisplay:
-    """No window: 'flips' are timestamps, the canvas is composed in numpy."""
+@dataclass(frozen=True)
+class FlipInfo:
+    index: int              # flips since the display opened, this one included
+    time: float             # when it happened, on the presenter's clock (s)
+    interval: float         # since the previous flip (s): how long the previous frame was on screen
 
-    def __init__(self, window_size: tuple[int, int], frame_rate_hz: float):
-        self.width, self.height = window_size
-        self.frame_period = 1.0 / frame_rate_hz
-        self.frame_index = 0
-        self._current: np.ndarray | None = None
+
+class _Display:
+    layout: Layout
+    frame_period: float
+    frame_index: int = 0
+    measured_hz: float | None = None
+
+    def __init__(self):
+        self._on_flip: list = []
+
+    def call_on_flip(self, fn, *args) -> None:
+        """Run fn(*args) right after the next flip (the marker of an onset frame)."""
+        self._on_flip.append((fn, args))
+
+    def _run_on_flip(self) -> None:
+        calls, self._on_flip = self._on_flip, []
+        for fn, args in calls:
+            fn(*args)
+
+    def keys(self, names: list[str]) -> KeySource:
+        return NoKeys()
+
+
+class HeadlessDisplay(_Display):
+    """No window: frames are composed in numpy only when captured; flips are not paced.
+
+    Its clock is the flip count times the nominal refresh period, so onsets,
+    intervals and the simulated eye's times are those of an ideal display."""
+
+    def __init__(self, cfg: PresenterConfig):
+        super().__init__()
+        self.layout = Layout(cfg)
+        self.frame_period = 1.0 / cfg.monitor.refresh_hz
+        self._t0 = time.perf_counter()
+        self._drawn: tuple = (None, False, False)
+        self._fixation_mask = self.layout.fixation_mask() if self.layout.fixation_enabled else None
+        self._canvas = np.empty((self.layout.height, self.layout.width, 3), dtype=np.uint8)
 
     def prepare(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        return images
+        return [np.ascontiguousarray(img) for img in images]
 
-    def draw(self, handle: np.ndarray | None) -> None:
-        self._current = handle
+    def release(self, handles) -> None:
+        pass
+
+    def draw(self, handle: np.ndarray | None, fixation: bool = True, photodiode_white: bool = False) -> None:
+        self._drawn = (handle, fixation, photodiode_white)
 
     def capture(self) -> np.ndarray:
-        canvas = np.full((self.height, self.width, 3), GRAY, dtype=np.uint8)
-        if self._current is not None:
-            h, w, _ = self._current.shape
-            top, left = (self.height - h) // 2, (self.width - w) // 2
-            canvas[top:top + h, left:left + w] = self._current
-        return canvas
+        image, fixation, white = self._drawn
+        return self.layout.compose(image, fixation, white, canvas=self._canvas.copy(),
+                                   fixation_mask=self._fixation_mask)
 
-    def flip(self) -> float:
+    def flip(self) -> FlipInfo:
         self.frame_index += 1
-        self._current = None
-        return time.perf_counter()
-
-    def dropped_frames(self) -> int:
-        return 0
+        self._drawn = (None, False, False)
+        self._run_on_flip()
+        return FlipInfo(self.frame_index, self._t0 + self.frame_index * self.frame_period, self.frame_period)
 
     def close(self) -> None:
         pass
 
 
-class PsychoPyDisplay:
-    """A real PsychoPy window (pyglet); units are pixels, the background gray."""
+class PsychoPyDisplay(_Display):
+    """A PsychoPy window (pyglet) on a Monitor built from the config; units 'deg'."""
 
-    def __init__(self, window_size: tuple[int, int], frame_rate_hz: float, fullscreen: bool = False):
-        from psychopy import core, visual  # only the windowed presenter needs psychopy
-        self._core = core
-        self._visual = visual
-        self.win = visual.Window(size=list(window_size), units="pix", color=[0, 0, 0], colorSpace="rgb",
-                                 fullscr=fullscreen, allowGUI=False, winType="pyglet")
-        self.frame_period = 1.0 / frame_rate_hz
-        measured = self.win.getActualFrameRate(nIdentical=10, nMaxFrames=120, nWarmUpFrames=10)
-        if measured is None or abs(measured - frame_rate_hz) > 0.1 * frame_rate_hz:
-            log.warning("measured refresh %s Hz differs from the configured %.1f Hz; durations are "
-                        "counted in frames of the configured rate", measured, frame_rate_hz)
+    def __init__(self, cfg: PresenterConfig):
+        super().__init__()
+        from psychopy import core, monitors, visual  # only the windowed presenter needs psychopy
+        self._core, self._visual = core, visual
+        m = cfg.monitor
+        self.layout = layout = Layout(cfg)
+        self.frame_period = 1.0 / m.refresh_hz
+        # a temporary Monitor (not saved): the rig's geometry lives in the presenter config
+        self.monitor = monitors.Monitor(m.name, width=m.width_cm, distance=m.distance_cm,
+                                        verbose=False, autoLog=False)
+        self.monitor.setSizePix(list(m.resolution))
+        bg = [layout.background] * 3
+        self.win = visual.Window(size=list(m.resolution), fullscr=m.fullscreen, screen=m.screen,
+                                 monitor=self.monitor, units="deg", color=bg, colorSpace="rgb255",
+                                 allowGUI=not m.fullscreen, winType="pyglet", waitBlanking=True,
+                                 checkTiming=False, autoLog=False)
+        self.win.mouseVisible = not m.fullscreen
+        # the fixed stimuli are made once; each frame only draws them
+        self.fixation = None
+        if layout.fixation_enabled:
+            self.fixation = visual.Circle(self.win, radius=layout.fixation_radius_deg, units="deg",
+                                          pos=layout.fixation_position_deg, fillColor=layout.fixation_color,
+                                          lineColor=None, colorSpace="rgb255", edges=64, interpolate=False,
+                                          autoLog=False)
+        self.photodiode = None
+        if layout.photodiode_enabled:
+            s = layout.photodiode_size
+            pos = layout.photodiode_center_pix()
+            self.photodiode = {white: visual.Rect(self.win, width=s, height=s, units="pix", pos=pos,
+                                                  fillColor=[255 * white] * 3, lineColor=None,
+                                                  colorSpace="rgb255", interpolate=False, autoLog=False)
+                               for white in (False, True)}
+        self.measured_hz = self.measure_refresh()
         self.win.recordFrameIntervals = True
         self.frame_index = 0
+        self._last_flip = self._core.getTime()
         self._flip_time = 0.0
-        self._intervals_seen = 0
+
+    def measure_refresh(self) -> float | None:
+        return self.win.getActualFrameRate(nIdentical=10, nMaxFrames=120, nWarmUpFrames=10, threshold=1)
+
+    def keys(self, names: list[str]) -> KeySource:
+        return PsychoPyKeys(names)
 
     def prepare(self, images: list[np.ndarray]) -> list:
+        """One ImageStim per image, made before the block starts: nothing is created between flips."""
         from PIL import Image
-        # one ImageStim per image, made before the block starts: nothing is created between flips
-        return [self._visual.ImageStim(self.win, image=Image.fromarray(np.asarray(img)), units="pix",
-                                       size=(img.shape[1], img.shape[0]), interpolate=False)
-                for img in images]
+        stims = []
+        for img in images:
+            h, w = img.shape[:2]
+            size_deg = self.layout.image_size_deg(h, w)
+            if size_deg is None:  # the image's own pixel size, at the configured position
+                x, y = self.layout.deg2pix(list(self.layout.position_deg))
+                kwargs = dict(units="pix", size=(w, h), pos=(float(x), float(y)))
+            else:
+                kwargs = dict(units="deg", size=size_deg, pos=self.layout.position_deg)
+            stims.append(self._visual.ImageStim(self.win, image=Image.fromarray(np.asarray(img)),
+                                                interpolate=False, autoLog=False, **kwargs))
+        return stims
 
-    def draw(self, handle) -> None:
+    def release(self, handles) -> None:
+        handles.clear()  # drops the textures; PsychoPy frees them with the stims
+        del self.win.frameIntervals[:]  # keeps a long session's memory flat
+
+    def draw(self, handle, fixation: bool = True, photodiode_white: bool = False) -> None:
         if handle is not None:
             handle.draw()
+        if fixation and self.fixation is not None:
+            self.fixation.draw()
+        if self.photodiode is not None:
+            self.photodiode[bool(photodiode_white)].draw()
 
     def capture(self) -> np.ndarray:
         # Under Xvfb only the back buffer can be read; read it before the flip.
@@ -88,20 +177,26 @@ class PsychoPyDisplay:
         self.win.movieFrames.clear()  # getMovieFrame keeps every frame for a movie otherwise
         return np.asarray(frame.convert("RGB"))
 
-    def flip(self) -> float:
-        self.win.callOnFlip(self._stamp)
+    def flip(self) -> FlipInfo:
+        n_intervals = len(self.win.frameIntervals)
+        self.win.callOnFlip(self._after_flip)
         self.win.flip()
+        t = self._flip_time
+        if len(self.win.frameIntervals) > n_intervals:
+            interval = self.win.frameIntervals[-1]
+        else:  # PsychoPy skips the first interval after recording is turned on
+            interval = t - self._last_flip
+        self._last_flip = t
+        return FlipInfo(self.frame_index, t, interval)
+
+    def _after_flip(self) -> None:
+        self._flip_time = self._core.getTime()  # the onset stamp, right after the buffer swap
         self.frame_index += 1
-        return self._flip_time
-
-    def _stamp(self) -> None:
-        self._flip_time = self._core.getTime()
-
-    def dropped_frames(self) -> int:
-        """Frames since the last call that took more than 1.5 refresh periods."""
-        intervals = self.win.frameIntervals[self._intervals_seen:]
-        self._intervals_seen = len(self.win.frameIntervals)
-        return int(sum(1 for dt in intervals if dt > 1.5 * self.frame_period))
+        self._run_on_flip()
 
     def close(self) -> None:
         self.win.close()
+
+
+def open_display(cfg: PresenterConfig, headless: bool) -> _Display:
+    return HeadlessDisplay(cfg) if headless else PsychoPyDisplay(cfg)

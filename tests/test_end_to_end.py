@@ -135,3 +135,37 @@ def test_dry_run_in_each_image_space(tmp_path, space):
     scores = [r["scores"] for r in journal(folder) if r["kind"] == "scores"]
     assert len(scores) == 2 and all(s is not None for gen_scores in scores for s in gen_scores)
     assert (folder / "best" / "best_a.png").is_file()
+
+
+@pytest.mark.window
+def test_rig_like_dry_run_accounts_for_every_presentation(tmp_path, display):
+    """The windowed presenter with a simulated eye that breaks fixation, LSL
+    markers, a fixation point and a photodiode patch: every presentation ends
+    shown, or aborted and re-shown, or NaN by policy."""
+    import os
+    cfg = small_config(tmp_path, generations=3)
+    path = tmp_path / "small.json"
+    config_mod.save_json(cfg, path)
+    env = {**os.environ, "LSLAPICFG": str(Path(__file__).with_name("lsl_api.cfg"))}
+    result = subprocess.run([sys.executable, "-m", "xdream.cli", "dry-run", str(path), "--window",
+                             "--presenter-config", str(Path(__file__).parents[1] / "configs" /
+                                                       "presenter-dry-run.toml"),
+                             "--out", str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (folder,) = (tmp_path / "out").iterdir()
+    records = journal(folder)
+    sent = [p for r in records if r["kind"] == "block" for p in r["presentations"]]
+    status = {r["pid"]: r["status"] for r in records if r["kind"] == "shown"}
+    counted = {r["pid"] for r in records if r["kind"] == "counts"}
+    nan_by_policy = {r["pid"] for r in records if r["kind"] == "abort_scored_nan"}
+    assert set(status) == {p["pid"] for p in sent}              # every presentation reported once
+    aborted = [pid for pid, s in status.items() if s == "aborted"]
+    assert aborted, "the simulated eye never broke fixation"
+    for p in sent:
+        if status[p["pid"]] == "shown":
+            assert p["pid"] in counted                          # shown: counted
+    for pid in aborted:                                         # aborted: re-queued, or NaN by policy
+        requeued = [p for p in sent if p["requeue_of"] == pid.split("r")[0]]
+        assert requeued or pid in nan_by_policy
+    assert list(folder.glob("presenter-*.jsonl")), "the presenter's log belongs in the session folder"

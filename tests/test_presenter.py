@@ -63,10 +63,11 @@ class FakeServer:
         self.ctx.destroy(linger=0)
 
 
-def run_presenter(extra_args, env=None):
+def run_presenter(extra_args, log_dir, env=None):
     srv = FakeServer()
     cmd = [sys.executable, "-m", "xdream.cli", "present", "--server", srv.endpoint(srv.router),
-           "--screen-tap", srv.endpoint(srv.tap), "--window-size", "160", "120", *extra_args]
+           "--screen-tap", srv.endpoint(srv.tap), "--window-size", "160", "120", "--log-dir", str(log_dir),
+           *extra_args]
     proc = subprocess.Popen(cmd, env=env)
     try:
         hello = srv.recv_type(MsgType.HELLO)
@@ -78,7 +79,7 @@ def run_presenter(extra_args, env=None):
         frames = [srv.recv(srv.tap) for _ in range(3)]
         reports = [srv.recv_type(MsgType.SHOWN) for _ in range(2)]
         for r in reports:
-            srv.send(MsgType.ACK, protocol.Ack(0))
+            srv.send(MsgType.ACK, protocol.Ack(r.seq))
         srv.send(MsgType.END, protocol.End("test over"))
         assert proc.wait(timeout=30) == 0
         return images, frames, reports
@@ -108,10 +109,10 @@ def check_frames_and_reports(images, frames, reports):
     assert reports[1].body.onset > reports[0].body.onset
 
 
-def test_headless_presenter_frames_and_reports():
-    check_frames_and_reports(*run_presenter(["--headless"]))
+def test_headless_presenter_frames_and_reports(tmp_path):
+    check_frames_and_reports(*run_presenter(["--headless"], tmp_path))
 
 
 @pytest.mark.window
-def test_psychopy_window_draws_the_image_as_sent(display):
-    check_frames_and_reports(*run_presenter([]))
+def test_psychopy_window_draws_the_image_as_sent(display, tmp_path):
+    check_frames_and_reports(*run_presenter([], tmp_path))

@@ -96,12 +96,15 @@ async def test_bad_input_is_rejected_and_a_vanished_presenter_does_not_stop_the_
             (rec, MsgType.COUNTS, protocol.Counts(bid, pids[0], "ok", [-1.0, 1.0]), "not finite"),
             (rec, MsgType.COUNTS, protocol.Counts(bid, pids[0], "ok", [1.0]), "the threads need"),
             (pres, MsgType.COUNTS, protocol.Counts(bid, pids[0], "ok", [1.0, 1.0]), "a presenter may not"),
-            (pres, MsgType.SHOWN, protocol.Shown(bid + 7, pids[0], "shown", 1.0, 6), "never sent"),
         ]
         for peer, msg_type, body, reason in bad:
             seq = await peer.send(msg_type, body)
             err = await peer.expect(MsgType.ERROR)
             assert reason in err.body.reason and err.body.ref_seq == seq
+
+        # a report for a block this session never sent (a restarted server's): journaled, acked
+        seq = await pres.send(MsgType.SHOWN, protocol.Shown(bid + 7, "b0007-000", "shown", 1.0, 6))
+        assert (await pres.expect(MsgType.ACK)).body.ref_seq == seq
 
         # good reports for all but one generated presentation, each acknowledged
         for i, pid in enumerate(p for p in pids if p != withheld):
@@ -125,7 +128,7 @@ async def test_bad_input_is_rejected_and_a_vanished_presenter_does_not_stop_the_
     assert summary[0]["n_missing"] == 1
     records = journal(folder)
     kinds = [r["kind"] for r in records]
-    assert kinds.count("rejected") == 8
+    assert kinds.count("rejected") == 7 and kinds.count("orphan_shown") == 1
     assert kinds.count("shown") == len(pids) - 1 and kinds.count("counts") == len(pids) - 1
     lost = [r for r in records if r["kind"] == "peer_lost"]
     assert lost and lost[0]["peer"] == "pres" and "silent" in lost[0]["why"]
@@ -151,3 +154,83 @@ def test_session_folder_is_never_overwritten(tmp_path):
     (tmp_path / "s").mkdir()
     with pytest.raises(SessionError, match="exists already"):
         EvolutionServer(cfg, tmp_path / "s")
+
+
+async def _one_block_session(tmp_path, policy, script):
+    """Run a 1-generation session; `script(pres, rec, block, info)` drives the peers."""
+    cfg = small_config(tmp_path, generations=1)
+    cfg.session.abort_policy = policy
+    folder = tmp_path / policy
+    server = EvolutionServer(cfg, folder)
+    endpoint = asyncio.get_running_loop().create_future()
+    run = asyncio.create_task(server.run(on_endpoint=endpoint.set_result))
+    ctx = zmq.asyncio.Context()
+    try:
+        ep = await asyncio.wait_for(endpoint, 10)
+        pres = FakePeer(ctx, ep, "presenter", "pres")
+        rec = FakePeer(ctx, ep, "recorder", "rec", channels=2)
+        await rec.join()
+        await pres.join()
+        alive = [asyncio.create_task(keep_alive(p)) for p in (pres, rec)]
+        block = await pres.expect(MsgType.BLOCK)
+        info = await rec.expect(MsgType.BLOCK_INFO)
+        await script(pres, rec, block, info)
+        summary = await asyncio.wait_for(run, 20)
+        for task in alive:
+            task.cancel()
+    finally:
+        if not run.done():
+            run.cancel()
+        ctx.destroy(linger=0)
+    return summary, journal(folder)
+
+
+async def report(pres, rec, bid, pid, status="shown", count=5.0):
+    onset = 1.0 if status == "shown" else None
+    await pres.send(MsgType.SHOWN, protocol.Shown(bid, pid, status, onset, 6 if onset else 0))
+    if status == "shown":
+        await rec.send(MsgType.COUNTS, protocol.Counts(bid, pid, "ok", [count, 0.0], [0.0, 0.0]))
+
+
+async def test_aborted_presentations_are_requeued_then_scored_nan(tmp_path):
+    seen = {}
+
+    async def script(pres, rec, block, info):
+        bid = block.body.block_id
+        specs = block.body.presentations
+        target = next(p for p in specs if p.image_id.startswith("a/"))
+        for p in specs:
+            await report(pres, rec, bid, p.pid, "aborted" if p is target else "shown")
+        # re-queued twice (max_requeues = 2), each a new BLOCK of one presentation, same image
+        for attempt in (1, 2):
+            extra = await pres.expect(MsgType.BLOCK)
+            extra_info = await rec.expect(MsgType.BLOCK_INFO)
+            (spec,) = extra.body.presentations
+            assert spec.pid == f"{target.pid}r{attempt}" and spec.image_id == target.image_id
+            assert extra_info.body.presentations == extra.body.presentations
+            assert spec.code not in {p.code for p in specs}
+            np.testing.assert_array_equal(extra.images()[0], block.images()[specs.index(target)])
+            seen[attempt] = spec.pid
+            await report(pres, rec, bid, spec.pid, "aborted" if attempt == 1 else "shown", count=9.0)
+
+    import numpy as np
+    summary, records = await _one_block_session(tmp_path, "requeue", script)
+    assert summary[0]["n_missing"] == 0            # the second re-queue was shown and counted
+    requeued = [p for r in records if r["kind"] == "block" for p in r["presentations"] if p["requeue_of"]]
+    assert [p["pid"] for p in requeued] == [seen[1], seen[2]]
+    scores = [r for r in records if r["kind"] == "scores"][0]
+    assert 9.0 in scores["scores"]
+
+
+async def test_abort_policy_nan_scores_without_showing_again(tmp_path):
+    async def script(pres, rec, block, info):
+        bid = block.body.block_id
+        specs = block.body.presentations
+        target = next(p for p in specs if p.image_id.startswith("a/"))
+        for p in specs:
+            await report(pres, rec, bid, p.pid, "aborted" if p is target else "shown")
+
+    summary, records = await _one_block_session(tmp_path, "nan", script)
+    assert summary[0]["n_missing"] == 1
+    assert [r["kind"] for r in records].count("abort_scored_nan") == 1
+    assert sum(len(r["presentations"]) for r in records if r["kind"] == "block") == 8

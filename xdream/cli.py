@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--out", help="override session.out_dir (where the session folder goes)")
     d.add_argument("--window", action="store_true",
                    help="present in a real PsychoPy window (needs a display) instead of headless")
+    d.add_argument("--presenter-config", metavar="FILE",
+                   help="the presenter's own config (monitor, simulated eye, markers, trials); "
+                        "see stimulus_client/presenter.example.toml and configs/presenter-dry-run.toml")
     d.add_argument("--timeout", type=float, default=1800.0, help="give up after this many seconds")
     d.set_defaults(func=_cmd_dry_run)
 
@@ -66,16 +69,22 @@ def _parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_serve)
 
     pr = sub.add_parser("present", help="the presentation client (PsychoPy; needs no torch)")
-    pr.add_argument("--server", required=True, help="the server's endpoint, e.g. tcp://192.168.1.10:5555")
+    pr.add_argument("--config", metavar="FILE",
+                    help="the stimulus PC's presenter config (TOML: monitor, geometry, markers, eye, trials, "
+                         "keys); the flags below override it (see docs/presenter.md)")
+    pr.add_argument("--server", help="the server's endpoint, e.g. tcp://192.168.1.10:5555 "
+                                     "(default: connection.server in --config)")
     pr.add_argument("--headless", action="store_true",
                     help="no window: timestamp frames without drawing (for machines with no display)")
-    pr.add_argument("--fullscreen", action="store_true", help="open the window full screen")
-    pr.add_argument("--window-size", type=int, nargs=2, default=[800, 600], metavar=("W", "H"),
-                    help="window size in pixels (default 800 600)")
-    pr.add_argument("--frame-rate", type=float, default=60.0,
-                    help="the monitor's refresh rate in Hz; durations are counted in its frames (default 60)")
+    pr.add_argument("--fullscreen", action="store_true", default=None, help="open the window full screen")
+    pr.add_argument("--window-size", type=int, nargs=2, metavar=("W", "H"),
+                    help="window size in pixels (monitor.resolution; default 800 600)")
+    pr.add_argument("--frame-rate", type=float,
+                    help="the monitor's refresh rate in Hz; durations are counted in its frames "
+                         "(monitor.refresh_hz; default 60)")
     pr.add_argument("--screen-tap", help="send each onset frame as drawn to a simulated rig at this endpoint")
-    pr.add_argument("--name", default="presenter", help="this peer's name in the journal")
+    pr.add_argument("--name", help="this peer's name in the journal (connection.name; default presenter)")
+    pr.add_argument("--log-dir", help="folder for the presenter's JSONL log (log.dir; default: the current folder)")
     pr.set_defaults(func=_cmd_present)
 
     w = sub.add_parser("weights", help="list the known generator weights, check them, download missing ones")
@@ -185,21 +194,16 @@ def _new_session_folder(out_dir: Path, name: str) -> Path:
 
 
 def _cmd_present(args) -> int:
-    import zmq
+    from stimulus_client import config as presenter_config
+    from stimulus_client import runner
 
-    from stimulus_client.display import HeadlessDisplay, PsychoPyDisplay
-    from stimulus_client.presenter import Presenter, ScreenTap
-    from xdream.peer import PeerConnection
-
-    size = tuple(args.window_size)
-    if args.headless:
-        display = HeadlessDisplay(size, args.frame_rate)
-    else:
-        display = PsychoPyDisplay(size, args.frame_rate, fullscreen=args.fullscreen)
-    conn = PeerConnection(args.server, "presenter", args.name)
-    tap = ScreenTap(args.screen_tap, zmq.Context.instance()) if args.screen_tap else None
-    shown = Presenter(conn, display, tap).run()
-    log.info("presented %d images", shown)
+    cfg = presenter_config.apply_overrides(
+        presenter_config.load(args.config), server=args.server, window_size=args.window_size,
+        frame_rate=args.frame_rate, fullscreen=args.fullscreen, name=args.name, log_dir=args.log_dir)
+    result = runner.run(cfg, headless=args.headless, screen_tap=args.screen_tap)
+    log.info("presented %d images, %d aborted (%s)", result.shown, result.aborted, result.reason)
+    if result.reason.startswith("interrupted"):
+        return 130
     return 0
 
 
@@ -244,7 +248,7 @@ def _cmd_dry_run(args) -> int:
     from xdream.dryrun import run_dry_run
 
     return run_dry_run(args.config, generations=args.generations, out=args.out, window=args.window,
-                       timeout_s=args.timeout, verbose=args.verbose)
+                       presenter_config=args.presenter_config, timeout_s=args.timeout, verbose=args.verbose)
 
 
 if __name__ == "__main__":

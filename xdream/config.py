@@ -26,6 +26,8 @@ class SessionConfig:
     out_dir: str = "sessions"
     block_timeout_s: float = 60.0     # a block not complete by then: the rest is 'missing'
     wait_for_peers_s: float = 120.0   # how long to wait for a presenter and a recorder
+    abort_policy: str = "requeue"     # an aborted presentation: requeue (show again later in the block) | nan
+    max_requeues: int = 2             # then it is scored NaN
 
 
 @dataclass
@@ -44,13 +46,34 @@ class GeneratorConfig:
 
 @dataclass
 class OptimizerConfig:
+    """One table for every kind; each kind reads its own keys (server.optimizers.CONFIG_PARAMS)."""
+    KINDS: typing.ClassVar[tuple[str, ...]] = ("ga", "cmaes", "sphere-cma", "pycma", "pycma-diag",
+                                               "nevergrad-cma", "ours")
     kind: str = "ga"
     population: int = 20
+    # ga: XDream's defaults (willwx/XDream)
     mutation_rate: float = 0.5
     mutation_size: float = 0.5
     selectivity: float = 2.0
     heritability: float = 0.5
     n_elites: int = 1
+    # cmaes: the Ponce lab's Cholesky CMA-ES as run online and in GECCO 2022
+    init_sigma: float = 3.0
+    a_update_freq: int = 10          # generations between updates of the Cholesky factor
+    # sphere-cma and ours: the sample angle decays exponentially (GECCO 2022: 50 -> 7.33 deg in 75)
+    angle_init_deg: float = 50.0
+    angle_final_deg: float = 7.33
+    decay_generations: int = 75
+    # sphere-cma
+    select_size: int = 0             # 0: half the population
+    lr: float = 1.5                  # extrapolation along the great circle
+    sphere_norm: float = 300.0       # GECCO 2022 for fc6 codes; 0: the mean norm of the first codes
+    # pycma, pycma-diag, nevergrad-cma
+    sigma0: float = 0.0              # 0: the GECCO 2022 values (pycma 2.0, nevergrad 1.0)
+    # ours
+    step_ratio: float = 0.12         # the centre's step, in units of the sample angle
+    norm_rate: float = 1.0           # how fast the code norm follows the scores; 0: fixed norm
+    max_norm_factor: float = 10.0    # the norm stays within 1/f .. f times the first codes' norm
 
 
 @dataclass
@@ -130,14 +153,19 @@ class Config:
     def validate(self) -> "Config":
         if self.session.generations < 1:
             raise ConfigError("session.generations must be >= 1")
+        if self.session.abort_policy not in ("requeue", "nan"):
+            raise ConfigError(f"session.abort_policy must be 'requeue' or 'nan', got {self.session.abort_policy!r}")
+        if self.session.max_requeues < 0:
+            raise ConfigError("session.max_requeues must be >= 0")
         if not self.threads:
             raise ConfigError("the config names no [[threads]]")
         names = [t.name for t in self.threads]
         if len(set(names)) != len(names):
             raise ConfigError(f"thread names must be unique, got {names}")
         for t in self.threads:
-            if t.optimizer.kind != "ga":
-                raise ConfigError(f"thread {t.name}: unknown optimizer kind {t.optimizer.kind!r}")
+            if t.optimizer.kind not in OptimizerConfig.KINDS:
+                raise ConfigError(f"thread {t.name}: unknown optimizer kind {t.optimizer.kind!r}; "
+                                  f"known: {', '.join(OptimizerConfig.KINDS)}")
             if t.channel < 0:
                 raise ConfigError(f"thread {t.name}: channel must be >= 0")
         p = self.presentation

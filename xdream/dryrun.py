@@ -20,7 +20,8 @@ from xdream.errors import SessionError
 
 
 def run_dry_run(config_path: str | None, *, generations: int | None = None, out: str | None = None,
-                window: bool = False, timeout_s: float = 1800.0, verbose: int = 0) -> int:
+                window: bool = False, presenter_config: str | None = None, timeout_s: float = 1800.0,
+                verbose: int = 0) -> int:
     cfg = config_mod.load(config_path)
     if generations is not None:
         cfg.session.generations = generations
@@ -37,13 +38,19 @@ def run_dry_run(config_path: str | None, *, generations: int | None = None, out:
         try:
             timer.start()
             server = _start(procs, cli + ["serve", str(cfg_file)])
-            endpoint = _wait_for_line(server, LISTENING, echo=(SESSION_FOLDER,))
+            folder = _wait_for_line(server, SESSION_FOLDER)
+            print(f"{SESSION_FOLDER}{folder}", flush=True)
+            endpoint = _wait_for_line(server, LISTENING)
             recorder = _start(procs, cli + ["record", "--server", endpoint, "--simulate", str(cfg_file)])
             tap = _wait_for_line(recorder, SCREEN_TAP)
             screen = cfg.presentation
             presenter_cmd = cli + ["present", "--server", endpoint, "--screen-tap", tap,
-                                   "--window-size", *map(str, screen.window_size),
-                                   "--frame-rate", str(screen.frame_rate_hz)]
+                                   "--log-dir", folder]
+            if presenter_config:  # the stimulus PC's own config: monitor, eye, markers, trials
+                presenter_cmd += ["--config", presenter_config]
+            else:
+                presenter_cmd += ["--window-size", *map(str, screen.window_size),
+                                  "--frame-rate", str(screen.frame_rate_hz)]
             _start(procs, presenter_cmd if window else presenter_cmd + ["--headless"], stdout=None)
             for line in server.stdout:
                 print(line, end="", flush=True)
@@ -69,10 +76,8 @@ def _start(procs: list, cmd: list[str], stdout=subprocess.PIPE) -> subprocess.Po
     return proc
 
 
-def _wait_for_line(proc: subprocess.Popen, prefix: str, echo: tuple[str, ...] = ()) -> str:
+def _wait_for_line(proc: subprocess.Popen, prefix: str) -> str:
     for line in proc.stdout:
         if line.startswith(prefix):
             return line[len(prefix):].strip()
-        if line.startswith(echo):
-            print(line, end="", flush=True)
     raise SessionError(f"{' '.join(proc.args[3:5])} exited (code {proc.wait()}) before saying {prefix!r}")

@@ -38,7 +38,9 @@ class PeerConnection:
         self.ended = False
         self._socket: zmq.Socket | None = None
         self._seq = 0
-        self._outbox: dict[int, list] = {}  # seq -> frames, until acknowledged
+        self._outbox: dict[int, tuple] = {}  # seq -> (type, body, images), until acknowledged
+        self._retry_at: float | None = None
+        self.reconnects = 0
         self._last_recv = time.monotonic()
         self._last_send = 0.0
         self._backoff = 0.5
@@ -59,10 +61,9 @@ class PeerConnection:
     def send(self, msg_type: MsgType, body, images=(), reliable: bool = False) -> int:
         """Send a message; `reliable` ones are resent after a reconnect until acked."""
         self._seq += 1
-        frames = protocol.encode(msg_type, body, session=self.session, seq=self._seq, images=images)
         if reliable:
-            self._outbox[self._seq] = frames
-        self._send_frames(frames)
+            self._outbox[self._seq] = (msg_type, body, images)
+        self._send_frames(protocol.encode(msg_type, body, session=self.session, seq=self._seq, images=images))
         return self._seq
 
     @property
@@ -125,8 +126,9 @@ class PeerConnection:
             self.heartbeat_s = msg.body.heartbeat_s
             self.timeout_s = msg.body.peer_timeout_s
             self._backoff = 0.5
-            for frames in self._outbox.values():  # resend what the last server never acked
-                self._send_frames(frames)
+            # resend what the last server never acked, in the session of this welcome
+            for seq, (msg_type, body, images) in self._outbox.items():
+                self._send_frames(protocol.encode(msg_type, body, session=self.session, seq=seq, images=images))
             log.info("welcomed by %s as %s (session %s)", self.endpoint, msg.body.peer_id, msg.session)
             return False
         if msg.type == MsgType.ACK:
@@ -150,16 +152,42 @@ class PeerConnection:
         return True
 
     def _keep_alive(self) -> None:
+        """Heartbeats, and reconnect once the server has been silent for timeout_s.
+
+        Never sleeps: the presenter polls between flips, and a sleep would freeze
+        the screen mid-presentation.  The backoff is a deadline; until it passes,
+        the old socket stays open (sends queue on it, nothing blocks)."""
         now = time.monotonic()
         silent = now - self._last_recv
-        if silent > self.timeout_s:
-            log.warning("server at %s silent for %.1f s; reconnecting (next try in %.1f s)",
+        if self._retry_at is None and silent > self.timeout_s:
+            self._retry_at = now + self._backoff
+            log.warning("server at %s silent for %.1f s; reconnecting in %.1f s",
                         self.endpoint, silent, self._backoff)
-            self._socket.close(linger=0)
-            time.sleep(self._backoff)  # bounded: at most MAX_BACKOFF_S
             self._backoff = min(self._backoff * 2, MAX_BACKOFF_S)
-            self._connect()
-        elif now - self._last_send > self.heartbeat_s:
+        elif self._retry_at is not None and silent <= self.timeout_s:
+            self._retry_at = None  # it spoke after all
+        if self._retry_at is not None:
+            if now >= self._retry_at:
+                self._retry_at = None
+                self.reconnects += 1
+                self._socket.close(linger=0)
+                self._connect()
+            return
+        if now - self._last_send > self.heartbeat_s:
             self._seq += 1
             self._send_frames(protocol.encode(MsgType.HEARTBEAT, protocol.Heartbeat(),
                                               session=self.session, seq=self._seq))
+
+    def flush(self, timeout_s: float, on_message=None) -> bool:
+        """Wait up to timeout_s for every report to be acknowledged; True if all were.
+
+        Messages for the application that arrive meanwhile go to on_message."""
+        deadline = time.monotonic() + timeout_s
+        while self.unacknowledged and not self.ended:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            for msg in self.poll(min(left, 0.05)):
+                if on_message is not None:
+                    on_message(msg)
+        return self.unacknowledged == 0
