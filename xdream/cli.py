@@ -127,7 +127,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--seeds", type=int, help="optimizers: seeds 0..N-1 per unit and noise level")
     b.add_argument("--sigmas", help="optimizers: comma-separated noise levels (default 0,0.2,0.5)")
     b.add_argument("--generations", type=int, help="optimizers: generations per run (default 75)")
-    b.add_argument("--wb-norm", type=float, help="optimizers: white-box code-norm bound (default 320 = 5 x 64)")
+    b.add_argument("--wb-norm", type=float, help="optimizers: white-box code-norm bound (default 512 = 8 x 64)")
     b.add_argument("--wb-restarts", type=int, help="optimizers: white-box restarts")
     b.add_argument("--wb-steps", type=int, help="optimizers: white-box Adam steps")
     b.set_defaults(func=_cmd_bench)

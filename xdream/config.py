@@ -73,7 +73,8 @@ class OptimizerConfig:
     # ours
     step_ratio: float = 0.12         # the centre's step, in units of the sample angle
     norm_rate: float = 1.0           # how fast the code norm follows the scores; 0: fixed norm
-    max_norm_factor: float = 10.0    # the norm stays within 1/f .. f times the first codes' norm
+    max_norm_factor: float = 10.0    # the norm stays within min_norm_factor .. max_norm_factor
+    min_norm_factor: float = 0.5     # times the first codes' norm
 
 
 @dataclass
