@@ -355,14 +355,13 @@ def run_jobs(jobs: list[dict], out: str | Path, *, workers: int = 1, device: str
     threads = max(1, (os.cpu_count() or 1) // workers)
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
                              initargs=(threads,)) as pool:
-        started = {pool.submit(run_job, jobs[i], str(out), device=device, reuse=False): (i, time.perf_counter())
-                   for i in todo}
+        started = {pool.submit(run_job, jobs[i], str(out), device=device, reuse=False): i for i in todo}
         for fut in as_completed(started):
-            i, t = started[fut]
+            i = started[fut]
             records[i] = fut.result()
             done += 1
-            if progress:
-                progress(done, len(jobs), jobs[i], records[i], time.perf_counter() - t)
+            if progress:   # the job's own time (not its wait in the queue)
+                progress(done, len(jobs), jobs[i], records[i], records[i]["result"]["seconds"])
     return records
 
 
@@ -502,8 +501,22 @@ def table_markdown(agg: dict, by_layer: bool = False, metrics: tuple[str, ...] =
         norms = [r["final_code_norm_median"] for r in cells if np.isfinite(r["final_code_norm_median"])]
         secs = [r["seconds_mean"] * r["n"] for r in cells if r["n"]]
         n_runs = sum(r["n"] for r in cells)
-        tail = (f" {np.median(norms):.0f} |" if norms else " - |") + (f" {sum(secs) / n_runs:.0f} |" if n_runs else " - |")
+        tail = f" {np.median(norms):.0f} |" if norms else " - |"
+        tail += f" {sum(secs) / n_runs:.0f} |" if n_runs else " - |"
         lines.append(f"| {opt} |" + (f" {layer} |" if by_layer else "") + "".join(f" {p} |" for p in parts) + tail)
+    return "\n".join(lines)
+
+
+def curve_markdown(agg: dict, points: tuple[int, ...] = (1, 10, 25, 50, 75)) -> str:
+    """The curves in numbers: normalised generation max (mean over runs) at some generations."""
+    n_gen = max((len(c["max"]) for o in agg["curves"].values() for c in o.values()), default=0)
+    gens = [g for g in points if g <= n_gen] or [n_gen]
+    lines = ["| optimizer | σ |" + "".join(f" g{g} |" for g in gens), "|---|---|" + "---|" * len(gens)]
+    for opt in agg["optimizers"]:
+        for s in agg["sigmas"]:
+            c = agg["curves"].get(opt, {}).get(f"{s:g}")
+            if c:
+                lines.append(f"| {opt} | {s:g} |" + "".join(f" {c['max'][g - 1]:.2f} |" for g in gens))
     return "\n".join(lines)
 
 
@@ -557,11 +570,12 @@ def report_markdown(agg: dict, suite: Suite, setting: dict, command: str, info: 
         + "; AlexNet: " + (f"weights {net['weights']} (sha256 {net['sha256'][:12]}...)" if net["weights"]
                            else f"seeded random weights (seed {net['seed']}), each channel standardised on the "
                                 "generator's images") + ".", "",
-        f"Wall time {info.get('wall_seconds', 0) / 60:.1f} min for {len(agg['runs'])} runs and {len(agg['units'])} "
-        f"white-box references ({info.get('computed', '?')} jobs computed, the rest reused); "
-        f"one run ({suite.generations}x{suite.population}) took {t['run_seconds_mean'] or 0:.0f} s on average, "
-        f"one white-box "
-        f"reference {t['whitebox_seconds_mean'] or 0:.0f} s.", "",
+        f"{len(agg['runs'])} runs and {len(agg['units'])} white-box references; this call computed "
+        f"{info.get('computed', '?')} of them (the rest were stored results) in "
+        f"{info.get('wall_seconds', 0) / 60:.1f} min. Job times as measured when each ran: one run "
+        f"({suite.generations}x{suite.population}) {t['run_seconds_mean'] or 0:.0f} s on average, one white-box "
+        f"reference {t['whitebox_seconds_mean'] or 0:.0f} s; all jobs "
+        f"{(t['run_seconds_sum'] + t['whitebox_seconds_sum']) / 60:.1f} min (without start-up).", "",
         "Normalised clean activation of the final generation, mean ± s.e.m. over units x seeds "
         "(best = its best image, mean = its mean); code norm = median final mean code norm:", "",
         table_markdown(agg), "",
@@ -579,7 +593,9 @@ def report_markdown(agg: dict, suite: Suite, setting: dict, command: str, info: 
         lines.append(f"| {uid} | {wb} | {bb} | {u['normaliser_from']} |")
     if agg["excluded_units"]:
         lines += ["", f"Excluded (no method drove them above 0): {', '.join(agg['excluded_units'])}."]
-    lines += ["", "![normalised activation per generation](curves.png)", ""]
+    lines += ["", "Normalised generation max (white-box normalisation, mean over units x seeds) at some "
+              "generations; all of them in curves.png:", "", curve_markdown(agg), "",
+              "![normalised activation per generation](curves.png)", ""]
     return "\n".join(lines)
 
 

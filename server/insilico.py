@@ -45,7 +45,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from server.generators.deepsim import BGR_MEAN, DeePSiMFc6, load_state_dict, random_init
 from simulators.alexnet import LAYERS, AlexNet, preprocess, seeded_alexnet
@@ -270,6 +269,8 @@ class Pipeline:
             if accelerate is not None:
                 self.fast_generator = accelerate(self.generator, "fp32")
                 self.accelerated = True
+        log.info("in-silico pipeline on %s: generator %s, AlexNet %s, accelerated generator: %s", self.device,
+                 self.generator_provenance, self.alexnet_provenance, self.accelerated)
 
     # the image a code makes, as the network sees it
     def _network_input(self, bgr: torch.Tensor) -> torch.Tensor:

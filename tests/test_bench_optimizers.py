@@ -129,42 +129,43 @@ def test_whitebox_stays_in_the_ball(tiny):
     assert float(project_to_ball(z, 5.0).norm(dim=1).max()) == pytest.approx(5.0, rel=1e-5)
 
 
+TV_NAMES = {"conv1": "features.0", "conv2": "features.3", "conv3": "features.6", "conv4": "features.8",
+            "conv5": "features.10", "fc6": "classifier.1", "fc7": "classifier.4", "fc8": "classifier.6"}
+
+
+def torchvision_names(state: dict, prefix: str = "") -> dict:
+    return {f"{prefix}{TV_NAMES[k.split('.')[0]]}.{k.split('.')[1]}": v for k, v in state.items()}
+
+
 def test_alexnet_weights_from_a_torchvision_state_dict(tmp_path):
-    ours = AlexNet().state_dict()
-    names = {"conv1": "features.0", "conv2": "features.3", "conv3": "features.6", "conv4": "features.8",
-             "conv5": "features.10", "fc6": "classifier.1", "fc7": "classifier.4", "fc8": "classifier.6"}
-    tv = {f"module.{names[k.split('.')[0]]}.{k.split('.')[1]}": v.clone() for k, v in ours.items()}
+    torch.manual_seed(3)
+    ref = AlexNet().eval()
+    ours = ref.state_dict()
     path = tmp_path / "alexnet-tv.pth"
-    torch.save(tv, path)
+    torch.save(torchvision_names(ours, "module."), path)      # as saved from a DataParallel model
     net, sha = load_alexnet(path)
     for k, v in net.state_dict().items():
         assert torch.equal(v, ours[k]), k
     assert len(sha) == 64
-    assert set(map_alexnet_state({"state_dict": dict(ours)})) == set(ours)   # our own names, wrapped
-    del tv["module.classifier.6.bias"]
-    torch.save(tv, path)
-    with pytest.raises(GeneratorError, match="classifier|fc8"):
-        load_alexnet(path)
-    tv["module.classifier.6.bias"] = torch.zeros(10)
-    torch.save(tv, path)
-    with pytest.raises(GeneratorError, match="shape"):
-        load_alexnet(path)
-
-
-def test_pipeline_with_alexnet_weights_uses_them_unchanged(tmp_path):
-    torch.manual_seed(3)
-    ref = AlexNet().eval()
-    names = {"conv1": "features.0", "conv2": "features.3", "conv3": "features.6", "conv4": "features.8",
-             "conv5": "features.10", "fc6": "classifier.1", "fc7": "classifier.4", "fc8": "classifier.6"}
-    torch.save({f"{names[k.split('.')[0]]}.{k.split('.')[1]}": v for k, v in ref.state_dict().items()},
-               tmp_path / "a.pth")
-    pipe = Pipeline(alexnet_weights=str(tmp_path / "a.pth"), device="cpu", fast=False)
+    # the pipeline uses such weights as they are (no standardisation)
+    pipe = Pipeline(alexnet_weights=str(path), device="cpu", fast=False)
+    assert pipe.alexnet_provenance == sha
     codes = np.random.default_rng(0).standard_normal((2, 4096))
-    unit = Unit.centre("fc8", 5)
     with torch.no_grad():
         x = pipe._network_input(pipe.generator(torch.as_tensor(codes, dtype=torch.float32)))
         want = ref(x)[:, 5].double().numpy()
-    np.testing.assert_allclose(pipe.score(codes, unit), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(pipe.score(codes, Unit.centre("fc8", 5)), want, rtol=1e-5, atol=1e-6)
+    # our own names, wrapped in {'state_dict': ...}, map too; wrong keys and shapes are named
+    assert set(map_alexnet_state({"state_dict": dict(ours)})) == set(ours)
+    tv = torchvision_names(ours)
+    del tv["classifier.6.bias"]
+    with pytest.raises(GeneratorError, match="fc8.bias"):
+        map_alexnet_state(tv)
+    tv["classifier.6.bias"] = torch.zeros(10)
+    with pytest.raises(GeneratorError, match="shape"):
+        map_alexnet_state(tv)
+    with pytest.raises(GeneratorError, match="unexpected"):
+        map_alexnet_state(dict(torchvision_names(ours), **{"features.99.weight": torch.zeros(1)}))
 
 
 def test_cli_list_jobs_job_and_json(tmp_path, capsys):

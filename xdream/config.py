@@ -71,7 +71,7 @@ class OptimizerConfig:
     # pycma, pycma-diag, nevergrad-cma
     sigma0: float = 0.0              # 0: the GECCO 2022 values (pycma 2.0, nevergrad 1.0)
     # ours
-    step_ratio: float = 0.12         # the centre's step, in units of the sample angle
+    step_ratio: float = 0.33         # the centre's step angle over the sample angle
     norm_rate: float = 1.0           # how fast the code norm follows the scores; 0: fixed norm
     max_norm_factor: float = 10.0    # the norm stays within min_norm_factor .. max_norm_factor
     min_norm_factor: float = 0.5     # times the first codes' norm

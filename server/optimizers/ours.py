@@ -16,9 +16,9 @@ A generation, after the first:
     early, and a pair's difference is blind to it;
   * direction: the pairs' differences s(+) - s(-) are ranked (centred ranks,
     ties averaged: only their order counts, so the noise's scale does not) and
-    the centre moves along sum_i w_i u_i, by step_ratio * theta * 2 per unit
-    of that sum, smoothed over generations (`smoothing`, an exponential
-    average of steps on the sphere);
+    the centre moves along sum_i w_i u_i / |w|, an angle of about step_ratio
+    * theta whatever the population, smoothed over generations (`smoothing`,
+    an exponential average of steps on the sphere);
   * norm: the rank correlation of the pairs' sums with their eps_i moves
     log r by norm_rate * norm_coupling * theta * corr, within a factor
     `max_norm_factor` of the first codes' norm.  The generator's code norm is
@@ -53,10 +53,10 @@ scale: cmaes 20.1 / 9.9, sphere-cma 20.9 / 8.8, GA 15.0 / 7.8 on those units):
       the direction estimate;
     - CMA log weights on the best half (minus their mean) instead of centred
       ranks of all: 12.2 / 7.8;
-    - step_ratio 0.1 / 0.15 / 0.2 / 0.25: 21.2 / 10.2, 21.9 / 9.8, 21.2 / 8.9,
-      20.0 / 8.0 - smaller steps pay under noise;
+    - step_ratio 0.27 / 0.41 / 0.54 / 0.68: 21.2 / 10.2, 21.9 / 9.8, 21.2 /
+      8.9, 20.0 / 8.0 - smaller steps pay under noise;
     - heavy-ball momentum 0.8: 11.6 / 4.6 (overshoots); exponential smoothing
-      of the steps, 0.5 with step 0.4: 18.5 / 6.9, 0.8 with step 0.6: 15.8 /
+      of the steps, 0.5 with step 1.1: 18.5 / 6.9, 0.8 with step 1.6: 15.8 /
       6.3 - a larger step along a smoothed direction does not pay either;
     - angle schedule 30 -> 7.33 or 80 -> 7.33 deg: 21.4 / 9.1, 21.3 / 9.5;
       50 -> 15 deg: 20.5 / 9.3 (50 -> 7.33: 21.9 / 9.8).
@@ -69,10 +69,10 @@ scale: cmaes 20.1 / 9.9, sphere-cma 20.9 / 8.8, GA 15.0 / 7.8 on those units):
     quadratic the learned norm shrank to ~20 (towards z = 0, whose score 0.56
     beats a random direction's), where a direction's change no longer shows:
     hence the floor min_norm_factor 0.5.
-Then 8 units, sigma 0 / 0.2 / 0.5: step_ratio 0.12 without / with smoothing
+Then 8 units, sigma 0 / 0.2 / 0.5: step_ratio 0.33 without / with smoothing
 0.5: 23.7 / 14.2 / 10.6 and 24.1 / 14.0 / 10.6 (smoothing kept: no worse
-under noise, a little better without); step 0.15 with smoothing: 24.6 / 13.7 / 10.2; 0.1 and
-0.08: 23.0 / - / 10.6 and 21.8 / - / 10.3; final angle 4 or 12 deg: 23.3 /
+under noise, a little better without); step 0.41 with smoothing: 24.6 /
+13.7 / 10.2; 0.27 and 0.22: 23.0 / - / 10.6 and 21.8 / - / 10.3; final angle 4 or 12 deg: 23.3 /
 - / 10.0 and 23.8 / - / 10.7; norm_coupling 1: 23.8 / - / 10.8; norm_rate 2:
 23.9 / - / 10.6.  None of these is clearly better than the defaults.
 
@@ -102,7 +102,7 @@ class OursOptimizer(Optimizer):
     kind = "ours"
 
     def __init__(self, code_shape, rng, *, population=40, angle_init_deg=50.0, angle_final_deg=7.33,
-                 decay_generations=75, step_ratio=0.12, smoothing=0.5, norm_rate=1.0, norm_coupling=0.6,
+                 decay_generations=75, step_ratio=0.33, smoothing=0.5, norm_rate=1.0, norm_coupling=0.6,
                  max_norm_factor=10.0, min_norm_factor=0.5, init_codes=None, name="ours"):
         super().__init__(code_shape, rng, name)
         if population < 4:
@@ -186,7 +186,9 @@ class OursOptimizer(Optimizer):
         if not w.any() and not total.any():
             return   # every score equal: no ranking information
         theta = self.angle()
-        step = 2 * self.step_ratio * theta * (w @ self.u[ok])
+        # normalised by the weights' size, so that the step (about step_ratio * theta:
+        # the random part of w @ u dominates) does not depend on the population
+        step = self.step_ratio * theta * (w @ self.u[ok]) / np.sqrt(w @ w) if w.any() else 0.0 * self.u[0]
         previous = tangent(self.center, self.velocity[None])[0]   # carried onto the new tangent plane
         self.velocity = self.smoothing * previous + (1 - self.smoothing) * step
         self.center = unit(exp_map(self.center, self.velocity[None])[0])
