@@ -122,7 +122,7 @@ def test_ctrl_c_reports_and_says_bye(tmp_path):
     try:
         wait_for(lambda: len(server.status) == 5, what="the five reports")
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 130
+        assert proc.wait(timeout=90) == 130   # generous: under heavy load the flush and exit were slow once
         assert server.finished.wait(10)
     finally:
         if proc.poll() is None:
