@@ -109,10 +109,10 @@ def test_pairs_are_mirrored_around_the_centre_at_the_scheduled_angle_and_share_a
     np.testing.assert_allclose(mid, np.broadcast_to(opt.center, mid.shape), atol=1e-12)
     angle = np.degrees(np.arccos(np.clip(unit(plus) @ opt.center, -1, 1)))
     assert angle.mean() == pytest.approx(50.0, rel=0.05)
-    # the norm is explored too, around the first codes' norm
+    # the norm is explored too, around 3 x the first codes' norm (init_norm_factor)
     norms = np.linalg.norm(plus, axis=1)
     assert 0.05 < np.std(np.log(norms)) < 0.6
-    assert np.exp(np.mean(np.log(norms))) == pytest.approx(np.sqrt(4096), rel=0.2)
+    assert np.exp(np.mean(np.log(norms))) == pytest.approx(3 * np.sqrt(4096), rel=0.2)
 
 
 def test_an_odd_population_also_shows_the_centre():
@@ -127,7 +127,7 @@ def test_an_odd_population_also_shows_the_centre():
 @pytest.mark.parametrize("sign", [+1, -1])
 def test_the_norm_follows_the_scores(sign):
     """A score that grows (falls) with the code norm: the norm goes up (down), within its bounds."""
-    opt = ours(dim=200, population=20, max_norm_factor=4.0, min_norm_factor=0.25)
+    opt = ours(dim=200, population=20, init_norm_factor=1.0, max_norm_factor=4.0, min_norm_factor=0.25)
     start = opt.norm
     rng = np.random.default_rng(3)
     for _ in range(40):
@@ -140,11 +140,13 @@ def test_the_norm_follows_the_scores(sign):
 
 
 def test_a_fixed_norm_when_norm_rate_is_zero():
-    opt = ours(dim=100, population=10, norm_rate=0.0)
+    opt = ours(dim=100, population=10, norm_rate=0.0, min_norm_factor=1.0)
+    start = opt.norm
+    assert start == pytest.approx(3 * np.exp(opt.log_norm0))
     for _ in range(5):
         c = opt.ask()
-        opt.tell(c.ids, np.linalg.norm(c.codes, axis=1))
-    assert opt.norm == pytest.approx(np.exp(opt.log_norm0))
+        opt.tell(c.ids, -np.linalg.norm(c.codes, axis=1))
+    assert opt.norm == start
 
 
 def test_equal_scores_move_nothing():
@@ -184,3 +186,11 @@ def test_beats_the_ponce_lab_optimizers_and_the_ga_on_a_small_toy_neuron(noise):
                     generations=40, population=40)
     for other in ("cmaes", "sphere-cma", "ga"):
         assert res[("ours", noise)] > 1.05 * res[(other, noise)], res
+
+
+@pytest.mark.parametrize("kw", [{"min_norm_factor": 4.0}, {"init_norm_factor": 20.0}, {"step_ratio": 0.0},
+                                {"smoothing": 1.0}, {"population": 3}])
+def test_bad_parameters_are_refused(kw):
+    from xdream.errors import OptimizerError
+    with pytest.raises(OptimizerError):
+        ours(dim=10, **kw)

@@ -73,8 +73,9 @@ class OptimizerConfig:
     # ours
     step_ratio: float = 0.33         # the centre's step angle over the sample angle
     norm_rate: float = 1.0           # how fast the code norm follows the scores; 0: fixed norm
-    max_norm_factor: float = 10.0    # the norm stays within min_norm_factor .. max_norm_factor
-    min_norm_factor: float = 0.5     # times the first codes' norm
+    init_norm_factor: float = 3.0    # the code norm starts at this times the first codes' norm ...
+    min_norm_factor: float = 3.0     # ... and stays within min .. max times it (3, 3, 10: for DeePSiM
+    max_norm_factor: float = 10.0    # fc6 codes drawn N(0, 1); 1, 0.5, 10 for a Gaussian-prior GAN)
 
 
 @dataclass

@@ -2,7 +2,9 @@
 
 Pure numpy (pycma and nevergrad only in external.py, imported when used), no
 I/O, an injected np.random.Generator, and they maximise.  The public
-`ask`/`tell` check their inputs and call the private `_ask`/`_tell`.
+`ask`/`tell` check their inputs and call the private `_ask`/`_tell`;
+`state_dict`/`load_state_dict` save and restore exactly, and
+`to_arrays`/`from_arrays` put a state through np.savez without pickle.
 
     kind            class                    module
     ga              GeneticOptimizer         ga.py          XDream's GA
@@ -43,16 +45,17 @@ OPTIMIZER_KINDS: dict[str, type[Optimizer]] = {
 CONFIG_PARAMS: dict[str, tuple[str, ...]] = {
     "ga": ("mutation_rate", "mutation_size", "selectivity", "heritability", "n_elites"),
     "cmaes": ("init_sigma", "a_update_freq"),
-    "sphere-cma": ("select_size", "lr", "sphere_norm", "angle_init_deg", "angle_final_deg", "decay_generations"),
+    "sphere-cma": ("select_size", "lr", "sphere_norm", "angle_init_deg", "angle_final_deg",
+                   "decay_generations"),
     "pycma": ("sigma0",),
     "pycma-diag": ("sigma0",),
     "nevergrad-cma": ("sigma0",),
     "ours": ("angle_init_deg", "angle_final_deg", "decay_generations", "step_ratio", "norm_rate",
-             "max_norm_factor", "min_norm_factor"),
+             "init_norm_factor", "min_norm_factor", "max_norm_factor"),
 }
 
-__all__ = ["CONFIG_PARAMS", "Candidates", "Optimizer", "GeneticOptimizer", "CholeskyCMAES", "SphereCMA", "PycmaOptimizer",
-           "PycmaDiagonal", "NevergradCMA", "OursOptimizer", "OPTIMIZER_KINDS", "make_optimizer",
+__all__ = ["CONFIG_PARAMS", "Candidates", "Optimizer", "GeneticOptimizer", "CholeskyCMAES", "SphereCMA",
+           "PycmaOptimizer", "PycmaDiagonal", "NevergradCMA", "OursOptimizer", "OPTIMIZER_KINDS", "make_optimizer",
            "build_optimizer", "to_arrays", "from_arrays"]
 
 
