@@ -219,13 +219,46 @@ def parse_job(text: str) -> dict:
     return job
 
 
+def code_fingerprint(job: dict) -> dict:
+    """What computed a job's result, beside the job itself: the source of the
+    optimizer's module (and of the optimizers' base module) for a run, and the
+    in-silico pipeline's version.  A stored result whose fingerprint differs is
+    stale: the optimizer (or the pipeline) changed since it was computed."""
+    from server.insilico import PIPELINE_VERSION
+    out = {"pipeline": PIPELINE_VERSION}
+    if job["type"] == "run":
+        out["optimizer"] = optimizer_fingerprint(job["optimizer"])
+    return out
+
+
+def optimizer_fingerprint(kind: str) -> str:
+    try:
+        from server.optimizers import OPTIMIZER_KINDS
+        cls = OPTIMIZER_KINDS[kind]
+    except (ImportError, KeyError):
+        from server.optimizers import GeneticOptimizer as cls
+    h = hashlib.sha256()
+    for module in dict.fromkeys([inspect.getmodule(cls)] + [inspect.getmodule(b) for b in cls.__mro__[1:-1]]):
+        try:
+            h.update(inspect.getsource(module).encode())
+        except (OSError, TypeError):
+            h.update(repr(module).encode())
+    return h.hexdigest()[:16]
+
+
 def load_result(job: dict, out: Path) -> dict | None:
+    """The stored result of exactly this job, computed by the code there is now; else None."""
     path = job_path(job, out)
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    return data if data.get("job") == job else None
+    if data.get("job") != job:
+        return None
+    if "code" in data and data["code"] != code_fingerprint(job):
+        log.info("stored result %s is stale (the optimizer or the pipeline changed): recomputing", path)
+        return None
+    return data
 
 
 _PIPELINES: dict = {}
@@ -310,7 +343,8 @@ def run_job(job: dict, out: str | Path, *, device: str = "auto", reuse: bool = T
         result["seconds"] = time.perf_counter() - t0
     else:
         result = run_run(job, pipe)
-    record = {"job": job, "result": result, "device": str(pipe.device), "accelerated": pipe.accelerated,
+    record = {"job": job, "result": result, "code": code_fingerprint(job), "device": str(pipe.device),
+              "accelerated": pipe.accelerated,
               "provenance": {"generator": pipe.generator_provenance, "alexnet": pipe.alexnet_provenance},
               "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
     path = job_path(job, out)

@@ -57,6 +57,7 @@ INPUT_SIZE = 224
 # feature-map side of each conv layer at 224 px (the unit sits at its centre)
 CONV_SIZES = {"conv1": 55, "conv2": 27, "conv3": 13, "conv4": 13, "conv5": 13}
 LINEAR_OUTPUT = ("fc8",)   # units read before any ReLU; the others after it
+PIPELINE_VERSION = 1       # bump when what a code scores changes (stored benchmark results go stale)
 N_PROBE = 64               # generator images that standardise a seeded AlexNet
 PROBE_STREAM = 0xA1E       # numpy seed-sequence key of those images' codes
 

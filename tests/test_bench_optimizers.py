@@ -59,6 +59,12 @@ def test_job_list_round_trips_through_json_and_files(tiny, ran, monkeypatch):
     # a job that differs in anything is a different file
     other = dict(jobs[1], seed=7)
     assert bo.job_path(other, out) != bo.job_path(jobs[1], out)
+    # a result computed by another version of the optimizer is stale
+    path = bo.job_path(jobs[1], out)
+    assert records[1]["code"]["optimizer"] == bo.optimizer_fingerprint(jobs[1]["optimizer"])
+    path.write_text(json.dumps(dict(records[1], code=dict(records[1]["code"], optimizer="0" * 16))))
+    assert bo.load_result(jobs[1], out) is None
+    path.write_text(json.dumps(records[1]))
     with pytest.raises(ConfigError):
         bo.parse_job('{"type": "nonsense"}')
 
