@@ -40,14 +40,14 @@ cmd=${1:-}
 [ $# -gt 0 ] && shift
 case "$cmd" in
   dry-run)
-    ensure_venv server
+    ensure_venv server,record
     exec "$venv/bin/xdream" dry-run "$@" ;;
   test)
-    ensure_venv server,present,test
+    ensure_venv server,present,record,export,test
     ensure_xvfb
     exec "$venv/bin/python" -m pytest "$@" ;;
   xdream)
-    ensure_venv server,present
+    ensure_venv server,present,record,export
     exec "$venv/bin/xdream" "$@" ;;
   *)
     sed -n '2,5p' "$0" | sed 's/^# //'

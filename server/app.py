@@ -20,11 +20,10 @@ import numpy as np
 import zmq
 import zmq.asyncio
 
-from server.generators import build_generator
 from server.journal import Journal
-from server.optimizers import Optimizer, build_optimizer
 from server.references import load_references
 from server.scheduler import BlockProgress, ScheduledBlock, Scheduler
+from server.threads import EvolutionThread, build_threads
 from xdream import protocol
 from xdream.errors import ProtocolError, SessionError
 from xdream.protocol import MsgType
@@ -40,15 +39,6 @@ class Peer:
     channels: int
     last_seen: float
     peer_id: str
-
-
-@dataclass
-class EvolutionThread:
-    name: str
-    channel: int
-    optimizer: Optimizer
-    generator: object
-    best_score: float = -math.inf
 
 
 class EvolutionServer:
@@ -67,22 +57,11 @@ class EvolutionServer:
         self._seq = 0
         self._n_peers = 0
         size = cfg.presentation.image_size_px
-        root = np.random.SeedSequence(cfg.session.seed)
-        sched_seed, *thread_seeds = root.spawn(1 + len(cfg.threads))
-        generators: dict[tuple, object] = {}  # threads with the same generator config share one
-        self.threads = []
-        for tcfg, seed in zip(cfg.threads, thread_seeds):
-            key = repr(tcfg.generator)
-            if key not in generators:
-                generators[key] = build_generator(tcfg.generator, size)
-            gen = generators[key]
-            rng = np.random.default_rng([tcfg.seed, *seed.generate_state(2)])
-            opt = build_optimizer(tcfg.optimizer, gen, rng, tcfg.name)
-            self.threads.append(EvolutionThread(tcfg.name, tcfg.channel, opt, gen))
+        self.threads, sched_rng = build_threads(cfg)
         refs = load_references(cfg.reference.folder, cfg.reference.count, size)
         for ref in refs:
             self.journal.save_image_later(f"references/{ref.name}.png", ref.pixels)
-        self.scheduler = Scheduler(refs, np.random.default_rng(sched_seed), cfg.presentation.max_event_code,
+        self.scheduler = Scheduler(refs, sched_rng, cfg.presentation.max_event_code,
                                    cfg.presentation.shuffle)
         self.journal.write("session_start", session=self.session_id,
                            threads=[{"name": t.name, "channel": t.channel,

@@ -54,7 +54,7 @@ WB_NORM_FACTOR = 8.0               # white-box code-norm bound = 8 x 64 = 512 (d
 ALL_LAYERS = ("conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
 SIGMAS = (0.0, 0.2, 0.5)
 ALL_OPTIMIZERS = ("ga", "cmaes", "sphere-cma", "pycma", "pycma-diag", "nevergrad-cma", "ours")
-QUICK_OPTIMIZERS = ("ga", "cmaes", "sphere-cma")
+QUICK_OPTIMIZERS = ("ga", "pycma", "pycma-diag", "sphere-cma", "ours")   # the Goal's comparison
 
 
 @dataclass(frozen=True)
