@@ -13,3 +13,5 @@ class RigEvents:
     spike_times: np.ndarray = field(default_factory=lambda: np.empty(0))
     spike_channels: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=int))
     watermark: float | None = None   # the rig has delivered every event before this time
+    # times (s) a photodiode crossed its threshold (rising), where the rig records one; optional
+    photodiode: list[float] = field(default_factory=list)

@@ -59,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="the presenter's own config (monitor, simulated eye, markers, trials); "
                         "see stimulus_client/presenter.example.toml and configs/presenter-dry-run.toml")
     d.add_argument("--timeout", type=float, default=1800.0, help="give up after this many seconds")
+    d.add_argument("--rig", metavar="NAME",
+                   help="run the simulated neuron behind this rig's real wire format (openephys, intan, lsl, "
+                        "...): the recorder uses the real adapter; default: the in-process simulated rig")
     d.set_defaults(func=_cmd_dry_run)
 
     s = sub.add_parser("serve", help="the evolution server: binds a ROUTER socket and runs the session")
@@ -139,6 +142,11 @@ def _parser() -> argparse.ArgumentParser:
                         "embedded config); it listens for the presenter's --screen-tap")
     r.add_argument("--tap-bind", default="tcp://127.0.0.1:0", help="where the simulated rig listens")
     r.add_argument("--name", default="recorder", help="this peer's name in the journal")
+    r.add_argument("--rig", metavar="NAME",
+                   help="the rig adapter (openephys, intan, lsl, plexon, blackrock; see docs/adapters.md); "
+                        "with --simulate, a simulated peer speaks that rig's wire format to the real adapter")
+    r.add_argument("--rig-option", action="append", metavar="KEY=VALUE",
+                   help="an option of the rig adapter, e.g. host=192.168.1.20 (repeat for more)")
     r.set_defaults(func=_cmd_record)
     return p
 
@@ -211,18 +219,45 @@ def _cmd_record(args) -> int:
     from recording_adapters.recorder import Recorder
     from xdream.peer import PeerConnection
 
+    from recording_adapters.sources import build_source, parse_options
+
+    options = parse_options(args.rig_option)
     if not args.simulate:
-        print("xdream record: no rig adapter is built yet; use --simulate CONFIG "
-              "(real rig adapters are the recording-adapters issue)", file=sys.stderr)
-        return 2
+        if not args.rig:
+            print("xdream record: say which rig (--rig NAME, see docs/adapters.md) or --simulate CONFIG",
+                  file=sys.stderr)
+            return 2
+        source = build_source(args.rig, options)
+        conn = PeerConnection(args.server, "recorder", args.name, channels=source.channels)
+        log.info("reported counts for %d presentations", Recorder(conn, source).run())
+        return 0
     from simulators.rig import SimulatedRig
 
     cfg = _load(args.simulate)
     rig = SimulatedRig(cfg.simulator, bind=args.tap_bind)
-    print(f"{SCREEN_TAP}{rig.endpoint}", flush=True)
-    conn = PeerConnection(args.server, "recorder", args.name, channels=rig.channels)
-    reported = Recorder(conn, rig).run()
-    log.info("reported counts for %d presentations", reported)
+    if not args.rig:  # the simulated rig is the source itself, in-process
+        print(f"{SCREEN_TAP}{rig.endpoint}", flush=True)
+        conn = PeerConnection(args.server, "recorder", args.name, channels=rig.channels)
+        log.info("reported counts for %d presentations", Recorder(conn, rig).run())
+        return 0
+    # the simulated rig feeds a peer that speaks the real wire format; the real adapter reads it
+    from simulators.rig_pump import RigPump
+    from simulators.wire_peers import start_peer
+
+    peer = start_peer(args.rig, rig.channels)
+    pump = None
+    try:
+        source = build_source(args.rig, {**peer.adapter_options(), **options})
+        print(f"{SCREEN_TAP}{rig.endpoint}", flush=True)  # only once the adapter is built
+        pump = RigPump(rig, peer)
+        pump.start()
+        conn = PeerConnection(args.server, "recorder", args.name, channels=source.channels)
+        log.info("reported counts for %d presentations", Recorder(conn, source).run())
+    finally:
+        if pump is not None:
+            pump.stop()
+        peer.close()
+        rig.close()
     return 0
 
 
@@ -248,7 +283,8 @@ def _cmd_dry_run(args) -> int:
     from xdream.dryrun import run_dry_run
 
     return run_dry_run(args.config, generations=args.generations, out=args.out, window=args.window,
-                       presenter_config=args.presenter_config, timeout_s=args.timeout, verbose=args.verbose)
+                       presenter_config=args.presenter_config, timeout_s=args.timeout, verbose=args.verbose,
+                       rig=args.rig)
 
 
 if __name__ == "__main__":

@@ -16,18 +16,22 @@ from pathlib import Path
 
 from xdream import config as config_mod
 from xdream.cli import LISTENING, SCREEN_TAP, SESSION_FOLDER
-from xdream.errors import SessionError
+from xdream.errors import ConfigError, SessionError
 
 
 def run_dry_run(config_path: str | None, *, generations: int | None = None, out: str | None = None,
                 window: bool = False, presenter_config: str | None = None, timeout_s: float = 1800.0,
-                verbose: int = 0) -> int:
+                verbose: int = 0, rig: str | None = None) -> int:
     cfg = config_mod.load(config_path)
     if generations is not None:
         cfg.session.generations = generations
     if out:
         cfg.session.out_dir = out
     cfg.validate()
+    if rig is not None:
+        from simulators.wire_peers import PEERS
+        if rig not in PEERS:
+            raise ConfigError(f"no simulated rig {rig!r}; known: {', '.join(sorted(PEERS))}")
     procs: list[subprocess.Popen] = []
     timer = threading.Timer(timeout_s, lambda: [p.kill() for p in procs])
     timer.daemon = True
@@ -41,7 +45,8 @@ def run_dry_run(config_path: str | None, *, generations: int | None = None, out:
             folder = _wait_for_line(server, SESSION_FOLDER)
             print(f"{SESSION_FOLDER}{folder}", flush=True)
             endpoint = _wait_for_line(server, LISTENING)
-            recorder = _start(procs, cli + ["record", "--server", endpoint, "--simulate", str(cfg_file)])
+            record_cmd = cli + ["record", "--server", endpoint, "--simulate", str(cfg_file)]
+            recorder = _start(procs, record_cmd + (["--rig", rig] if rig else []))
             tap = _wait_for_line(recorder, SCREEN_TAP)
             screen = cfg.presentation
             presenter_cmd = cli + ["present", "--server", endpoint, "--screen-tap", tap,
