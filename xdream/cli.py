@@ -148,6 +148,27 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--rig-option", action="append", metavar="KEY=VALUE",
                    help="an option of the rig adapter, e.g. host=192.168.1.20 (repeat for more)")
     r.set_defaults(func=_cmd_record)
+
+    rp = sub.add_parser("replay", help="re-derive a session's every generation from its recorded responses "
+                                       "and check the codes bit for bit; --realtime re-sends it to peers")
+    rp.add_argument("session", help="the session folder")
+    rp.add_argument("--realtime", action="store_true",
+                    help="act as the server: re-send the recorded blocks at their recorded times to a presenter "
+                         "(and a recorder fed by `xdream record --replay SESSION`), compare what comes back")
+    rp.add_argument("--bind", default="tcp://127.0.0.1:0", help="--realtime: where to listen")
+    rp.add_argument("--speed", type=float, default=1.0, help="--realtime: time runs this many times faster")
+    rp.add_argument("--no-recorder", action="store_true",
+                    help="--realtime: test a presenter alone (no counts are compared)")
+    rp.add_argument("--out", help="--realtime: the replay's own session folder (default SESSION/replays/STAMP)")
+    rp.set_defaults(func=_cmd_replay)
+
+    ex = sub.add_parser("export", help="a session as NWB (pynwb) and/or CSV tables")
+    ex.add_argument("session", help="the session folder")
+    ex.add_argument("--nwb", metavar="OUT.nwb", help="write an NWB file")
+    ex.add_argument("--csv", metavar="DIR", help="write presentations.csv and generations.csv into DIR")
+    ex.add_argument("--no-images", action="store_true",
+                    help="NWB: leave the images out (they are regenerated from the codes, which takes time)")
+    ex.set_defaults(func=_cmd_export)
     return p
 
 
@@ -277,6 +298,16 @@ def _cmd_bench(args) -> int:
         return cli_bench_optimizers(args)
     from server.bench import cli_bench
     return cli_bench(args)
+
+
+def _cmd_replay(args) -> int:
+    from server.replay import cli_replay
+    return cli_replay(args)
+
+
+def _cmd_export(args) -> int:
+    from server.export import cli_export
+    return cli_export(args)
 
 
 def _cmd_dry_run(args) -> int:
