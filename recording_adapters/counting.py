@@ -1,102 +1,129 @@
-"""Spike counts per presentation: align event codes to presentations, count
-spikes per channel in [onset+t0, onset+t1) and in a baseline window.
+"""Spike counts per presentation: the aligner finds each presentation's onset,
+the counter counts spikes per channel in [onset+t0, onset+t1) and in a
+baseline window (defaults 50-200 ms and 0-50 ms).
 
-A presentation is counted once the rig's watermark has passed the end of
-both windows, so a count is never taken from a window still filling.
+Rules (docs/adapters.md, "The counter"):
+- A presentation is counted once the rig's watermark has passed the end of
+  both its windows, so a count is never taken from a window still filling.
+- It is reported `missing` instead, never counted, when its code never arrives
+  (the aligner's rules), when the rig's clock jumps back before its windows
+  are complete, or when its windows are still incomplete `timeout_s` of wall
+  time after its code was matched (the rig's stream stopped).  Wall time,
+  because a stopped stream advances no rig time.
+- A clock jump is seen as a code or a watermark earlier than the latest rig
+  time seen (minus `jump_tolerance_s`); the spikes kept so far are dropped.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import deque
-from dataclasses import dataclass
+import time
 
 import numpy as np
 
+from recording_adapters.aligner import Aligner, Expected
 from recording_adapters.events import RigEvents
 from xdream import protocol
 
 log = logging.getLogger(__name__)
 
-EARLY_CODE_MAX_AGE_S = 30.0  # rig time a code may wait for its block's info before it is dropped
-
-
-@dataclass
-class _Pending:
-    block_id: int
-    pid: str
-    code: int
-    onset: float | None = None
-
 
 class SpikeCounter:
-    def __init__(self, n_channels: int, window_s=(0.05, 0.2), baseline_s=(0.0, 0.05)):
+    def __init__(self, n_channels: int, window_s=(0.05, 0.2), baseline_s=(0.0, 0.05), *,
+                 timeout_s: float = 30.0, jump_tolerance_s: float = 0.001, clock=time.monotonic, **aligner):
         self.n_channels = n_channels
         self.window_s = tuple(window_s)
         self.baseline_s = tuple(baseline_s)
-        self._awaiting_code: deque[_Pending] = deque()  # expected, in the order sent
-        self._onsets: list[_Pending] = []               # code seen, window not yet complete
+        self.timeout_s = timeout_s
+        self.jump_tolerance_s = jump_tolerance_s
+        self.clock = clock
+        self.aligner = Aligner(timeout_s=timeout_s, clock=clock, **aligner)
+        self._open: list[tuple[Expected, float]] = []   # (onset final, wall time it was), window filling
         self._times = np.empty(0)
         self._channels = np.empty(0, dtype=int)
-        self.unmatched_codes = 0
-        self._known: set[str] = set()
-        self._early_codes: list[tuple[float, int]] = []  # codes seen before their BLOCK_INFO
+        self._latest: float | None = None               # the latest rig time seen (codes, watermark)
+        self.dropped_spikes = 0
+
+    @property
+    def unmatched_codes(self) -> int:
+        return self.aligner.stats["extra_code"]
 
     def expect(self, block_id: int, presentations: list[tuple[str, int]]) -> None:
         """The server's BLOCK_INFO: pids and their event codes, in presentation order."""
-        for pid, code in presentations:
-            if pid not in self._known:  # the server may resend a block's info after a reconnect
-                self._known.add(pid)
-                self._awaiting_code.append(_Pending(block_id, pid, code))
-        # the rig and the server are different sockets: a code may beat its block's info here
-        early, self._early_codes = self._early_codes, []
-        for t, code in early:
-            self._on_code(t, code)
+        self.aligner.expect(block_id, presentations)
 
     def add(self, events: RigEvents) -> list[protocol.Counts]:
-        for t, code in events.codes:
-            self._on_code(t, code)
-        if len(events.spike_times):
-            bad = (events.spike_channels < 0) | (events.spike_channels >= self.n_channels)
-            if bad.any():
-                log.warning("dropped %d spikes on channels outside 0..%d", int(bad.sum()), self.n_channels - 1)
-            self._times = np.concatenate([self._times, events.spike_times[~bad]])
-            self._channels = np.concatenate([self._channels, events.spike_channels[~bad]])
-        return self._complete(events.watermark) if events.watermark is not None else []
+        marks = [t for t, _ in events.codes] + ([events.watermark] if events.watermark is not None else [])
+        if marks and self._latest is not None and min(marks) < self._latest - self.jump_tolerance_s:
+            self._clock_jump(min(marks))
+        if marks:
+            self._latest = max(marks + ([self._latest] if self._latest is not None else []))
+        self.aligner.add_codes(events.codes)
+        self.aligner.add_photodiode(events.photodiode)
+        self._add_spikes(events)
+        out: list[protocol.Counts] = []
+        now = self.clock()
+        self._open.extend((p, now) for p in self.aligner.resolve(events.watermark))
+        if events.watermark is not None:
+            out += self._complete(events.watermark)
+        self.aligner.expire()
+        out += self._stalled(now)
+        out += [protocol.Counts(p.block_id, p.pid, "missing") for p, _ in self.aligner.take_missing()]
+        self._trim(events.watermark)
+        return out
 
-    def _on_code(self, t: float, code: int) -> bool:
-        # the first expected presentation with this code; codes of earlier ones never seen
-        # stay expected (sequence matching that reports them missing is the adapters' issue)
-        for i, pending in enumerate(self._awaiting_code):
-            if pending.code == code:
-                del self._awaiting_code[i]
-                pending.onset = t
-                self._onsets.append(pending)
-                return True
-        self._early_codes.append((t, code))
-        return False
+    def _add_spikes(self, events: RigEvents) -> None:
+        if not len(events.spike_times):
+            return
+        chans = np.asarray(events.spike_channels)
+        bad = (chans < 0) | (chans >= self.n_channels)
+        if bad.any():
+            self.dropped_spikes += int(bad.sum())
+            log.warning("dropped %d spikes on channels outside 0..%d", int(bad.sum()), self.n_channels - 1)
+        self._times = np.concatenate([self._times, np.asarray(events.spike_times, dtype=float)[~bad]])
+        self._channels = np.concatenate([self._channels, chans[~bad].astype(int)])
+
+    def _clock_jump(self, t: float) -> None:
+        log.warning("the rig's clock jumped back from %.4f s to %.4f s: %d presentations whose windows were "
+                    "open are missing", self._latest, t, len(self._open) + self.aligner.n_unresolved)
+        for p, _ in self._open:
+            self.aligner.mark_missing(p, "the rig's clock jumped back before its window was complete")
+        self._open = []
+        self.aligner.reset_clock()
+        self._times, self._channels = np.empty(0), np.empty(0, dtype=int)
+        self._latest = None
 
     def _complete(self, watermark: float) -> list[protocol.Counts]:
-        stale = [(t, c) for t, c in self._early_codes if t < watermark - EARLY_CODE_MAX_AGE_S]
-        if stale:
-            self.unmatched_codes += len(stale)
-            self._early_codes = [(t, c) for t, c in self._early_codes if t >= watermark - EARLY_CODE_MAX_AGE_S]
-            for t, code in stale:
-                log.warning("event code %d at %.4f s matches no presentation the server sent", code, t)
         end = max(self.window_s[1], self.baseline_s[1])
-        done = [p for p in self._onsets if p.onset + end <= watermark]
+        done = [p for p, _ in self._open if p.onset + end <= watermark]
         if not done:
             return []
-        self._onsets = [p for p in self._onsets if p.onset + end > watermark]
-        out = [protocol.Counts(p.block_id, p.pid, "ok", self._count(p.onset, self.window_s),
-                               self._count(p.onset, self.baseline_s), p.onset) for p in done]
-        # spikes older than every window still open can go
+        self._open = [(p, t) for p, t in self._open if p.onset + end > watermark]
+        return [protocol.Counts(p.block_id, p.pid, "ok", self._count(p.onset, self.window_s),
+                                self._count(p.onset, self.baseline_s), p.onset) for p in done]
+
+    def _stalled(self, now: float) -> list[protocol.Counts]:
+        late = [p for p, t in self._open if now - t > self.timeout_s]
+        if not late:
+            return []
+        self._open = [(p, t) for p, t in self._open if now - t <= self.timeout_s]
+        log.warning("the rig's stream stopped (rig time %.3f s): %d presentations whose windows did not "
+                    "complete within %.0f s are missing", self._latest or 0.0, len(late), self.timeout_s)
+        return [protocol.Counts(p.block_id, p.pid, "missing") for p in late]
+
+    def _trim(self, watermark: float | None) -> None:
+        # spikes older than every window still open (or still to open) can go
         start = min(self.window_s[0], self.baseline_s[0])
-        oldest = min([p.onset + start for p in self._onsets] + [t for t, _ in self._early_codes],
-                     default=watermark)
-        keep = self._times >= oldest
+        needed = [p.onset for p, _ in self._open]
+        oldest = self.aligner.oldest_open_time()
+        if oldest is not None:
+            needed.append(oldest)
+        if watermark is not None:
+            needed.append(watermark)
+        if not needed:
+            return
+        keep = self._times >= min(needed) + start
         self._times, self._channels = self._times[keep], self._channels[keep]
-        return out
 
     def _count(self, onset: float, window) -> list[float]:
         inside = (self._times >= onset + window[0]) & (self._times < onset + window[1])
