@@ -1,0 +1,503 @@
+"""Intan RHX over TCP: spikes from the spike port, event codes from the
+digital-in word on the waveform port, acquisition set up over the command port.
+
+RHX (Intan-Technologies/Intan-RHX) streams, once a client is connected:
+- spike port (default 5002), Engine/Threads/tcpdataoutputthread.cpp: one
+  14-byte chunk per detected spike on each channel with spike output enabled:
+  uint32 magic 0x3ae2710f, the channel's native name (5 chars, e.g. "A-010"),
+  uint32 timestamp (samples), uint8 spike id (0x80: likely artifact).
+- waveform port (default 5001), same file: blocks of a uint32 magic
+  0x2ef07a08 and 128 frames; a frame is a uint32 timestamp, then one uint16
+  per enabled band of each enabled channel, then one uint16 holding all 16
+  digital inputs if any DIGITAL-IN channel is enabled.  The spike port
+  carries no digital inputs, and nothing when no spike fires, so the
+  waveform port gives both the event codes and the clock for the watermark.
+- command port (default 5000), GUI/Widgets/tcpdisplay.cpp and
+  Engine/Processing/commandparser.cpp: text commands separated by ';'.
+- each port takes one client and stops listening (Engine/Processing/
+  tcpcommunicator.cpp); after a drop it listens again only on
+  `execute ConnectTCP{Waveform,Spike}DataOutput` or a click on Connect.
+
+With configure=true (default) the adapter stops RHX, clears its TCP outputs,
+enables spike output on the chosen channels and the DIGITAL-IN word, asks
+RHX to listen on both data ports, connects, and runs.  The waveform frame is
+then a timestamp and the digital-in word, nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import select
+import socket
+import time
+from collections import deque
+
+import numpy as np
+
+from recording_adapters.events import RigEvents
+from recording_adapters.holdback import CodeHold
+from xdream.errors import ConfigError, SessionError
+
+log = logging.getLogger(__name__)
+
+WAVEFORM_MAGIC = 0x2EF07A08
+SPIKE_MAGIC = 0x3AE2710F
+FRAMES_PER_BLOCK = 128
+SPIKE_CHUNK = np.dtype([("magic", "<u4"), ("name", "S5"), ("ts", "<u4"), ("id", "u1")])   # 14 bytes
+SPIKE_ID_LIKELY_ARTIFACT = 0x80
+_WAVE_MAGIC_BYTES = WAVEFORM_MAGIC.to_bytes(4, "little")
+_SPIKE_MAGIC_BYTES = SPIKE_MAGIC.to_bytes(4, "little")
+_READ_CAP = 8 << 20      # bytes read per port per poll, so one port cannot starve the other
+
+ONE_CLIENT_HELP = ("Intan RHX accepts one client per TCP port and does not listen again after a client "
+                   "drops. In RHX, Network > Remote TCP Control: click Connect on the Commands tab, and "
+                   "Connect for the Waveform Output and Spike Output on the Data Output tab (or restart "
+                   "the recorder, which asks RHX to listen again over the command port)")
+
+
+def parse_channels(spec: str) -> list[str]:
+    """'32' -> A-000..A-031 (128 a port, then B-000...); 'A-000,B-010' -> those native names."""
+    spec = str(spec).strip()
+    if spec.isdigit():
+        n = int(spec)
+        if not 1 <= n <= 1024:
+            raise ConfigError(f"intan: channels={spec}: want 1..1024 or a list of native names")
+        return [f"{'ABCDEFGH'[i // 128]}-{i % 128:03d}" for i in range(n)]
+    names = [s.strip().upper() for s in spec.split(",") if s.strip()]
+    bad = [s for s in names if not re.fullmatch(r"[A-H]-\d{3}", s)]
+    if bad or not names or len(set(names)) != len(names):
+        raise ConfigError(f"intan: channels={spec!r}: want a count or distinct native names like A-010")
+    return names
+
+
+def parse_lines(spec: str) -> tuple[int, int]:
+    """'1-8' (DIGITAL-IN-01..08) -> (shift 0, mask 0xff): the code's bits, lowest line first."""
+    m = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", str(spec))
+    lo, hi = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+    if not (1 <= lo <= hi <= 16):
+        raise ConfigError(f"intan: code_lines={spec!r}: want FIRST-LAST within 1-16, e.g. 1-8")
+    return lo - 1, (1 << (hi - lo + 1)) - 1
+
+
+def _flag(value: str, name: str) -> bool:
+    v = str(value).strip().lower()
+    if v not in ("true", "false", "1", "0", "yes", "no"):
+        raise ConfigError(f"intan: {name}={value!r}: want true or false")
+    return v in ("true", "1", "yes")
+
+
+class IntanSource:
+    def __init__(self, host: str = "127.0.0.1", command_port: str = "5000", waveform_port: str = "5001",
+                 spike_port: str = "5002", channels: str = "32", code_lines: str = "1-16",
+                 sample_rate: str = "", configure: str = "true", hold_s: str = "0.3",
+                 count_artifacts: str = "false", connect_timeout_s: str = "5", reconnect_s: str = "1",
+                 stall_s: str = "2", spike_grace_s: str = "0.05"):
+        self.host = host
+        self.ports = {"command": int(command_port), "waveform": int(waveform_port), "spike": int(spike_port)}
+        self.names = parse_channels(channels)
+        self.channels = len(self.names)
+        self._index = {n.encode(): i for i, n in enumerate(self.names)}
+        self._shift, self._mask = parse_lines(code_lines)
+        self._first_line = self._shift + 1
+        self.configure = _flag(configure, "configure")
+        self.count_artifacts = _flag(count_artifacts, "count_artifacts")
+        self.connect_timeout = float(connect_timeout_s)
+        self.reconnect_s = float(reconnect_s)
+        self.stall_s = float(stall_s)
+        self.spike_grace = float(spike_grace_s)
+        self.hold = CodeHold(float(hold_s), source="intan")
+        self.fs = float(sample_rate) if sample_rate else None
+        self.frame_words = 1               # the digital-in word: all the adapter enables on that port
+        self._block = 4 + FRAMES_PER_BLOCK * (4 + 2 * self.frame_words)
+        self.cmd: socket.socket | None = None
+        self.socks: dict[str, socket.socket | None] = {"waveform": None, "spike": None}
+        self._buf = {"waveform": bytearray(), "spike": bytearray()}
+        self._last_ts: int | None = None         # last waveform timestamp of this clock segment
+        self._level = 0                          # the code lines' value at the last frame
+        self._wave_time: float | None = None     # every frame before this rig time has been read
+        self._history: deque[tuple[float, float]] = deque()   # (monotonic, wave time) for the spike grace
+        self._last_spike_time = -np.inf
+        self._last_spike_ts: int | None = None
+        self._spike_segment = 0                  # bumps when the spike clock goes back
+        self._wave_segment = 0
+        self._later_spikes: list[tuple[int, np.ndarray, np.ndarray]] = []  # spikes of a segment still ahead
+        self._reopen_pending = False             # both data ports back: close the gap at the next data
+        self._spike_gap_open = False             # corrupt spike bytes skipped: close at the next good chunk
+        self._last_data = time.monotonic()
+        self._stalled = False
+        self._next_reconnect = 0.0
+        self._gap_until_reconnect = False
+        self._errors: dict[str, int] = {}
+        self.unknown_spikes = 0
+        self.artifacts = 0
+        self._started_run = False
+        self._connect()
+
+    # -- set-up ------------------------------------------------------------------------------
+    def _connect(self) -> None:
+        if self.configure:
+            self.cmd = self._open("command")
+            if self.cmd is None:
+                raise SessionError(f"intan: cannot reach RHX's command port {self.host}:{self.ports['command']}. "
+                                   + ONE_CLIENT_HELP)
+            self._setup()
+        elif self.fs is None:
+            raise ConfigError("intan: configure=false needs sample_rate (RHX's amplifier sample rate, Hz)")
+        for port in ("waveform", "spike"):
+            self.socks[port] = self._open(port)
+            if self.socks[port] is None:
+                raise SessionError(f"intan: cannot reach RHX's {port} port {self.host}:{self.ports[port]}. "
+                                   + ONE_CLIENT_HELP)
+        if self.configure:
+            # alone in its transmission: RHX parses nothing behind it until the board stops
+            self._send("set runmode run")
+            self._started_run = True
+        log.info("intan: connected to RHX at %s (%d channels, %.0f Hz, code on DIGITAL-IN %02d-%02d)",
+                 self.host, self.channels, self.fs, self._first_line,
+                 self._first_line + int(self._mask).bit_length() - 1)
+
+    def _open(self, port: str, timeout: float | None = None) -> socket.socket | None:
+        deadline = time.monotonic() + (self.connect_timeout if timeout is None else timeout)
+        while True:
+            try:
+                s = socket.create_connection((self.host, self.ports[port]), timeout=1.0)
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                s.setblocking(port == "command")
+                return s
+            except OSError:
+                if time.monotonic() >= deadline:
+                    return None
+                time.sleep(0.05)   # RHX starts listening when it handles our command: poll for it
+
+    def _setup(self) -> None:
+        mode = self._ask("get runmode", r"Return: RunMode (Stop|Run|Record|Trigger)")
+        if mode != "Stop":
+            log.warning("intan: RHX is in run mode %s; stopping it to set up the TCP outputs", mode)
+            self._batch(["set runmode stop"])
+        self.fs = float(self._ask("get sampleratehertz", r"Return: SampleRateHertz (\d+(?:\.\d+)?)Return"))
+        self._batch(["execute clearalldataoutputs"])
+        commands = [f"set {n.lower()}.tcpdataoutputenabledspike true" for n in self.names]
+        commands.append(f"set digital-in-{self._first_line:02d}.tcpdataoutputenabled true")
+        for i in range(0, len(commands), 32):     # small transmissions: RHX parses each read whole
+            self._batch(commands[i:i + 32])
+        self._batch(["execute connecttcpwaveformdataoutput", "execute connecttcpspikedataoutput"])
+
+    def _send(self, text: str) -> None:
+        self.cmd.sendall(text.encode("latin-1"))
+
+    def _ask(self, command: str, pattern: str) -> str:
+        """One get, answered; a sentinel get follows so that a value's end is known."""
+        self._send(f"{command};get runmode")
+        text = self._read_until(r"Return: RunMode (Stop|Run|Record|Trigger)")
+        m = re.search(pattern, text)
+        if not m:
+            raise SessionError(f"intan: RHX answered {text!r} to {command!r}")
+        return m.group(1)
+
+    def _batch(self, commands: list[str]) -> None:
+        """Send commands, then a sentinel get: anything RHX says before its answer is an error."""
+        self._send(";".join(commands + ["get runmode"]))
+        text = self._read_until(r"Return: RunMode (Stop|Run|Record|Trigger)")
+        errors = text[:text.rfind("Return: RunMode")]
+        if errors.strip():
+            raise SessionError(f"intan: RHX refused {commands[0]!r}...: {errors.strip()}")
+
+    def _read_until(self, pattern: str) -> str:
+        """Command-port text up to the sentinel's answer (RHX ends no reply; the sentinel is last)."""
+        text = ""
+        deadline = time.monotonic() + self.connect_timeout
+        self.cmd.settimeout(0.2)
+        while not re.search(pattern + "$", text):
+            try:
+                data = self.cmd.recv(65536)
+            except socket.timeout:
+                data = None
+            if data == b"":
+                raise SessionError("intan: RHX closed the command connection. " + ONE_CLIENT_HELP)
+            if data:
+                text += data.decode("latin-1")
+            if time.monotonic() > deadline:
+                raise SessionError(f"intan: no answer from RHX's command port (got {text!r})")
+        self.cmd.settimeout(None)
+        return text
+
+    # -- the stream --------------------------------------------------------------------------
+    def poll(self, timeout_s: float) -> RigEvents:
+        self._maybe_reconnect()
+        self._read(timeout_s)
+        events = RigEvents()
+        before_jump = self._parse_waveform(events)
+        self._parse_spikes(events)
+        if before_jump is not None:              # the clock went back: close the old segment
+            events.codes.extend(self.hold.restart(before_jump))
+            events.watermark = before_jump
+            self._start_segment()
+            return events
+        if self._wave_time is None:
+            return events
+        now = time.monotonic()
+        self._history.append((now, self._wave_time))
+        while len(self._history) > 1 and self._history[1][0] <= now - self.spike_grace:
+            self._history.popleft()
+        # the spike port may lag the waveform port a little: trust it up to the waveform time
+        # of `spike_grace` ago, or up to its own last spike
+        settled = self._history[0][1] if self._history[0][0] <= now - self.spike_grace else -np.inf
+        stream_time = min(self._wave_time, max(settled, self._last_spike_time))
+        codes, watermark = self.hold.release(stream_time)
+        events.codes.extend(codes)
+        events.watermark = watermark
+        return events
+
+    def _read(self, timeout_s: float) -> None:
+        live = [s for s in self.socks.values() if s is not None]
+        if self.cmd is not None:
+            live.append(self.cmd)
+        if not live:
+            time.sleep(timeout_s)
+            return
+        ready, _, _ = select.select(live, [], [], timeout_s)
+        for port, s in list(self.socks.items()):
+            if s is None or s not in ready:
+                continue
+            got = 0
+            while got < _READ_CAP:
+                try:
+                    data = s.recv(1 << 20)
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    data = b""
+                    log.error("intan: %s port: %s", port, exc)
+                if not data:
+                    self._lost(port)
+                    break
+                self._buf[port] += data
+                got += len(data)
+            if port == "waveform" and got:
+                self._last_data = time.monotonic()
+                if self._stalled:
+                    log.warning("intan: RHX's waveform stream is back")
+                    self._stalled = False
+        if self.cmd is not None and self.cmd in ready:
+            self._read_command_replies()
+        if (not self._stalled and self.socks["waveform"] is not None
+                and time.monotonic() - self._last_data > self.stall_s):
+            self._stalled = True
+            log.warning("intan: no data from RHX's waveform port for %.1f s: is RHX running? "
+                        "Presentations wait, and are reported missing if it does not come back", self.stall_s)
+
+    def _read_command_replies(self) -> None:
+        self.cmd.setblocking(False)
+        try:
+            data = self.cmd.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        finally:
+            if self.cmd is not None:
+                try:
+                    self.cmd.setblocking(True)
+                except OSError:
+                    pass
+        if not data:
+            log.error("intan: RHX closed the command connection; the adapter can no longer ask RHX to "
+                      "listen again after a data port drops. %s", ONE_CLIENT_HELP)
+            self.cmd.close()
+            self.cmd = None
+            return
+        log.error("intan: RHX says: %s", data.decode("latin-1").strip())
+
+    def _lost(self, port: str) -> None:
+        s = self.socks[port]
+        if s is not None:
+            s.close()
+        self.socks[port] = None
+        self._buf[port].clear()     # a partial block or chunk can never be completed
+        start = self._wave_time if self._wave_time is not None else 0.0
+        self.hold.open_gap(start, f"RHX's {port} port connection dropped")
+        self._gap_until_reconnect = True
+        log.error("intan: lost the connection to RHX's %s port. %s. Reconnecting every %.1f s.",
+                  port, ONE_CLIENT_HELP, self.reconnect_s)
+        self._next_reconnect = 0.0
+
+    def _maybe_reconnect(self) -> None:
+        missing = [p for p, s in self.socks.items() if s is None]
+        if not missing or time.monotonic() < self._next_reconnect:
+            return
+        self._next_reconnect = time.monotonic() + self.reconnect_s
+        for port in missing:
+            if self.cmd is not None:
+                try:
+                    self._send(f"execute connecttcp{port}dataoutput")
+                except OSError:
+                    self.cmd = None
+            s = self._open(port, timeout=min(0.5, self.reconnect_s))
+            if s is None:
+                log.warning("intan: RHX's %s port %s:%d still refuses; retrying. %s", port, self.host,
+                            self.ports[port], ONE_CLIENT_HELP)
+                continue
+            self.socks[port] = s
+            log.warning("intan: reconnected to RHX's %s port", port)
+        if all(s is not None for s in self.socks.values()) and self._gap_until_reconnect:
+            self._gap_until_reconnect = False
+            self._reopen_pending = True
+
+    def _error(self, key: str, message: str, *args) -> None:
+        n = self._errors[key] = self._errors.get(key, 0) + 1
+        if n == 1 or n % 100 == 0:
+            log.error("intan: " + message + (f" ({n} times so far)" if n > 1 else ""), *args)
+
+    def _parse_waveform(self, events: RigEvents) -> float | None:
+        """Decode whole blocks; codes go to the hold.  Returns the old clock's end at a jump back."""
+        buf = self._buf["waveform"]
+        n_blocks = len(buf) // self._block
+        if n_blocks == 0:
+            return None
+        frame = np.dtype([("ts", "<u4"), ("w", "<u2", (self.frame_words,))])
+        block = np.dtype([("magic", "<u4"), ("frames", frame, (FRAMES_PER_BLOCK,))])
+        blocks = np.frombuffer(bytes(buf[:n_blocks * self._block]), block)
+        good = blocks["magic"] == WAVEFORM_MAGIC
+        ts_all = blocks["frames"]["ts"].astype(np.int64)
+        good &= np.all(np.diff(ts_all, axis=1) == 1, axis=1)
+        if not good.all():            # keep the good run before the first bad block, resync after it
+            bad = int(np.argmin(good))
+            blocks, ts_all = blocks[:bad], ts_all[:bad]
+            consumed = bad * self._block
+            if blocks.size == 0:
+                magic = int.from_bytes(bytes(buf[:4]), "little")
+                self._error("wave-magic", "waveform port: %s at byte %d (expected magic 0x%08x, 128 "
+                            "consecutive timestamps a block, each frame a timestamp and %d word(s)): corrupt "
+                            "data, or RHX streams other outputs than this adapter set up; resynchronising",
+                            f"magic 0x{magic:08x}" if magic != WAVEFORM_MAGIC else "timestamps out of order",
+                            0, WAVEFORM_MAGIC, self.frame_words)
+                nxt = buf.find(_WAVE_MAGIC_BYTES, 1)
+                del buf[:nxt if nxt > 0 else max(0, len(buf) - 3)]
+                return self._parse_waveform(events)
+        else:
+            consumed = n_blocks * self._block
+        if blocks.size == 0:
+            return None
+        ts = ts_all.reshape(-1)
+        words = blocks["frames"]["w"][..., 0].reshape(-1)
+        # a clock that goes back: hand on what came before, keep the rest for the next poll
+        jump_at = None
+        starts = ts[::FRAMES_PER_BLOCK]
+        prev = np.concatenate([[self._last_ts if self._last_ts is not None else starts[0] - 1], ts[FRAMES_PER_BLOCK - 1:-1:FRAMES_PER_BLOCK]])
+        back = np.nonzero(starts <= prev)[0]
+        if back.size:
+            jump_at = int(back[0])
+            if jump_at == 0:
+                old_end = (self._last_ts + 1) / self.fs
+                log.warning("intan: RHX's clock went back from sample %d to %d (acquisition restarted?)",
+                            self._last_ts, int(starts[0]))
+                return old_end    # buffer untouched: the new clock's blocks are parsed next poll
+            ts, words = ts[:jump_at * FRAMES_PER_BLOCK], words[:jump_at * FRAMES_PER_BLOCK]
+            consumed = jump_at * self._block
+        del buf[:consumed]
+        # samples lost between blocks (corrupt bytes skipped, a reconnection): a gap
+        ahead = np.nonzero(starts[:len(ts) // FRAMES_PER_BLOCK] > prev[:len(ts) // FRAMES_PER_BLOCK] + 1)[0]
+        for i in ahead:
+            if self._last_ts is None and i == 0:
+                continue
+            self.hold.gap((int(prev[i]) + 1) / self.fs, int(starts[i]) / self.fs,
+                          "samples missing from RHX's waveform stream")
+        if self._reopen_pending:      # the data ports are back: whole again a write's length later
+            self._reopen_pending = False
+            self.hold.close_gap(ts[-1] / self.fs + 0.1)
+        level = ((words.astype(np.int64) >> self._shift) & self._mask)
+        before = np.concatenate([[self._level], level[:-1]])
+        onsets = np.nonzero((level != before) & (level != 0))[0]
+        self.hold.add([(ts[i] / self.fs, int(level[i])) for i in onsets])
+        self._level = int(level[-1])
+        self._last_ts = int(ts[-1])
+        self._wave_time = (self._last_ts + 1) / self.fs
+        return None
+
+    def _start_segment(self) -> None:
+        self._last_ts = None
+        self._level = 0
+        self._wave_time = None
+        self._history.clear()
+        self._last_spike_time = -np.inf
+        self._wave_segment += 1
+
+    def _parse_spikes(self, events: RigEvents) -> None:
+        buf = self._buf["spike"]
+        out_t, out_c = [], []
+        while len(buf) >= SPIKE_CHUNK.itemsize:
+            n = len(buf) // SPIKE_CHUNK.itemsize
+            chunks = np.frombuffer(bytes(buf[:n * SPIKE_CHUNK.itemsize]), SPIKE_CHUNK)
+            bad = np.nonzero(chunks["magic"] != SPIKE_MAGIC)[0]
+            k = int(bad[0]) if bad.size else n
+            self._take_spikes(chunks[:k], out_t, out_c)
+            del buf[:k * SPIKE_CHUNK.itemsize]
+            if k == n:
+                break
+            magic = int.from_bytes(bytes(buf[:4]), "little")
+            self._error("spike-magic", "spike port: magic 0x%08x where a spike chunk should start (expected "
+                        "0x%08x): corrupt data; resynchronising", magic, SPIKE_MAGIC)
+            nxt = buf.find(_SPIKE_MAGIC_BYTES, 1)
+            del buf[:nxt if nxt > 0 else max(0, len(buf) - 3)]
+            last = self._last_spike_time if np.isfinite(self._last_spike_time) else (self._wave_time or 0.0)
+            self.hold.open_gap(last, "corrupt bytes skipped on RHX's spike port")
+            self._spike_gap_open = True
+        for seg, t, c in list(self._later_spikes):
+            if seg == self._wave_segment:
+                out_t.append(t)
+                out_c.append(c)
+        self._later_spikes = [x for x in self._later_spikes if x[0] > self._wave_segment]
+        if out_t:
+            events.spike_times = np.concatenate(out_t)
+            events.spike_channels = np.concatenate(out_c)
+
+    def _take_spikes(self, chunks: np.ndarray, out_t: list, out_c: list) -> None:
+        if chunks.size == 0:
+            return
+        ts = chunks["ts"].astype(np.int64)
+        if self._spike_gap_open and self.fs:
+            self._spike_gap_open = False
+            self.hold.close_gap(ts[0] / self.fs)
+        # the spike clock going back marks the next acquisition segment
+        prev = np.concatenate([[self._last_spike_ts if self._last_spike_ts is not None else ts[0]], ts[:-1]])
+        segment = self._spike_segment + np.cumsum(ts < prev)
+        self._spike_segment = int(segment[-1])
+        self._last_spike_ts = int(ts[-1])
+        chan = np.array([self._index.get(bytes(name), -1) for name in chunks["name"]], dtype=np.int64)
+        unknown = chan < 0
+        if unknown.any():
+            self.unknown_spikes += int(unknown.sum())
+            self._error("spike-name", "spike port: spikes on channels this adapter did not enable (%s): "
+                        "dropped", ", ".join(sorted({bytes(n).decode('latin-1', 'replace') for n in
+                                                     chunks['name'][unknown]})))
+        keep = ~unknown
+        artifact = (chunks["id"] & SPIKE_ID_LIKELY_ARTIFACT) != 0
+        if not self.count_artifacts:
+            self.artifacts += int((artifact & keep).sum())
+            keep &= ~artifact
+        for seg in np.unique(segment):
+            pick = keep & (segment == seg)
+            t, c = ts[pick] / self.fs, chan[pick]
+            if seg == self._wave_segment:
+                out_t.append(t)
+                out_c.append(c)
+                if t.size:
+                    self._last_spike_time = max(self._last_spike_time, float(t[-1]))
+            elif seg > self._wave_segment:
+                self._later_spikes.append((int(seg), t, c))
+            elif t.size:
+                self._error("spike-late", "spike port: %d spikes from before RHX's clock went back came "
+                            "after it; dropped", int(t.size))
+
+    def close(self) -> None:
+        if self.cmd is not None and self._started_run:
+            try:
+                self._send("set runmode stop")
+            except OSError:
+                pass
+        for s in list(self.socks.values()) + [self.cmd]:
+            if s is not None:
+                s.close()
+        self.socks = {"waveform": None, "spike": None}
+        self.cmd = None

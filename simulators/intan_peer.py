@@ -1,0 +1,377 @@
+"""A simulated Intan RHX on 127.0.0.1: its TCP command, waveform and spike ports.
+
+Written from Intan RHX's own source (Intan-Technologies/Intan-RHX), on its
+own, never with recording_adapters/intan.py's decoder or constants:
+
+- Engine/Threads/tcpdataoutputthread.cpp: a waveform block is a uint32 magic
+  0x2ef07a08, then 128 frames; a frame is a uint32 timestamp, one uint16 per
+  enabled band of each enabled channel, and one uint16 digital-in word (all
+  16 lines) if any DIGITAL-IN channel is enabled.  A spike is a 14-byte
+  chunk: uint32 magic 0x3ae2710f, 5 bytes of native channel name, uint32
+  timestamp, uint8 spike id.  The waveform bytes of a write go out before
+  its spike bytes.  Little-endian (x86), packed.
+- Engine/Processing/tcpcommunicator.cpp: a port accepts one client, then
+  stops listening; after a drop it listens again only when told to
+  (`execute ConnectTCPSpikeDataOutput`, or Connect in the GUI).
+- GUI/Widgets/tcpdisplay.cpp (parseCommands) and Engine/Processing/
+  commandparser.cpp: commands are separated by ';', words by spaces, case
+  does not matter; `get` answers "Return: <Parameter> <value>", errors are
+  plain text; nothing ends a reply.  `set runmode run` blocks the parser
+  until acquisition stops, so what follows it in the same transmission waits.
+
+Only what the adapter uses is modelled: amplifier channels on ports A-H (128
+each, "A-000"), DIGITAL-IN-01..16, spike and wideband outputs, run/stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import socket
+import threading
+
+import numpy as np
+
+from recording_adapters.events import RigEvents
+
+log = logging.getLogger(__name__)
+
+_WAVE_MAGIC = 0x2EF07A08
+_SPIKE_MAGIC = 0x3AE2710F
+_FRAMES = 128
+_SPIKE_TYPE1 = 0x01
+_SPIKE_CHUNK = np.dtype([("magic", "<u4"), ("name", "S5"), ("ts", "<u4"), ("id", "u1")])
+
+
+def native_names(channels: int) -> list[str]:
+    """RHX's native names of the first `channels` amplifier channels, 128 a port."""
+    return [f"{'ABCDEFGH'[i // 128]}-{i % 128:03d}" for i in range(channels)]
+
+
+class _Port:
+    """One TCP port as RHX runs it: one client, no listening again until told."""
+
+    def __init__(self, name: str, port: int = 0):
+        self.name = name
+        self.port = port
+        self.listener: socket.socket | None = None
+        self.client: socket.socket | None = None
+        self._lock = threading.Lock()
+        self.listen()
+
+    def listen(self) -> None:
+        with self._lock:
+            if self.listener is not None:
+                return
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", self.port))
+            s.listen(1)
+            self.port = s.getsockname()[1]
+            self.listener = s
+        threading.Thread(target=self._accept, args=(s,), daemon=True, name=f"rhx-{self.name}").start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self._lock:
+            old, self.client = self.client, conn
+            self.listener = None       # RHX closes its server once a client is in
+        listener.close()
+        if old is not None:
+            old.close()
+        self.on_client(conn)
+
+    def on_client(self, conn: socket.socket) -> None:
+        pass
+
+    def drop(self) -> None:
+        """The client goes away (cable, crash): RHX does not listen again."""
+        with self._lock:
+            client, self.client = self.client, None
+        if client is not None:
+            try:
+                client.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            client.close()
+
+    def close(self) -> None:
+        self.drop()
+        with self._lock:
+            listener, self.listener = self.listener, None
+        if listener is not None:
+            listener.close()
+
+
+class _DataPort(_Port):
+    """A data port written by its own thread, as RHX's TCP output thread does."""
+
+    def __init__(self, name: str):
+        self._queue: queue.Queue = queue.Queue()
+        super().__init__(name)
+        threading.Thread(target=self._write, daemon=True, name=f"rhx-{name}-writer").start()
+
+    damage: tuple[int, int] | None = None   # test lever: bytes [a, b) of the next write are lost
+
+    def write(self, data: bytes) -> None:
+        if self.damage and data:
+            (a, b), self.damage = self.damage, None
+            data = data[:a] + data[b:]
+        if data and self.client is not None:
+            self._queue.put((self.client, data))
+
+    def flush(self, timeout: float = 10.0) -> None:
+        done = threading.Event()
+        self._queue.put((None, done))
+        done.wait(timeout)
+
+    def _write(self) -> None:
+        while True:
+            conn, data = self._queue.get()
+            if conn is None:
+                data.set()
+                continue
+            try:
+                conn.sendall(data)
+            except OSError:   # RHX keeps writing into a dead socket; the bytes are lost
+                pass
+
+
+class IntanPeer:
+    """Cls(channels, **options) per simulators.wire_peers: RigEvents in, RHX's TCP bytes out."""
+
+    def __init__(self, channels: int, sample_rate: str = "30000", pulse_ms: str = "10", **_):
+        self.channels = int(channels)
+        self.sample_rate = int(sample_rate)
+        self.pulse = max(1, round(float(pulse_ms) * self.sample_rate / 1000))
+        self.names = native_names(self.channels)
+        self._name_bytes = np.array([n.encode() for n in self.names], dtype="S5")
+        self.running = False
+        self.spike_enabled: set[str] = set()
+        self.wide_enabled: set[str] = set()
+        self.digital_in_enabled: set[str] = set()
+        self.commands: list[str] = []            # every command received, lower case (for tests)
+        self._held_back: list[str] = []          # commands that came behind `set runmode run`
+        self._lock = threading.RLock()
+        self._sent = 0          # absolute samples already turned into blocks
+        self._origin = 0        # absolute sample of timestamp 0 (the last run start)
+        self._codes: list[tuple[int, int]] = []      # (absolute sample, code) not yet fully sent
+        self._spikes = (np.empty(0, np.int64), np.empty(0, np.int64))
+        self.waveform = _DataPort("waveform")
+        self.spike = _DataPort("spike")
+        self.command = _Port("command")
+        self.command.on_client = self._serve_commands
+
+    # -- the contract -------------------------------------------------------------------
+    def adapter_options(self) -> dict[str, str]:
+        return {"host": "127.0.0.1", "command_port": str(self.command.port),
+                "waveform_port": str(self.waveform.port), "spike_port": str(self.spike.port),
+                "channels": str(self.channels)}
+
+    def send(self, events: RigEvents) -> None:
+        fs = self.sample_rate
+        with self._lock:
+            for t, code in events.codes:
+                self._codes.append((int(np.floor(t * fs)), int(code)))
+            if len(events.spike_times):
+                samples = np.floor(np.asarray(events.spike_times) * fs).astype(np.int64)
+                self._spikes = (np.concatenate([self._spikes[0], samples]),
+                                np.concatenate([self._spikes[1], np.asarray(events.spike_channels, np.int64)]))
+            if events.watermark is None:
+                return
+            # whole blocks only, counted from the run's first sample
+            end = int(np.floor(events.watermark * fs))
+            end = self._origin + (end - self._origin) // _FRAMES * _FRAMES
+            if end <= self._sent:
+                return
+            if self.running:
+                self._emit(self._sent, end)
+            self._sent = end
+            self._codes = [(s, c) for s, c in self._codes if s + self.pulse > end]
+            keep = self._spikes[0] >= end
+            self._spikes = (self._spikes[0][keep], self._spikes[1][keep])
+
+    def close(self) -> None:
+        for port in (self.command, self.waveform, self.spike):
+            port.close()
+
+    # -- test levers ---------------------------------------------------------------------
+    def send_raw(self, port: str, data: bytes) -> None:
+        """Bytes as they are, on 'waveform' or 'spike' (corrupt data for tests)."""
+        getattr(self, port).write(data)
+
+    def lose_bytes(self, port: str, start: int, end: int) -> None:
+        """Bytes [start, end) of the next write on 'waveform' or 'spike' never arrive."""
+        getattr(self, port).damage = (start, end)
+
+    def flush(self) -> None:
+        self.waveform.flush()
+        self.spike.flush()
+
+    def restart_acquisition(self) -> None:
+        """Stop and run again, as a user in RHX's GUI would: timestamps restart at 0."""
+        with self._lock:
+            self._origin = self._sent
+
+    # -- the wire ------------------------------------------------------------------------
+    def _emit(self, start: int, end: int) -> None:
+        n = end - start
+        words: list[np.ndarray] = []
+        for name in self.names:          # RHX's order: enabled bands of each amplifier channel
+            if name in self.wide_enabled:
+                words.append(np.full(n, 32768, np.uint16))    # offset binary: 0 uV
+        if self.digital_in_enabled:      # then one word for all 16 lines, however many are enabled
+            din = np.zeros(n, np.uint16)
+            for s, code in sorted(self._codes):
+                a, b = max(s, start), min(s + self.pulse, end)
+                if s < start and s + self.pulse <= start:
+                    log.warning("simulated RHX: code %d at sample %d came after its time was sent", code, s)
+                if a < b:
+                    din[a - start:b - start] = code & 0xFFFF
+            words.append(din)
+        frame = np.dtype([("ts", "<u4"), ("w", "<u2", (len(words),))]) if words else np.dtype([("ts", "<u4")])
+        frames = np.zeros(n, frame)
+        frames["ts"] = (np.arange(start, end) - self._origin).astype(np.uint32)
+        if words:
+            frames["w"] = np.stack(words, axis=1)
+        block = np.dtype([("magic", "<u4"), ("frames", frame, (_FRAMES,))])
+        blocks = np.zeros(n // _FRAMES, block)
+        blocks["magic"] = _WAVE_MAGIC
+        blocks["frames"] = frames.reshape(-1, _FRAMES)
+        self.waveform.write(blocks.tobytes())
+
+        samples, chans = self._spikes
+        enabled = np.array([n in self.spike_enabled for n in self.names] + [False])
+        pick = (samples >= start) & (samples < end) & (chans >= 0) & (chans < self.channels)
+        pick &= enabled[np.clip(chans, 0, self.channels)]
+        samples, chans = samples[pick], chans[pick]
+        order = np.lexsort((chans, samples))          # frame by frame, channels in RHX's order
+        samples, chans = samples[order], chans[order]
+        if len(samples) > 1:                          # one spike id per channel per sample
+            keep = np.ones(len(samples), bool)
+            keep[1:] = (samples[1:] != samples[:-1]) | (chans[1:] != chans[:-1])
+            samples, chans = samples[keep], chans[keep]
+        chunks = np.zeros(len(samples), _SPIKE_CHUNK)
+        chunks["magic"] = _SPIKE_MAGIC
+        chunks["name"] = self._name_bytes[chans] if len(chans) else chunks["name"]
+        chunks["ts"] = (samples - self._origin).astype(np.uint32)
+        chunks["id"] = _SPIKE_TYPE1
+        self.spike.write(chunks.tobytes())
+
+    # -- the command port ----------------------------------------------------------------
+    def _serve_commands(self, conn: socket.socket) -> None:
+        while True:
+            try:
+                data = conn.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                log.info("simulated RHX: command client gone; not listening again")
+                if self.command.client is conn:
+                    self.command.client = None
+                return
+            # like RHX: whatever one read returns is parsed at once, split on ';'
+            replies: list[str] = []
+            commands = [c for c in data.decode("latin-1").split(";") if c.strip()]
+            with self._lock:
+                self._run_commands(commands, replies)
+            if replies:
+                try:
+                    conn.sendall("".join(replies).encode("latin-1"))
+                except OSError:
+                    return
+
+    def _run_commands(self, commands: list[str], replies: list[str]) -> None:
+        for i, command in enumerate(commands):
+            words = command.strip().lower().split()
+            self.commands.append(" ".join(words))
+            verb = words[0]
+            error = None
+            if verb == "get" and len(words) == 2:
+                replies.append(self._get(words[1]))
+            elif verb == "set" and len(words) == 3:
+                error = self._set(words[1], words[2])
+            elif verb == "execute" and len(words) == 2:
+                error = self._execute(words[1])
+            else:
+                error = f"Error - Command {i + 1}: Unrecognized command"
+            if error:
+                replies.append(error)
+            elif words[:3] == ["set", "runmode", "run"]:
+                # RHX's parser sits in runController() until the board stops: the rest of
+                # this transmission is parsed only then
+                self._held_back += commands[i + 1:]
+                return
+            elif words[:3] == ["set", "runmode", "stop"] and self._held_back:
+                held, self._held_back = self._held_back, []
+                self._run_commands(held, replies)
+
+    def _get(self, parameter: str) -> str:
+        if parameter == "sampleratehertz":
+            return f"Return: SampleRateHertz {self.sample_rate}"
+        if parameter == "runmode":
+            return f"Return: RunMode {'Run' if self.running else 'Stop'}"
+        if parameter in ("tcpwaveformdataoutputconnectionstatus", "tcpspikedataoutputconnectionstatus"):
+            port = self.waveform if "waveform" in parameter else self.spike
+            state = "Connected" if port.client else ("Pending" if port.listener else "Disconnected")
+            name = "TCPWaveformDataOutputConnectionStatus" if port is self.waveform else "TCPSpikeDataOutputConnectionStatus"
+            return f"Return: {name} {state}"
+        return "Unrecognized parameter"
+
+    def _set(self, parameter: str, value: str) -> str | None:
+        if parameter == "runmode":
+            if value == "run":
+                if self.running:
+                    return "Board must be stopped in order to start running"
+                self.running = True
+                self._origin = self._sent     # timestamps restart at each run
+                return None
+            if value == "stop":
+                if not self.running:
+                    return "Board must be running in order to stop"
+                self.running = False
+                return None
+            return "Invalid value for SetRunMode command"
+        if "." not in parameter:
+            return "Unrecognized parameter"
+        channel, item = parameter.split(".", 1)
+        channel = channel.upper()
+        digital = [f"DIGITAL-IN-{i:02d}" for i in range(1, 17)]
+        if channel not in self.names and channel not in digital:
+            return "Unrecognized parameter"
+        if value not in ("true", "false"):
+            return f"Invalid value for {item} command. Acceptable: true, false"
+        if self.running:
+            return f"{item} cannot be set while controller is running."
+        on = value == "true"
+        if channel in digital and item == "tcpdataoutputenabled":
+            target = self.digital_in_enabled
+        elif channel in self.names and item == "tcpdataoutputenabledspike":
+            target = self.spike_enabled
+        elif channel in self.names and item == "tcpdataoutputenabled":
+            target = self.wide_enabled
+        else:
+            return "Unrecognized parameter"
+        (target.add if on else target.discard)(channel)
+        return None
+
+    def _execute(self, action: str) -> str | None:
+        if action == "clearalldataoutputs":
+            self.spike_enabled.clear()
+            self.wide_enabled.clear()
+            self.digital_in_enabled.clear()
+        elif action == "connecttcpwaveformdataoutput":
+            self.waveform.listen()
+        elif action == "connecttcpspikedataoutput":
+            self.spike.listen()
+        elif action == "disconnecttcpwaveformdataoutput":
+            self.waveform.close()
+        elif action == "disconnecttcpspikedataoutput":
+            self.spike.close()
+        else:
+            return "Unrecognized action"
+        return None
