@@ -18,6 +18,8 @@ from xdream import config as config_mod
 from xdream.cli import LISTENING, SCREEN_TAP, SESSION_FOLDER
 from xdream.errors import ConfigError, SessionError
 
+XDREAM_FILES = "xdream-files"  # a MATLAB rig on XDream's file handshake: no presenter, the bridge stands in
+
 
 def run_dry_run(config_path: str | None, *, generations: int | None = None, out: str | None = None,
                 window: bool = False, presenter_config: str | None = None, timeout_s: float = 1800.0,
@@ -28,10 +30,10 @@ def run_dry_run(config_path: str | None, *, generations: int | None = None, out:
     if out:
         cfg.session.out_dir = out
     cfg.validate()
-    if rig is not None:
+    if rig is not None and rig != XDREAM_FILES:
         from simulators.wire_peers import PEERS
         if rig not in PEERS:
-            raise ConfigError(f"no simulated rig {rig!r}; known: {', '.join(sorted(PEERS))}")
+            raise ConfigError(f"no simulated rig {rig!r}; known: {', '.join(sorted([*PEERS, XDREAM_FILES]))}")
     procs: list[subprocess.Popen] = []
     timer = threading.Timer(timeout_s, lambda: [p.kill() for p in procs])
     timer.daemon = True
@@ -45,21 +47,27 @@ def run_dry_run(config_path: str | None, *, generations: int | None = None, out:
             folder = _wait_for_line(server, SESSION_FOLDER)
             print(f"{SESSION_FOLDER}{folder}", flush=True)
             endpoint = _wait_for_line(server, LISTENING)
-            record_cmd = cli + ["record", "--server", endpoint, "--simulate", str(cfg_file)]
-            recorder = _start(procs, record_cmd + (["--rig", rig] if rig else []))
-            tap = _wait_for_line(recorder, SCREEN_TAP)
-            screen = cfg.presentation
-            presenter_cmd = cli + ["present", "--server", endpoint, "--screen-tap", tap,
-                                   "--log-dir", folder]
-            if presenter_config:  # the stimulus PC's own config: monitor, eye, markers, trials
-                presenter_cmd += ["--config", presenter_config]
+            matlab_rig = None
+            if rig == XDREAM_FILES:  # a MATLAB rig shows and records: the bridge joins as both peers
+                matlab_rig = _start_files_rig(procs, cli, endpoint, cfg, cfg_file, Path(tmp) / "handshake")
             else:
-                presenter_cmd += ["--window-size", *map(str, screen.window_size),
-                                  "--frame-rate", str(screen.frame_rate_hz)]
-            _start(procs, presenter_cmd if window else presenter_cmd + ["--headless"], stdout=None)
+                record_cmd = cli + ["record", "--server", endpoint, "--simulate", str(cfg_file)]
+                recorder = _start(procs, record_cmd + (["--rig", rig] if rig else []))
+                tap = _wait_for_line(recorder, SCREEN_TAP)
+                screen = cfg.presentation
+                presenter_cmd = cli + ["present", "--server", endpoint, "--screen-tap", tap,
+                                       "--log-dir", folder]
+                if presenter_config:  # the stimulus PC's own config: monitor, eye, markers, trials
+                    presenter_cmd += ["--config", presenter_config]
+                else:
+                    presenter_cmd += ["--window-size", *map(str, screen.window_size),
+                                      "--frame-rate", str(screen.frame_rate_hz)]
+                _start(procs, presenter_cmd if window else presenter_cmd + ["--headless"], stdout=None)
             for line in server.stdout:
                 print(line, end="", flush=True)
             code = server.wait()
+            if matlab_rig is not None:
+                matlab_rig.terminate()  # a rig has no end of session; the bridge has left
             for p in procs[1:]:
                 try:
                     p.wait(timeout=30)
@@ -73,6 +81,19 @@ def run_dry_run(config_path: str | None, *, generations: int | None = None, out:
                 if p.poll() is None:
                     p.kill()
                     p.wait()
+
+
+def _start_files_rig(procs: list, cli: list[str], endpoint: str, cfg, cfg_file: Path, folder: Path):
+    """The simulated MATLAB rig and the bridge on XDream's file handshake; returns the rig."""
+    from simulators.matlab_rig import READY
+
+    rig = _start(procs, [sys.executable, "-m", "simulators.matlab_rig", "--dir", str(folder),
+                         "--config", str(cfg_file)])
+    _wait_for_line(rig, READY)
+    _start(procs, cli + ["bridge", "--server", endpoint, "--dir", str(folder),
+                         "--channels", str(len(cfg.simulator.units)),
+                         "--answer-timeout", str(cfg.session.block_timeout_s)], stdout=None)
+    return rig
 
 
 def _start(procs: list, cmd: list[str], stdout=subprocess.PIPE) -> subprocess.Popen:
