@@ -181,6 +181,10 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--csv", metavar="DIR", help="write presentations.csv and generations.csv into DIR")
     ex.add_argument("--no-images", action="store_true",
                     help="NWB: leave the images out (they are regenerated from the codes, which takes time)")
+    ex.add_argument("--subject-id", help="NWB: the animal's id (default 'unknown')")
+    ex.add_argument("--species", help="NWB: the animal's species, e.g. 'Macaca mulatta'")
+    ex.add_argument("--sex", default="U", choices=["M", "F", "O", "U"], help="NWB: the animal's sex (default U)")
+    ex.add_argument("--age", help="NWB: the animal's age, ISO 8601 (P7Y); default 'P0D/' (unknown)")
     ex.set_defaults(func=_cmd_export)
     return p
 
