@@ -14,6 +14,9 @@ from xdream import config as config_mod
 
 REPO = Path(__file__).resolve().parents[1]
 
+# liblsl reads its config when first used: keep every test's LSL traffic on this machine
+os.environ["LSLAPICFG"] = str(REPO / "tests" / "lsl_api.cfg")
+
 
 def small_config(tmp_path: Path, **session) -> config_mod.Config:
     """Fast: one thread of 6, two references, 64-px images, short heartbeats."""
