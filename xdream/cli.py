@@ -147,6 +147,15 @@ def _parser() -> argparse.ArgumentParser:
                         "with --simulate, a simulated peer speaks that rig's wire format to the real adapter")
     r.add_argument("--rig-option", action="append", metavar="KEY=VALUE",
                    help="an option of the rig adapter, e.g. host=192.168.1.20 (repeat for more)")
+    r.add_argument("--missing-after", type=float, default=30.0, metavar="S",
+                   help="report a presentation missing when its event code, or the end of its window, has not "
+                        "come this many seconds (wall time) after it was due (default 30)")
+    r.add_argument("--photodiode-max-lag-ms", type=float, metavar="MS",
+                   help="take each onset from the first photodiode crossing at most MS after its event code "
+                        "(needs an adapter that reports photodiode crossings)")
+    r.add_argument("--photodiode-miss", choices=["missing", "code"], default="missing",
+                   help="no crossing within the lag: report the presentation missing (default) or keep the "
+                        "code's time as its onset")
     r.set_defaults(func=_cmd_record)
 
     br = sub.add_parser("bridge", help="join as presenter and recorder for a MATLAB/MonkeyLogic rig on XDream's "
@@ -267,7 +276,7 @@ def _cmd_record(args) -> int:
             return 2
         source = build_source(args.rig, options)
         conn = PeerConnection(args.server, "recorder", args.name, channels=source.channels)
-        log.info("reported counts for %d presentations", Recorder(conn, source).run())
+        log.info("reported counts for %d presentations", Recorder(conn, source, _counter_options(args)).run())
         return 0
     from simulators.rig import SimulatedRig
 
@@ -276,7 +285,7 @@ def _cmd_record(args) -> int:
     if not args.rig:  # the simulated rig is the source itself, in-process
         print(f"{SCREEN_TAP}{rig.endpoint}", flush=True)
         conn = PeerConnection(args.server, "recorder", args.name, channels=rig.channels)
-        log.info("reported counts for %d presentations", Recorder(conn, rig).run())
+        log.info("reported counts for %d presentations", Recorder(conn, rig, _counter_options(args)).run())
         return 0
     # the simulated rig feeds a peer that speaks the real wire format; the real adapter reads it
     from simulators.rig_pump import RigPump
@@ -290,7 +299,7 @@ def _cmd_record(args) -> int:
         pump = RigPump(rig, peer)
         pump.start()
         conn = PeerConnection(args.server, "recorder", args.name, channels=source.channels)
-        log.info("reported counts for %d presentations", Recorder(conn, source).run())
+        log.info("reported counts for %d presentations", Recorder(conn, source, _counter_options(args)).run())
     finally:
         if pump is not None:
             pump.stop()
@@ -308,6 +317,12 @@ def _cmd_bridge(args) -> int:
     reported = bridge.run()
     log.info("reported %d presentations (%d missing)", reported, bridge.missing)
     return 0
+
+
+def _counter_options(args) -> dict:
+    lag = args.photodiode_max_lag_ms
+    return {"timeout_s": args.missing_after, "photodiode_max_lag_s": None if lag is None else lag / 1000.0,
+            "photodiode_miss": args.photodiode_miss}
 
 
 def _cmd_weights(args) -> int:

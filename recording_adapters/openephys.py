@@ -1,0 +1,389 @@
+"""Open Ephys GUI: its "ZMQ Interface" and "Event Broadcaster" plugins.
+
+Wire formats as the plugins' code sends them (docs/adapters.md section 3 cites
+the files and lists where their docs disagree):
+
+ZMQ Interface (open-ephys-plugins/zmq-interface, Source/ZmqInterface.cpp):
+PUB on the data port (default 5556), REP heartbeat socket on data port + 1.
+Each message has three frames, or two for an event without payload:
+  1. envelope: b"DATA\\0" or b"EVENT\\0" (strlen + 1: the NUL is sent)
+  2. a JSON header: {"message_num", "type": "data"|"event"|"spike", ..., "data_size", "timestamp"}
+     data:  "content": {"stream", "channel_num", "num_samples", "sample_num", "sample_rate"}
+     event: "content": {"stream", "source_node", "type" (3 = TTL), "sample_num"}
+     spike: "spike":   {"stream", "source_node", "electrode" (a name), "sample_num",
+                        "num_channels", "num_samples", "sorted_id", "threshold"}
+  3. data: float32 samples of one channel; event: the TTL payload (uint8 line,
+     uint8 state, uint64 word, little-endian); spike: the float32 waveform.
+
+Event Broadcaster (open-ephys-plugins/event-broadcaster, Source/EventBroadcaster.cpp):
+PUB (default port 5557), two frames: a uint16 (0 TTL, 1 spike), then JSON
+  TTL:   {"event_type": "ttl", "stream", "source_node", "sample_rate", "channel_name",
+          "sample_number", "line", "state"}
+  spike: {"event_type": "spike", "stream", "source_node", "electrode", "num_channels",
+          "sample_rate", "sample_number", "sorted_id", "amp1", ...}
+or raw binary (the GUI's event packet, plugin-GUI Source/Processors/Events/Event.h, Spike.cpp):
+  uint8 base type (1 processor event, 2 spike), uint8 sub-type (3 TTL), uint16 node,
+  uint16 stream, uint16 channel index, int64 sample number, float64 timestamp, then
+  TTL: uint8 line, uint8 state, uint64 word; spike: uint16 sorted id, thresholds, waveform.
+
+Event codes: OE sends one TTL event per line change, all changes of one sample
+with the same sample number.  The adapter applies a sample's changes together,
+then reads the code lines (`code_lines`, default 0-7) from the resulting word:
+with `strobe_line`, a code is read when the strobe line rises; without, a code
+is read whenever the code lines go from 0 (or another value) to a new nonzero
+value.  `photodiode_line`: its rising edges are photodiode crossings.
+
+Watermark: the ZMQ Interface sends a block's events before the block's
+continuous data, so a data message for samples [s, s+n) means every event
+before s+n has been sent (at least one channel must be selected in the plugin).
+The Event Broadcaster sends no continuous data: the watermark trails the latest
+event by `lag_ms` (default 100 ms, more than one processing block), and stalls
+when no events come.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import struct
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+import zmq
+
+from recording_adapters.events import RigEvents
+from xdream.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+PLUGINS = ("zmq-interface", "event-broadcaster")
+TTL_PAYLOAD = struct.Struct("<BBQ")          # line, state, word
+EVENT_HEAD = struct.Struct("<BBHHHqd")       # base type, sub-type, node, stream, channel, sample, timestamp
+SORTED_ID = struct.Struct("<H")
+PROCESSOR_EVENT, SPIKE_EVENT, TTL = 1, 2, 3
+HEARTBEAT_S = 2.0
+STALL_WARN_S = 5.0
+MAX_MESSAGES_PER_POLL = 20000
+
+
+def _int(name: str, value: str, low: int | None = None) -> int:
+    try:
+        out = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"openephys option {name} wants an integer, got {value!r}") from None
+    if low is not None and out < low:
+        raise ConfigError(f"openephys option {name} must be >= {low}, got {out}")
+    return out
+
+
+def _lines(value: str) -> list[int]:
+    """'0-7' or '0,1,2' -> line numbers."""
+    try:
+        if "-" in value:
+            a, b = (int(x) for x in value.split("-"))
+            out = list(range(a, b + 1))
+        else:
+            out = [int(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"openephys option code_lines wants e.g. 0-7 or 0,1,2, got {value!r}") from None
+    if not out or min(out) < 0 or max(out) > 63:
+        raise ConfigError(f"openephys code_lines must lie in 0..63, got {value!r}")
+    return out
+
+
+class BadPacket(Exception):
+    """A message that does not follow the plugin's format."""
+
+
+@dataclass
+class _Batch:
+    codes: list = field(default_factory=list)       # (sample, code)
+    spike_samples: list = field(default_factory=list)
+    spike_channels: list = field(default_factory=list)
+    photodiode: list = field(default_factory=list)  # samples
+
+    def empty(self) -> bool:
+        return not (self.codes or self.spike_samples or self.photodiode)
+
+
+class OpenEphysSource:
+    def __init__(self, host: str = "127.0.0.1", port: str = "", plugin: str = "zmq-interface",
+                 channels: str = "32", electrodes: str = "", electrode_base: str = "1",
+                 code_lines: str = "0-7", strobe_line: str = "", photodiode_line: str = "",
+                 sample_rate: str = "", lag_ms: str = "100", heartbeat: str = "yes"):
+        if plugin not in PLUGINS:
+            raise ConfigError(f"openephys plugin must be one of {', '.join(PLUGINS)}, got {plugin!r}")
+        self.plugin = plugin
+        self.channels = _int("channels", channels, 1)
+        self.port = _int("port", port or ("5556" if plugin == "zmq-interface" else "5557"), 1)
+        self.electrodes = {name.strip(): i for i, name in enumerate(electrodes.split(",")) if name.strip()}
+        self.electrode_base = _int("electrode_base", electrode_base)
+        self.code_lines = _lines(code_lines)
+        self.strobe_line = _int("strobe_line", strobe_line, 0) if strobe_line else None
+        self.photodiode_line = _int("photodiode_line", photodiode_line, 0) if photodiode_line else None
+        self.fixed_rate = float(sample_rate) if sample_rate else None
+        self.lag_s = _int("lag_ms", lag_ms, 0) / 1000.0
+        self.rate: float | None = self.fixed_rate
+        self.bad_packets = 0
+        self.dropped_spikes = 0
+        self.clock_jumps = 0
+        self._unknown_electrodes: set = set()
+        self._wm_sample: int | None = None        # every event before this sample has arrived
+        self._word = 0                            # TTL word after the last applied sample group
+        self._group: list[tuple[int, int, int]] = []   # (line, state, word|-1) of the open sample
+        self._group_sample: int | None = None
+        self._batch = _Batch()
+        self._stash: list = []                    # messages from a clock jump on, for the next poll
+        self._last_message = time.monotonic()
+        self._stalled = False
+        self.stall_warn_s = STALL_WARN_S
+        ctx = zmq.Context.instance()
+        self.socket = ctx.socket(zmq.SUB)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.SUBSCRIBE, b"")
+        self.socket.connect(f"tcp://{host}:{self.port}")
+        self._hb = None
+        if plugin == "zmq-interface" and heartbeat.lower() in ("yes", "true", "1"):
+            # the plugin lists clients that send heartbeats; it sends data whether or not we do
+            self._hb = ctx.socket(zmq.REQ)
+            self._hb.setsockopt(zmq.LINGER, 0)
+            self._hb.setsockopt(zmq.REQ_RELAXED, 1)
+            self._hb.setsockopt(zmq.REQ_CORRELATE, 1)
+            self._hb.connect(f"tcp://{host}:{self.port + 1}")
+            self._hb_uuid = str(uuid.uuid4())
+            self._hb_next = 0.0
+        log.info("openephys (%s) on tcp://%s:%d", plugin, host, self.port)
+
+    # --- the source contract -----------------------------------------------------------------
+    def poll(self, timeout_s: float) -> RigEvents:
+        self._heartbeat()
+        messages, self._stash = self._stash, []      # what followed a clock jump, first
+        if messages or self.socket.poll(int(timeout_s * 1000)):
+            while len(messages) < MAX_MESSAGES_PER_POLL:
+                try:
+                    messages.append(self.socket.recv_multipart(zmq.NOBLOCK))
+                except zmq.Again:
+                    break
+        now = time.monotonic()
+        if messages:
+            if self._stalled:
+                log.warning("openephys: the stream is back after %.1f s", now - self._last_message)
+            self._last_message, self._stalled = now, False
+        elif not self._stalled and now - self._last_message > self.stall_warn_s:
+            self._stalled = True
+            log.warning("openephys: no message for %.1f s: has acquisition stopped? (waiting; presentations "
+                        "whose windows cannot complete will be reported missing)", self.stall_warn_s)
+        for i, frames in enumerate(messages):
+            try:
+                if self._handle(frames) == "jump":
+                    self._stash = messages[i:]       # the next poll starts in the new clock
+                    break
+            except BadPacket as exc:
+                self._bad(str(exc))
+        return self._flush()
+
+    def close(self) -> None:
+        self.socket.close()
+        if self._hb is not None:
+            self._hb.close()
+
+    # --- decoding ----------------------------------------------------------------------------
+    def _handle(self, frames: list[bytes]) -> str | None:
+        if self.plugin == "zmq-interface":
+            kind, sample, payload = self._zmq_interface(frames)
+        else:
+            kind, sample, payload = self._event_broadcaster(frames)
+        if kind is None:
+            return None
+        # a restarted acquisition counts from 0 again (a data message may repeat its block per channel)
+        if self._wm_sample is not None and (payload if kind == "data" else sample) < self._wm_sample:
+            if not self._batch.empty() or self._group:
+                return "jump"        # deliver what came before the jump first
+            self._clock_jump(sample)
+        if kind == "data":
+            self._close_group(before=payload)
+            self._wm_sample = max(self._wm_sample or 0, payload)
+        elif kind == "ttl":
+            line, state, word = payload
+            if self._group_sample is not None and sample != self._group_sample:
+                self._close_group()
+            self._group_sample = sample
+            self._group.append((line, state, word))
+        elif kind == "spike":
+            self._batch.spike_samples.append(sample)
+            self._batch.spike_channels.append(payload)
+        if self.plugin == "event-broadcaster" and self.rate:
+            lagged = sample - int(self.lag_s * self.rate)
+            if lagged > (self._wm_sample or 0):
+                self._close_group(before=lagged)
+                self._wm_sample = lagged
+        return None
+
+    def _zmq_interface(self, frames):
+        if len(frames) not in (2, 3):
+            raise BadPacket(f"{len(frames)} frames (2 or 3 expected)")
+        envelope = frames[0].rstrip(b"\0")
+        header = self._json(frames[1])
+        kind = header.get("type")
+        body = header.get("spike" if kind == "spike" else "content")
+        if not isinstance(body, dict):
+            raise BadPacket(f"header without its {'spike' if kind == 'spike' else 'content'} object")
+        data = frames[2] if len(frames) == 3 else b""
+        size = header.get("data_size")
+        if kind != "spike" and (not isinstance(size, int) or size != len(data)):
+            raise BadPacket(f"data_size {size!r} but {len(data)} bytes of payload")
+        sample = self._sample(body.get("sample_num"))
+        if envelope == b"DATA" and kind == "data":
+            n = body.get("num_samples")
+            if not isinstance(n, int) or n < 0 or n * 4 != len(data):
+                raise BadPacket(f"num_samples {n!r} does not match {len(data)} bytes of float32")
+            self._learn_rate(body.get("sample_rate"))
+            return "data", sample, sample + n
+        if envelope == b"EVENT" and kind == "event":
+            if body.get("type") != TTL:
+                return None, 0, None          # text or binary events: not ours
+            if len(data) < TTL_PAYLOAD.size:
+                raise BadPacket(f"TTL payload of {len(data)} bytes ({TTL_PAYLOAD.size} expected)")
+            return "ttl", sample, TTL_PAYLOAD.unpack_from(data)
+        if envelope == b"EVENT" and kind == "spike":
+            return "spike", sample, self._electrode(body)
+        raise BadPacket(f"envelope {frames[0][:16]!r} with type {kind!r}")
+
+    def _event_broadcaster(self, frames):
+        if len(frames) != 2 or len(frames[0]) != 2:
+            raise BadPacket(f"{len(frames)} frames, first of {len(frames[0]) if frames else 0} bytes "
+                            "(2 frames, a uint16 type first, expected)")
+        (base,) = struct.unpack("<H", frames[0])
+        if base not in (0, 1):
+            raise BadPacket(f"type {base} (0 TTL or 1 spike expected)")
+        body = frames[1]
+        if body[:1] in (b"{", b" "):
+            msg = self._json(body)
+            self._learn_rate(msg.get("sample_rate"))
+            sample = self._sample(msg.get("sample_number"))
+            if base == 0:
+                line, state = msg.get("line"), msg.get("state")
+                if not isinstance(line, int) or not isinstance(state, (bool, int)) or not 0 <= line < 256:
+                    raise BadPacket(f"TTL line {line!r} / state {state!r}")
+                return "ttl", sample, (line, int(bool(state)), -1)
+            return "spike", sample, self._electrode(msg)
+        if len(body) < EVENT_HEAD.size + 2:
+            raise BadPacket(f"binary event of {len(body)} bytes")
+        btype, sub, _node, _stream, chan, sample, _ts = EVENT_HEAD.unpack_from(body)
+        sample = self._sample(sample)
+        if base == 0:
+            if btype != PROCESSOR_EVENT or sub != TTL or len(body) < EVENT_HEAD.size + TTL_PAYLOAD.size:
+                raise BadPacket(f"binary TTL event with base type {btype}, sub-type {sub}, {len(body)} bytes")
+            return "ttl", sample, TTL_PAYLOAD.unpack_from(body, EVENT_HEAD.size)
+        if btype != SPIKE_EVENT:
+            raise BadPacket(f"binary spike with base type {btype}")
+        return "spike", sample, chan          # the spike channel's index in its stream
+
+    def _json(self, raw: bytes) -> dict:
+        try:
+            msg = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise BadPacket(f"JSON header unreadable: {exc}") from None
+        if not isinstance(msg, dict):
+            raise BadPacket("JSON header is not an object")
+        return msg
+
+    @staticmethod
+    def _sample(value) -> int:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise BadPacket(f"sample number {value!r}")
+        return value
+
+    def _learn_rate(self, value) -> None:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+            raise BadPacket(f"sample_rate {value!r}")
+        if self.rate is None:
+            self.rate = float(value)
+        elif abs(value - self.rate) > 1e-6 * self.rate and not getattr(self, "_rate_warned", False):
+            self._rate_warned = True
+            log.warning("openephys: the stream says %.3f Hz, using %.3f Hz", value, self.rate)
+
+    def _electrode(self, body: dict) -> int:
+        name = body.get("electrode")
+        if name is None and isinstance(body.get("electrode_id"), int):   # the plugin's older versions
+            return body["electrode_id"]
+        if not isinstance(name, str):
+            raise BadPacket(f"spike without an electrode name ({name!r})")
+        if self.electrodes:
+            return self.electrodes.get(name, -1)
+        m = re.search(r"(\d+)\s*$", name)
+        return int(m.group(1)) - self.electrode_base if m else -1
+
+    # --- event codes from TTL lines ----------------------------------------------------------
+    def _close_group(self, before: int | None = None) -> None:
+        """Apply the open sample's line changes once no more can come for it."""
+        if self._group_sample is None or (before is not None and self._group_sample >= before):
+            return
+        old = self._word
+        word = old
+        for line, state, full in self._group:
+            word = full if full >= 0 else (word | (1 << line)) if state else (word & ~(1 << line))
+        sample, self._group, self._group_sample, self._word = self._group_sample, [], None, word
+        rose = word & ~old
+        value = sum(((word >> line) & 1) << i for i, line in enumerate(self.code_lines))
+        before_value = sum(((old >> line) & 1) << i for i, line in enumerate(self.code_lines))
+        if self.photodiode_line is not None and rose >> self.photodiode_line & 1:
+            self._batch.photodiode.append(sample)
+        if self.strobe_line is not None:
+            if rose >> self.strobe_line & 1:
+                if value == 0:
+                    log.warning("openephys: strobe at sample %d with code lines all low; ignored", sample)
+                else:
+                    self._batch.codes.append((sample, value))
+        elif value != 0 and value != before_value:
+            self._batch.codes.append((sample, value))
+
+    # --- output ------------------------------------------------------------------------------
+    def _flush(self) -> RigEvents:
+        if self.rate is None:           # nothing can be timed before the sample rate is known
+            if not self._batch.empty() and not getattr(self, "_rate_unknown_warned", False):
+                self._rate_unknown_warned = True
+                log.warning("openephys: events but no sample rate yet (the Event Broadcaster's binary format "
+                            "carries none: set --rig-option sample_rate=HZ)")
+            return RigEvents()
+        b, self._batch, rate = self._batch, _Batch(), self.rate
+        chans = np.array(b.spike_channels, dtype=int)
+        bad = (chans < 0) | (chans >= self.channels)
+        if bad.any():
+            self.dropped_spikes += int(bad.sum())
+            log.warning("openephys: dropped %d spikes from electrodes outside channels 0..%d (electrodes=%s)",
+                        int(bad.sum()), self.channels - 1, "by name" if self.electrodes else "by number")
+        return RigEvents(codes=[(s / rate, c) for s, c in b.codes],
+                         spike_times=np.array(b.spike_samples, dtype=float)[~bad] / rate,
+                         spike_channels=chans[~bad],
+                         watermark=None if self._wm_sample is None else self._wm_sample / rate,
+                         photodiode=[s / rate for s in b.photodiode])
+
+    def _clock_jump(self, sample: int) -> None:
+        self.clock_jumps += 1
+        log.warning("openephys: sample numbers went back from %d to %d (acquisition restarted?); "
+                    "following the new clock", self._wm_sample, sample)
+        self._wm_sample, self._word = None, 0
+        self._group, self._group_sample = [], None
+
+    def _bad(self, why: str) -> None:
+        self.bad_packets += 1
+        if self.bad_packets <= 20 or self.bad_packets % 1000 == 0:
+            log.warning("openephys: bad message #%d skipped: %s", self.bad_packets, why)
+
+    def _heartbeat(self) -> None:
+        if self._hb is None:
+            return
+        try:
+            while self._hb.poll(0):
+                self._hb.recv(zmq.NOBLOCK)          # "heartbeat received"
+            now = time.monotonic()
+            if now >= self._hb_next:
+                self._hb_next = now + HEARTBEAT_S
+                self._hb.send(json.dumps({"application": "xdream", "uuid": self._hb_uuid,
+                                          "type": "heartbeat"}).encode(), zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass                                    # no GUI listening yet: the data socket is what matters

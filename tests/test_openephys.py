@@ -1,0 +1,277 @@
+"""The Open Ephys adapter against a simulated GUI that speaks its plugins' wire
+formats on 127.0.0.1 (ZMQ Interface; Event Broadcaster in JSON and binary)."""
+
+import json
+import logging
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from recording_adapters.counting import SpikeCounter
+from recording_adapters.events import RigEvents
+from recording_adapters.sources import build_source
+from simulators.wire_peers import start_peer
+from tests.conftest import small_config
+from xdream import config as config_mod
+from xdream.errors import ConfigError
+
+FS = 30000.0
+KINDS = [("zmq-interface", "json"), ("event-broadcaster", "json"), ("event-broadcaster", "binary")]
+
+
+@pytest.fixture
+def rig(request):
+    plugin, fmt, peer_opts, adapter_opts = request.param
+    peer = start_peer("openephys", 4, plugin=plugin, format=fmt, **peer_opts)
+    opts = {**peer.adapter_options(), **adapter_opts}
+    if fmt == "binary":
+        opts["sample_rate"] = str(FS)    # the binary format carries no sample rate
+    source = build_source("openephys", opts)
+    yield peer, source
+    source.close()
+    peer.close()
+
+
+def rigs(*kinds, peer=None, adapter=None):
+    return pytest.mark.parametrize("rig", [(p, f, peer or {}, adapter or {}) for p, f in kinds],
+                                   indirect=True, ids=[f"{p}-{f}" for p, f in kinds])
+
+
+def collect(source, until: float, max_polls: int = 200) -> RigEvents:
+    """Poll until the watermark reaches `until` (or max_polls polls)."""
+    got = RigEvents()
+    for _ in range(max_polls):
+        e = source.poll(0.05)
+        got.codes += e.codes
+        got.photodiode += e.photodiode
+        got.spike_times = np.concatenate([got.spike_times, e.spike_times])
+        got.spike_channels = np.concatenate([got.spike_channels, e.spike_channels])
+        if e.watermark is not None:
+            got.watermark = e.watermark
+        if got.watermark is not None and got.watermark >= until:
+            break
+    return got
+
+
+def sent(codes=(), spikes=(), watermark=None, photodiode=()):
+    return RigEvents(list(codes), np.array([t for t, _ in spikes], dtype=float),
+                     np.array([c for _, c in spikes], dtype=int), watermark, list(photodiode))
+
+
+@rigs(*KINDS)
+def test_codes_spikes_and_watermark_round_trip(rig):
+    peer, source = rig
+    spikes = [(1.01, 0), (1.2, 3), (1.6, 1), (2.5, 2)]
+    peer.send(sent([(1.0, 5), (1.5, 200), (2.0, 255)], spikes, 3.0))
+    peer.send(sent([], [(3.05, 0)], 4.0))   # the Event Broadcaster's watermark trails its events
+    got = collect(source, 2.9)
+    assert [c for _, c in got.codes] == [5, 200, 255]
+    assert np.allclose([t for t, _ in got.codes], [1.0, 1.5, 2.0], atol=1 / FS)
+    assert np.allclose(got.spike_times[:4], [t for t, _ in spikes], atol=1 / FS)
+    assert list(got.spike_channels[:4]) == [0, 3, 1, 2]
+    assert got.watermark >= 2.9 and source.bad_packets == 0
+
+
+@rigs(("zmq-interface", "json"), peer={"strobe_line": None})
+def test_codes_without_a_strobe_line_read_from_the_word(rig):
+    peer, source = rig
+    assert "strobe_line" not in peer.adapter_options()
+    peer.send(sent([(0.5, 1), (0.7, 2), (0.9, 129)], [], 1.5))
+    got = collect(source, 1.5)
+    assert [c for _, c in got.codes] == [1, 2, 129]
+
+
+@rigs(("zmq-interface", "json"), ("event-broadcaster", "json"), peer={"photodiode_line": 9})
+def test_photodiode_line_gives_crossing_times(rig):
+    peer, source = rig
+    peer.send(sent([(1.0, 7)], [(1.5, 0)], 2.0, photodiode=[1.021]))
+    peer.send(sent([], [(2.5, 1)], 3.0))
+    got = collect(source, 1.9)
+    assert [c for _, c in got.codes] == [7]            # the photodiode line is not a code line
+    assert np.allclose(got.photodiode, [1.021], atol=1 / FS)
+
+
+@rigs(("zmq-interface", "json"))
+def test_heartbeats_reach_the_gui(rig):
+    peer, source = rig
+    for _ in range(200):
+        source.poll(0.02)
+        peer._answer_heartbeats()
+        if peer.heartbeats:
+            break
+    assert peer.heartbeats >= 1
+
+
+ZMQ_BAD = [
+    [b"DATA\0"],                                                               # truncated: one frame
+    [b"DATA\0", b'{"type": "data", "content": {"sample_num": 0, "num_samples": 10, "sample_rate": 30000.0}, '
+                b'"data_size": 40}', b"\0" * 12],                             # payload cut short
+    [b"DATA\0", b"{not json", b"\0" * 4],                                      # corrupt JSON
+    [b"DATA\0", b"[1, 2, 3]", b"\0" * 4],                                      # JSON, but not an object
+    [b"EVENT\0", b'{"type": "event", "content": {"type": 3, "sample_num": 5}, "data_size": 3}', b"\1\1\0"],
+    [b"EVENT\0", b'{"type": "spike", "spike": {"sample_num": -4, "electrode": "Electrode 1"}}', b""],
+    [b"NOISE\0", b'{"type": "data", "content": {}}', b""],                    # unknown envelope
+    [b"\xff\xfe", b"\xff\xfe\xfd", b"x"],                                      # not UTF-8
+]
+EB_BAD = [
+    [b"\0"],                                                                   # truncated type frame
+    [struct.pack("<H", 7), b"{}"],                                             # unknown type
+    [struct.pack("<H", 0), b'{"sample_number": 10, "line": "a", "state": true, "sample_rate": 30000.0}'],
+    [struct.pack("<H", 1), b"\2\1\0"],                                         # binary spike cut short
+    [struct.pack("<H", 0), b'{"sample_number": 10'],                           # JSON cut short
+]
+
+
+@rigs(("zmq-interface", "json"))
+def test_corrupt_zmq_interface_messages_are_skipped(rig, caplog):
+    peer, source = rig
+    peer.send(sent([(0.5, 3)], [], 1.0))
+    for frames in ZMQ_BAD:
+        peer.send_raw(frames)
+    peer.send(sent([(1.5, 4)], [(1.6, 2)], 2.0))
+    got = collect(source, 2.0)
+    assert [c for _, c in got.codes] == [3, 4] and list(got.spike_channels) == [2]
+    assert source.bad_packets == len(ZMQ_BAD)
+    assert caplog.text.count("bad message") == len(ZMQ_BAD)
+
+
+@rigs(("event-broadcaster", "json"))
+def test_corrupt_event_broadcaster_messages_are_skipped(rig, caplog):
+    peer, source = rig
+    peer.send(sent([(0.5, 3)], [(0.6, 1)], 1.0))
+    for frames in EB_BAD:
+        peer.send_raw(frames)
+    peer.send(sent([(1.5, 4)], [(1.6, 2), (2.5, 0)], 3.0))
+    got = collect(source, 2.0)
+    assert [c for _, c in got.codes] == [3, 4] and list(got.spike_channels[:2]) == [1, 2]
+    assert source.bad_packets == len(EB_BAD) and "bad message" in caplog.text
+
+
+@rigs(("zmq-interface", "json"))
+def test_stream_that_stops_then_resumes(rig, caplog):
+    """The GUI stops mid-window: a warning, the presentation goes missing after
+    the timeout, and the adapter carries on when data comes back."""
+    peer, source = rig
+
+    class Clock:
+        now = 0.0
+
+        def __call__(self):
+            return self.now
+
+    clock = Clock()
+    counter = SpikeCounter(4, clock=clock, timeout_s=10.0)
+    counter.expect(0, [("p0", 1), ("p1", 2)])
+    source.stall_warn_s = 0.05
+    peer.send(sent([(1.0, 1)], [(1.1, 0)], 1.1))          # p0's window (to 1.2) is cut off
+    out = counter.add(collect(source, 1.1))
+    for _ in range(3):
+        out += counter.add(source.poll(0.05))
+    assert out == [] and "no message for" in caplog.text
+    clock.now = 11.0
+    out = counter.add(source.poll(0.05))
+    # p0's window never completed; p1's code never came (wall-time rules: the rig clock stood still)
+    assert sorted((c.pid, c.status) for c in out) == [("p0", "missing"), ("p1", "missing")]
+    counter.expect(1, [("p2", 3)])
+    peer.send(sent([(2.0, 3)], [(2.1, 3)], 2.5))
+    out = []
+    for _ in range(100):
+        out += counter.add(source.poll(0.05))
+        if out:
+            break
+    assert [(c.pid, c.status, c.counts) for c in out] == [("p2", "ok", [0.0, 0.0, 0.0, 1.0])]
+    assert "stream is back" in caplog.text
+
+
+@rigs(("zmq-interface", "json"))
+def test_clock_jump_back_through_the_wire(rig, caplog):
+    """Acquisition restarts (sample numbers from 0): the open window is missing,
+    later presentations are counted in the new clock."""
+    peer, source = rig
+    counter = SpikeCounter(4)
+    counter.expect(0, [("p0", 1), ("p1", 2), ("p2", 3)])
+    peer.send(sent([(1.0, 1), (2.0, 2)], [(1.1, 0), (2.1, 1)], 2.1))
+    peer.restart(2.1)                                      # rig time 2.1 is sample 0 again
+    peer.send(sent([(2.6, 3)], [(2.7, 2)], 3.0))
+    out = {}
+    for _ in range(100):
+        out.update({c.pid: c for c in counter.add(source.poll(0.05))})
+        if len(out) == 3:
+            break
+    assert out["p0"].status == "ok" and out["p0"].counts == [1.0, 0.0, 0.0, 0.0]
+    assert out["p1"].status == "missing"
+    assert out["p2"].status == "ok" and out["p2"].counts == [0.0, 0.0, 1.0, 0.0]
+    assert abs(out["p2"].onset - 0.5) < 1e-4                # in the new clock
+    assert source.clock_jumps == 1 and "went back" in caplog.text and "clock jumped back" in caplog.text
+
+
+def test_options_are_checked():
+    with pytest.raises(ConfigError, match="no option 'prot'.*port"):
+        build_source("openephys", {"prot": "5556"})
+    with pytest.raises(ConfigError, match="plugin must be one of"):
+        build_source("openephys", {"plugin": "spikegadgets"})
+    with pytest.raises(ConfigError, match="known: .*openephys"):
+        build_source("open-ephys", {})
+    with pytest.raises(ConfigError, match="integer"):
+        build_source("openephys", {"channels": "many"})
+
+
+def test_electrode_names_map_to_channels():
+    source = build_source("openephys", {"port": "1", "channels": "3", "electrodes": "TT1,TT2,SE7",
+                                        "heartbeat": "no"})
+    try:
+        assert source._electrode({"electrode": "SE7"}) == 2 and source._electrode({"electrode": "X"}) == -1
+    finally:
+        source.close()
+
+
+# --- the closed loop through the real wire format ------------------------------------------------
+
+def dry_run(args, out, timeout=600):
+    result = subprocess.run([sys.executable, "-m", "xdream.cli", "dry-run", "--out", str(out), *args],
+                            capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (folder,) = out.iterdir()
+    return [json.loads(line) for line in (folder / "journal.jsonl").read_text().splitlines()]
+
+
+def test_dry_run_through_open_ephys_rises(tmp_path):
+    """`xdream dry-run --rig openephys`: the embedded config, 6 generations; the
+    neuron's responses rise and every presentation is counted."""
+    records = dry_run(["--rig", "openephys", "--generations", "6"], tmp_path)
+    scores = {}
+    for r in records:
+        if r["kind"] == "scores":
+            scores.setdefault(r["thread"], []).append(r["scores"])
+    for thread in ("a", "b"):
+        assert len(scores[thread]) == 6
+        first = np.array(scores[thread][:2], dtype=float).ravel()
+        last = np.array(scores[thread][-2:], dtype=float).ravel()
+        t = (last.mean() - first.mean()) / np.sqrt(last.var(ddof=1) / last.size + first.var(ddof=1) / first.size)
+        assert t > 3 and last.mean() > 1.25 * first.mean(), f"thread {thread}: {first.mean()} -> {last.mean()}"
+    sent_pids = [p["pid"] for r in records if r["kind"] == "block" for p in r["presentations"]]
+    counted = [r["pid"] for r in records if r["kind"] == "counts"]
+    assert sorted(counted) == sorted(sent_pids)
+    assert not [r for r in records if r["kind"] in ("missing", "rejected", "late_counts")]
+
+
+def test_dry_run_through_open_ephys_counts_like_the_in_process_rig(tmp_path):
+    """The same seeded session through the wire format and in-process: the
+    counts agree (up to spikes within one 1/30 kHz sample of a window edge)."""
+    cfg = small_config(tmp_path, generations=3)
+    path = tmp_path / "small.json"
+    config_mod.save_json(cfg, path)
+    wire = [r["scores"] for r in dry_run([str(path), "--rig", "openephys"], tmp_path / "wire")
+            if r["kind"] == "scores"]
+    plain = [r["scores"] for r in dry_run([str(path)], tmp_path / "plain") if r["kind"] == "scores"]
+    wire, plain = np.array(wire, dtype=float).ravel(), np.array(plain, dtype=float).ravel()
+    assert wire.size == plain.size == 3 * 6 and not np.isnan(wire).any()
+    assert (wire == plain).mean() >= 0.9
+
+
+@pytest.fixture(autouse=True)
+def _warnings(caplog):
+    caplog.set_level(logging.WARNING)
