@@ -20,9 +20,11 @@ import numpy as np
 import zmq
 import zmq.asyncio
 
+from server import faults
 from server.journal import Journal
 from server.references import load_references
-from server.scheduler import BlockProgress, ScheduledBlock, Scheduler
+from server.resume import Recovery, checkpoint_arrays, last_endpoint, restore_checkpoint
+from server.scheduler import BlockProgress, Presentation, ScheduledBlock, Scheduler
 from server.threads import EvolutionThread, build_threads
 from xdream import protocol
 from xdream.errors import ProtocolError, SessionError
@@ -41,12 +43,33 @@ class Peer:
     peer_id: str
 
 
+@dataclass
+class Prepared:
+    """A generation's codes, images and block, ready to present."""
+    generation: int
+    asked: dict
+    images: dict[str, np.ndarray]
+    progress: BlockProgress
+    to_send: list[Presentation]
+    resent: bool = False        # a resumed server re-sends what the presenter has not reported
+
+
 class EvolutionServer:
-    def __init__(self, cfg, session_dir: Path):
+    """`resume=True` continues the session in `session_dir` where it stopped
+    (docs/journal.md); `bind` overrides where it listens (by default a resumed
+    server binds the endpoint the session last listened on)."""
+
+    def __init__(self, cfg, session_dir: Path, *, resume: bool = False, bind: str | None = None):
         self.cfg = cfg
-        self.journal = Journal(session_dir)
-        self.journal.save_config(cfg)
-        self.session_id = session_dir.name
+        self.journal = Journal(session_dir, resume=resume)
+        if not resume:
+            self.journal.save_config(cfg)
+        self.session_id = Path(session_dir).name
+        self.bind = bind or cfg.network.bind
+        self.start_generation = 0
+        self._recovery: Recovery | None = None
+        self._prepared: Prepared | None = None
+        self._journaled: set[tuple[str, str]] = set()   # (kind, pid) of reports on the journal
         self.peers: dict[bytes, Peer] = {}
         self.progress: BlockProgress | None = None
         self.past_blocks: dict[int, BlockProgress] = {}
@@ -59,16 +82,41 @@ class EvolutionServer:
         size = cfg.presentation.image_size_px
         self.threads, sched_rng = build_threads(cfg)
         refs = load_references(cfg.reference.folder, cfg.reference.count, size)
-        for ref in refs:
-            self.journal.save_image_later(f"references/{ref.name}.png", ref.pixels)
         self.scheduler = Scheduler(refs, sched_rng, cfg.presentation.max_event_code,
                                    cfg.presentation.shuffle)
+        if resume:
+            self._resume(bind)
+            return
+        for ref in refs:
+            self.journal.save_image_later(f"references/{ref.name}.png", ref.pixels)
         self.journal.write("session_start", session=self.session_id,
                            threads=[{"name": t.name, "channel": t.channel,
                                      "generator": t.generator.name, "device": str(t.generator.device),
                                      "precision": t.generator.precision,
                                      "generator_weights": t.generator.cfg.weights,
                                      "generator_sha256": t.generator.weights_sha256} for t in self.threads])
+        self.journal.sync()
+
+    def _resume(self, bind: str | None) -> None:
+        """Restore the last checkpoint; keep the journal's record of the generation in flight."""
+        records = self.journal.recovered.records
+        ends = [r for r in records if r["kind"] == "session_end"]
+        if ends and ends[-1]["reason"] == "finished" and ends[-1]["seq"] == records[-1]["seq"]:
+            raise SessionError(f"session {self.session_id} finished; there is nothing to resume")
+        arrays = self.journal.load_checkpoint()
+        if arrays is not None:
+            self.start_generation = restore_checkpoint(arrays, self.threads, self.scheduler)
+        self._recovery = Recovery(records, self.start_generation)
+        self._journaled = {(r["kind"], r["pid"]) for r in records if r["kind"] in ("shown", "counts")}
+        self.journal.summary = [r for r in self.journal.summary if r["generation"] < self.start_generation]
+        self.bind = bind or last_endpoint(records) or self.cfg.network.bind
+        dropped = self.journal.recovered.dropped_bytes
+        log.warning("resuming session %s at generation %d%s", self.session_id, self.start_generation,
+                    f" (a torn last record of {dropped} bytes was cut from the journal)" if dropped else "")
+        self.journal.write("session_resumed", session=self.session_id, generation=self.start_generation,
+                           checkpoint=arrays is not None, torn_bytes=dropped,
+                           block_in_flight=self._recovery.block["block_id"] if self._recovery.block else None)
+        self.journal.sync()
 
     # ------------------------------------------------------------------ run
     async def run(self, on_endpoint: Callable[[str], None] | None = None,
@@ -77,16 +125,21 @@ class EvolutionServer:
         self.socket = ctx.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 1000)
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a gone peer raises, not vanishes
-        self.socket.bind(self.cfg.network.bind)
+        if self._recovery is not None and self.start_generation < self.cfg.session.generations:
+            # rebuild the block in flight before any peer can report on it
+            self._prepared = await self._prepare(self.start_generation)
+            self.progress = self._prepared.progress
+        self.socket.bind(self.bind)
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.journal.write("listening", endpoint=self.endpoint)
+        self.journal.write("listening", endpoint=self.endpoint, bind=self.bind)
+        self.journal.sync()
         if on_endpoint:
             on_endpoint(self.endpoint)
         tasks = [asyncio.create_task(self._receive_loop(), name="receiver"),
                  asyncio.create_task(self._heartbeat_loop(), name="heartbeats")]
         reason = "finished"
         try:
-            for generation in range(self.cfg.session.generations):
+            for generation in range(self.start_generation, self.cfg.session.generations):
                 records = await self._run_generation(generation)
                 if on_generation:
                     on_generation(generation, records)
@@ -98,6 +151,7 @@ class EvolutionServer:
             for peer in list(self.peers.values()):
                 await self._send(peer.routing_id, MsgType.END, protocol.End(reason))
             self.journal.write("session_end", reason=reason)
+            self.journal.sync()
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -108,33 +162,67 @@ class EvolutionServer:
 
     async def _run_generation(self, generation: int) -> list[dict]:
         t0 = time.perf_counter()
+        prepared, self._prepared = self._prepared, None
+        if prepared is None or prepared.generation != generation:
+            prepared = await self._prepare(generation)
+        progress = await self._present(prepared)
+        faults.reach("before_tell")
+        records = []
+        for t in self.threads:
+            records.append(self._score_thread(t, progress, prepared.asked[t.name], prepared.images[t.name],
+                                              generation, time.perf_counter() - t0))
+        self.journal.sync()   # the generation's scores are durable before its checkpoint
+        faults.reach("checkpoint")
+        self.journal.save_checkpoint(checkpoint_arrays(generation, self.threads, self.scheduler))
+        self.journal.write("checkpoint", generation=generation)
+        self.journal.sync()
+        return records
+
+    async def _prepare(self, generation: int) -> Prepared:
+        """Ask, generate, save the codes, build the block.  For the generation a resumed
+        server found in flight, check all of it against the journal and replay its reports."""
         loop = asyncio.get_running_loop()
         asked = {t.name: t.optimizer.ask() for t in self.threads}
         images = await loop.run_in_executor(self._executor, self._generate, asked)
+        recovery = self._recovery if self._recovery and self._recovery.generation == generation else None
         for t in self.threads:
+            if recovery:
+                recovery.check_codes(self.journal.folder, t.name, asked[t.name].ids, asked[t.name].codes)
             self.journal.save_codes(generation, t.name, asked[t.name].ids, asked[t.name].codes)
         block = self.scheduler.build_block(
             generation, {name: (asked[name].ids, images[name]) for name in asked})
-        progress = await self._present(block)
-        records = []
-        for t in self.threads:
-            records.append(self._score_thread(t, progress, asked[t.name], images[t.name],
-                                              generation, time.perf_counter() - t0))
-        return records
+        progress = BlockProgress(block)
+        if recovery is None or recovery.block is None:
+            return Prepared(generation, asked, images, progress, list(block.presentations))
+        recovery.check_block(block)
+        self._aborted = recovery.replay(progress, self.scheduler)
+        unreported = recovery.unreported(progress)
+        log.warning("resumed block %d (generation %d): %d reports and %d counts on the journal; "
+                    "%d presentations not yet reported are sent again", block.block_id, generation,
+                    len(progress.shown), len(progress.counts), len(unreported))
+        return Prepared(generation, asked, images, progress, unreported, resent=True)
 
     def _generate(self, asked) -> dict[str, np.ndarray]:
         return {t.name: t.generator.generate(asked[t.name].codes) for t in self.threads}
 
-    async def _present(self, block: ScheduledBlock) -> BlockProgress:
+    async def _present(self, prepared: Prepared) -> BlockProgress:
         """Send one block and wait for its reports and counts (or the timeout).
 
         Presentations reported aborted are re-queued at the end of the block as
         new presentations of the same image (session.abort_policy = "requeue",
         at most session.max_requeues times each), or left NaN ("nan")."""
         await self._wait_for_peers()
-        progress = BlockProgress(block)
+        progress = prepared.progress
+        block = progress.block
         self.progress = progress
-        await self._send_presentations(block, block.presentations)
+        if prepared.resent:
+            if prepared.to_send:
+                self.journal.write("block_resent", block_id=block.block_id, generation=block.generation,
+                                   pids=[p.pid for p in prepared.to_send])
+                await self._send_presentations(block, prepared.to_send, journal=False)
+        else:
+            await self._send_presentations(block, prepared.to_send)
+        faults.reach("block_sent")
         timeout = self.cfg.session.block_timeout_s
         deadline = time.monotonic() + timeout
         while True:
@@ -162,13 +250,15 @@ class EvolutionServer:
         self.progress = None
         return progress
 
-    async def _send_presentations(self, block: ScheduledBlock, presentations) -> None:
-        """Journal, then send to recorders (first: the rig's first event code should
-        find its block already known) and presenters."""
-        self.journal.write("block", block_id=block.block_id, generation=block.generation,
-                           presentations=[{"pid": p.pid, "code": p.code, "kind": p.kind,
-                                           "thread": p.thread, "image_id": p.image_id,
-                                           "requeue_of": p.requeue_of} for p in presentations])
+    async def _send_presentations(self, block: ScheduledBlock, presentations, journal: bool = True) -> None:
+        """Journal (durably), then send to recorders (first: the rig's first event code
+        should find its block already known) and presenters."""
+        if journal:
+            self.journal.write("block", block_id=block.block_id, generation=block.generation,
+                               presentations=[{"pid": p.pid, "code": p.code, "kind": p.kind,
+                                               "thread": p.thread, "image_id": p.image_id,
+                                               "requeue_of": p.requeue_of} for p in presentations])
+        self.journal.sync()
         specs = [p.spec() for p in presentations]
         for peer in sorted(self.peers.values(), key=lambda peer: peer.role != "recorder"):
             if peer.role == "recorder":
@@ -209,9 +299,15 @@ class EvolutionServer:
         # a score is the mean over repeats that were measured; NaN if none was
         scores = np.array([_nanmean(by_image.get(cid, [])) for cid in asked.ids])
         refs = [_nanmean(v) for k, v in by_image.items() if k.startswith("ref/")]
+        recovery = self._recovery if self._recovery and self._recovery.generation == generation else None
+        same = recovery.same_scores(t.name, scores) if recovery else None
+        if same is False:
+            raise SessionError(f"resume: generation {generation}'s scores for thread {t.name} differ from "
+                               f"those journaled before the crash")
+        if same is None:   # journaled before a crash: not twice
+            self.journal.write("scores", generation=generation, thread=t.name, ids=asked.ids,
+                               scores=scores.tolist())
         t.optimizer.tell(asked.ids, scores)
-        self.journal.write("scores", generation=generation, thread=t.name, ids=asked.ids,
-                           scores=scores.tolist())
         measured = scores[~np.isnan(scores)]
         record = {"generation": generation, "thread": t.name,
                   "mean": float(measured.mean()) if len(measured) else math.nan,
@@ -274,6 +370,13 @@ class EvolutionServer:
         peer = self.peers.get(routing_id)
         who = peer.name if peer else repr(routing_id)
         raw = _header_for_journal(frames)
+        if peer is None and isinstance(raw, dict) and raw.get("type") == MsgType.HEARTBEAT.value:
+            # the queued heartbeats of a peer of the server before a restart: an error reply
+            # makes it say hello; they carry no data, so they get a log line, not a journal line
+            log.info("heartbeat from unknown peer %s: asking it to say hello", who)
+            ref = raw.get("seq", -1)
+            await self._send(routing_id, MsgType.ERROR, protocol.Error(str(exc), ref if isinstance(ref, int) else -1))
+            return
         log.error("rejected a message from %s: %s", who, exc)
         self.journal.write("rejected", peer=who, reason=str(exc), header=raw)
         ref = raw.get("seq", -1) if isinstance(raw, dict) else -1
@@ -304,6 +407,16 @@ class EvolutionServer:
 
     async def _on_hello(self, routing_id: bytes, msg: protocol.Message) -> None:
         hello: protocol.Hello = msg.body
+        known = self.peers.get(routing_id)
+        if known is not None and (known.role, known.name) == (hello.role, hello.name):
+            # a second hello on the same connection (it answered several 'say hello first'):
+            # welcome it again, but it joined only once
+            known.last_seen = time.monotonic()
+            net = self.cfg.network
+            await self._send(routing_id, MsgType.WELCOME,
+                             protocol.Welcome(known.peer_id, net.heartbeat_s, net.peer_timeout_s,
+                                              self._settings_for(hello.role)))
+            return
         for old_id, old in list(self.peers.items()):
             if old.name == hello.name and old_id != routing_id:
                 log.warning("peer %s reconnected; dropping its old connection", hello.name)
@@ -351,7 +464,14 @@ class EvolutionServer:
         body = msg.body
         progress = self.progress if self.progress and self.progress.block.block_id == body.block_id \
             else self.past_blocks.get(body.block_id)
-        if progress is None:
+        if (kind, body.pid) in self._journaled and (progress is None or progress is not self.progress):
+            # on the journal already: its ACK was lost (the server restarted); not counted twice
+            log.info("%s for %s is on the journal already: acknowledged again", kind, body.pid)
+        elif progress is None and msg.session == self.session_id and body.block_id < self.scheduler.next_block_id:
+            # a block this session sent before a restart, and closed since
+            self.journal.write(f"late_{kind}", peer=peer.name, **asdict(body))
+            log.warning("late %s for %s (block %d closed before a restart)", kind, body.pid, body.block_id)
+        elif progress is None:
             # a block this session never sent: a report made for a server that has since
             # been restarted. Kept on the journal (never lost), acknowledged, not scored.
             self.journal.write(f"orphan_{kind}", peer=peer.name, session=msg.session, **asdict(body))
@@ -363,8 +483,11 @@ class EvolutionServer:
             log.warning("late %s for %s (block %d already closed)", kind, body.pid, body.block_id)
         elif record(progress):
             self.journal.write(kind, peer=peer.name, **asdict(body))
+            self._journaled.add((kind, body.pid))
             if kind == "shown" and body.status == "aborted":
                 self._aborted.append(body.pid)
+        self.journal.sync()   # an acknowledged report is on disk, not only in the OS's cache
+        faults.reach("ack")
         await self._send(peer.routing_id, MsgType.ACK, protocol.Ack(msg.seq))
         self._changed.set()
 

@@ -4,14 +4,18 @@
       config.json         the resolved config, seeds included
       journal.jsonl       one JSON record a line: blocks, presentations, reports,
                           counts, scores, peer events, errors (append-only)
-      codes/              latent codes of every generation, one .npy per thread
+      codes/              latent codes of every generation: genNNN_THREAD.npz (ids, codes)
+      checkpoint.npz      what a resume needs after the last finished generation:
+                          optimizer states, the scheduler's rng and counters
       best/               PNG of each generation's best image per thread
       references/         the reference images as shown
       summary.json        one record per generation per thread
 
-Each journal line is flushed when written; what is fsynced when is the crash-
-safety issue's to decide.  PNGs are written by a background thread, off the
-hot path.
+Durability (docs/journal.md): the server fsyncs the journal before it
+acknowledges a report and before it sends a block; codes, the checkpoint and
+summary.json are written to a temp file, fsynced, renamed, and the folder
+fsynced.  PNGs are written by a background thread, off the hot path, and not
+fsynced: they can be made again from the codes.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from server import faults
 from xdream import config as config_mod
 from xdream.errors import SessionError
 
@@ -103,33 +108,102 @@ def _parse(line: bytes) -> tuple[dict | None, str]:
 
 
 class Journal:
-    def __init__(self, folder: Path):
+    """The session folder; `resume=True` reopens an existing one to append to it."""
+
+    def __init__(self, folder: Path, *, resume: bool = False):
         self.folder = Path(folder)
-        try:
-            self.folder.mkdir(parents=True, exist_ok=False)
-        except FileExistsError:
-            raise SessionError(f"session folder {self.folder} exists already; sessions are never overwritten") \
-                from None
-        for sub in ("codes", "best", "references"):
-            (self.folder / sub).mkdir()
-        self._file = open(self.folder / "journal.jsonl", "a", encoding="utf-8")
-        self._seq = 0
-        self._archive = ThreadPoolExecutor(max_workers=1, thread_name_prefix="archive")
         self.summary: list[dict] = []
+        self.recovered: JournalRead | None = None
+        self.fsyncs = 0            # how many, and their time: the cost of durability
+        self.fsync_s = 0.0
+        if resume:
+            self._reopen()
+        else:
+            try:
+                self.folder.mkdir(parents=True, exist_ok=False)
+            except FileExistsError:
+                raise SessionError(f"session folder {self.folder} exists already; sessions are never "
+                                   f"overwritten (to continue one: xdream serve --resume {self.folder})") from None
+            for sub in ("codes", "best", "references"):
+                (self.folder / sub).mkdir()
+            self._file = open(self.folder / JOURNAL, "ab")
+            self._seq = 0
+            fsync_dir(self.folder)          # the journal's name is durable too
+            fsync_dir(self.folder.parent)
+        self._dirty = False
+        self._archive = ThreadPoolExecutor(max_workers=1, thread_name_prefix="archive")
+
+    def _reopen(self) -> None:
+        if not (self.folder / JOURNAL).is_file():
+            raise SessionError(f"{self.folder}: no {JOURNAL}; not a session folder")
+        read = read_journal(self.folder)
+        if not read.records:
+            raise SessionError(f"{self.folder / JOURNAL} holds no whole record: nothing to resume")
+        self.recovered = read
+        path = self.folder / JOURNAL
+        if read.dropped_bytes:
+            with open(path, "r+b") as f:   # cut the torn tail; a record below says so
+                f.truncate(read.good_bytes)
+                f.flush()
+                os.fsync(f.fileno())
+        self._file = open(path, "ab")
+        if read.needs_newline:
+            self._file.write(b"\n")
+        self._seq = read.records[-1]["seq"] + 1
+        summary = self.folder / "summary.json"
+        if summary.is_file():
+            self.summary = json.loads(summary.read_text())
+        if read.dropped_bytes:
+            self.write("journal_recovered", dropped_bytes=read.dropped_bytes, kept_records=len(read.records),
+                       last_seq=read.records[-1]["seq"])
+            self.sync()
 
     def write(self, kind: str, **fields) -> None:
+        """Append one record and flush it to the OS; `sync` makes it durable."""
         record = {"seq": self._seq, "t": time.time(), "kind": kind, **fields}
+        line = (json.dumps(_clean(record), default=_jsonable, allow_nan=False) + "\n").encode()
+        if kind in ("shown", "counts") and faults.due("write"):   # test only: a report torn mid-write
+            self._file.write(line[:len(line) // 2])
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            faults.die("write")
         self._seq += 1
-        self._file.write(json.dumps(_clean(record), default=_jsonable, allow_nan=False) + "\n")
+        self._file.write(line)
         self._file.flush()
+        self._dirty = True
+
+    def sync(self) -> None:
+        """fsync the journal if anything was written since the last sync."""
+        if not self._dirty:
+            return
+        t0 = time.perf_counter()
+        os.fsync(self._file.fileno())
+        self.fsync_s += time.perf_counter() - t0
+        self.fsyncs += 1
+        self._dirty = False
 
     def save_config(self, cfg) -> None:
-        config_mod.save_json(cfg, self.folder / "config.json")
+        path = self.folder / "config.json"
+        config_mod.save_json(cfg, path)
+        fsync_file(path)
 
     def save_codes(self, generation: int, thread: str, ids: list[str], codes: np.ndarray) -> Path:
         path = self.folder / "codes" / f"gen{generation:03d}_{thread}.npz"
-        np.savez(path, ids=np.array(ids), codes=codes)
+        self._timed(write_atomic, path, lambda f: np.savez(f, ids=np.array(ids), codes=codes))
         return path
+
+    def save_checkpoint(self, arrays: dict[str, np.ndarray]) -> Path:
+        """Everything a resume needs after a generation, replacing the last one atomically."""
+        path = self.folder / CHECKPOINT
+        self._timed(write_atomic, path, lambda f: np.savez(f, **arrays))
+        return path
+
+    def load_checkpoint(self) -> dict[str, np.ndarray] | None:
+        path = self.folder / CHECKPOINT
+        if not path.is_file():
+            return None
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
 
     def save_image_later(self, relpath: str, pixels: np.ndarray) -> Path:
         """PNG-encode off the hot path (250-400 ms a generation if done inline)."""
@@ -139,13 +213,49 @@ class Journal:
 
     def add_summary(self, record: dict) -> None:
         self.summary.append(record)
-        tmp = self.folder / "summary.json.tmp"
-        tmp.write_text(json.dumps(_clean(self.summary), indent=1, default=_jsonable, allow_nan=False) + "\n")
-        os.replace(tmp, self.folder / "summary.json")
+        text = json.dumps(_clean(self.summary), indent=1, default=_jsonable, allow_nan=False) + "\n"
+        self._timed(write_atomic, self.folder / "summary.json", lambda f: f.write(text.encode()))
+
+    def _timed(self, fn, *args):
+        t0 = time.perf_counter()
+        out = fn(*args)
+        self.fsync_s += time.perf_counter() - t0
+        self.fsyncs += 2
+        return out
 
     def close(self) -> None:
         self._archive.shutdown(wait=True)
+        self.sync()
         self._file.close()
+
+
+CHECKPOINT = "checkpoint.npz"
+
+
+def write_atomic(path: Path, write) -> None:
+    """Write to a temp file, fsync it, rename it over `path`, fsync the folder:
+    after a crash `path` is the old file or the new one, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _save_png(path: Path, pixels: np.ndarray) -> None:

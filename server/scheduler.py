@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from server.optimizers.base import rng_state, set_rng_state
 from server.references import ReferenceImage
 from xdream import protocol
 from xdream.errors import ProtocolError
@@ -76,6 +77,15 @@ class Scheduler:
         attempt = aborted.attempt + 1
         return Presentation(f"{root}r{attempt}", self._take_code(), aborted.kind, aborted.thread,
                             aborted.image_id, aborted.image, root, attempt)
+
+    def state_dict(self) -> dict:
+        """What a resumed session needs to build the next blocks exactly as this one would."""
+        return {"rng": rng_state(self.rng), "next_block_id": self.next_block_id, "next_code": self._next_code}
+
+    def load_state_dict(self, state: dict) -> None:
+        set_rng_state(self.rng, state["rng"])
+        self.next_block_id = int(state["next_block_id"])
+        self._next_code = int(state["next_code"])
 
     def _take_code(self) -> int:
         code = self._next_code

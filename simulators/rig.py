@@ -3,9 +3,14 @@ an event code at each onset, and fires Poisson spikes from ConvNet units.
 
 Its clock is the presenter's frame count times the nominal frame period, so
 the timeline is that of a paced display even under Xvfb.  Spike trains are
-drawn deterministically: a presentation's driven spikes from (seed, onset
-number), baseline spikes from (seed, 100 ms bin), so a seeded session gives
-the same counts however the processes are scheduled.
+drawn deterministically: a presentation's driven spikes from (seed, the
+image's content hash, its event code), baseline spikes from (seed, 100 ms
+bin), so a seeded session gives the same counts however the processes are
+scheduled.  Keying the driven spikes on what is shown rather than on the onset
+number means a presentation shown again (the same image with the same code,
+as after a server restart) draws the same spikes, and nothing after it shifts:
+a resumed session sees the responses an uninterrupted one would have.
+Baseline spikes follow the rig's clock, which a re-showing does move.
 
 In-process source for the recorder (RigEvents); real rig wire formats are the
 adapters' issue.
@@ -13,6 +18,7 @@ adapters' issue.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 
@@ -87,7 +93,7 @@ class SimulatedRig:
         for m, view, rate in zip(onsets, views, rates):
             t = self._rig_time(m.body)
             events.codes.append((t, m.body.code))
-            rng = np.random.default_rng([self.cfg.seed, 1, self.onsets])
+            rng = np.random.default_rng([self.cfg.seed, 1, _content_key(view), m.body.code])
             self.onsets += 1
             counts = rng.poisson(rate * self.duration)
             for ch, k in enumerate(counts):
@@ -123,3 +129,9 @@ class SimulatedRig:
 
     def close(self) -> None:
         self.socket.close()
+
+
+def _content_key(view: np.ndarray) -> int:
+    """64 bits of the pixels' hash: the same image seen again draws the same spikes."""
+    digest = hashlib.blake2b(np.ascontiguousarray(view).tobytes(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")

@@ -128,7 +128,9 @@ async def test_bad_input_is_rejected_and_a_vanished_presenter_does_not_stop_the_
     assert summary[0]["n_missing"] == 1
     records = journal(folder)
     kinds = [r["kind"] for r in records]
-    assert kinds.count("rejected") == 7 and kinds.count("orphan_shown") == 1
+    # rejected: the garbage and the five bad reports; the heartbeat before hello carries no
+    # data and gets only a log line (a resumed server gets many from peers of its predecessor)
+    assert kinds.count("rejected") == 6 and kinds.count("orphan_shown") == 1
     assert kinds.count("shown") == len(pids) - 1 and kinds.count("counts") == len(pids) - 1
     lost = [r for r in records if r["kind"] == "peer_lost"]
     assert lost and lost[0]["peer"] == "pres" and "silent" in lost[0]["why"]

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from xdream import config as config_mod
-from xdream.errors import XdreamError
+from xdream.errors import ConfigError, XdreamError
 
 log = logging.getLogger("xdream")
 
@@ -65,10 +65,15 @@ def _parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_cmd_dry_run)
 
     s = sub.add_parser("serve", help="the evolution server: binds a ROUTER socket and runs the session")
-    s.add_argument("config", help="config file (TOML, or a session's config.json); 'default' for the embedded one")
+    s.add_argument("config", nargs="?",
+                   help="config file (TOML, or a session's config.json); 'default' for the embedded one")
     s.add_argument("--generations", type=int, help="override session.generations")
     s.add_argument("--out", help="override session.out_dir")
-    s.add_argument("--bind", help="override network.bind, e.g. tcp://0.0.0.0:5555 for peers on other PCs")
+    s.add_argument("--bind", help="override network.bind, e.g. tcp://0.0.0.0:5555 for peers on other PCs; "
+                                  "with --resume: instead of the endpoint the session last listened on")
+    s.add_argument("--resume", metavar="SESSION",
+                   help="continue this session folder where its server stopped (killed, crashed, power cut): "
+                        "its own config, the same endpoint, the same optimizer state (docs/journal.md)")
     s.set_defaults(func=_cmd_serve)
 
     pr = sub.add_parser("present", help="the presentation client (PsychoPy; needs no torch)")
@@ -210,16 +215,28 @@ def _cmd_serve(args) -> int:
 
     tune_cpu_allocator()  # before any thread allocates: keeps large activations' pages between generations
 
-    cfg = _load(args.config)
-    if args.generations is not None:
-        cfg.session.generations = args.generations
-    if args.out:
-        cfg.session.out_dir = args.out
-    if args.bind:
-        cfg.network.bind = args.bind
-    cfg.validate()
-    folder = _new_session_folder(Path(cfg.session.out_dir), cfg.session.name)
-    server = EvolutionServer(cfg, folder)
+    if args.resume:
+        if args.config or args.generations is not None or args.out:
+            raise ConfigError("--resume takes the session's own config.json: give no CONFIG, "
+                              "--generations or --out with it")
+        folder = Path(args.resume)
+        if not (folder / "config.json").is_file():
+            raise ConfigError(f"--resume {folder}: no config.json there; not a session folder")
+        cfg = config_mod.load(folder / "config.json").validate()
+        server = EvolutionServer(cfg, folder, resume=True, bind=args.bind)
+    else:
+        if not args.config:
+            raise ConfigError("serve needs a CONFIG (or --resume SESSION)")
+        cfg = _load(args.config)
+        if args.generations is not None:
+            cfg.session.generations = args.generations
+        if args.out:
+            cfg.session.out_dir = args.out
+        if args.bind:
+            cfg.network.bind = args.bind
+        cfg.validate()
+        folder = _new_session_folder(Path(cfg.session.out_dir), cfg.session.name)
+        server = EvolutionServer(cfg, folder)
     print(f"{SESSION_FOLDER}{folder}", flush=True)
 
     def on_generation(generation: int, records: list[dict]) -> None:

@@ -45,6 +45,7 @@ class PeerConnection:
         self._last_send = 0.0
         self._backoff = 0.5
         self._early: list[protocol.Message] = []  # arrived while waiting for the welcome
+        self._hello_at = 0.0
         self._connect()
 
     # ------------------------------------------------------------- public
@@ -112,8 +113,12 @@ class PeerConnection:
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.connect(self.endpoint)
         self._last_recv = time.monotonic()
+        self._say_hello()
+
+    def _say_hello(self) -> None:
         self._seq += 1
         self._send_frames(protocol.encode(MsgType.HELLO, self.hello, session=self.session, seq=self._seq))
+        self._hello_at = time.monotonic()
 
     def _send_frames(self, frames) -> None:
         self._socket.send_multipart(frames, copy=False)
@@ -135,11 +140,13 @@ class PeerConnection:
             self._outbox.pop(msg.body.ref_seq, None)
             return False
         if msg.type == MsgType.ERROR and protocol.HELLO_FIRST in msg.body.reason:
-            # a restarted server does not know us: say hello again (reports stay in the outbox)
+            # a restarted server does not know us: say hello again (reports stay in the outbox).
+            # Everything queued before the hello draws the same error: one hello answers them all.
+            if self.welcome is None and time.monotonic() - self._hello_at < self.heartbeat_s:
+                return False
             log.warning("server at %s does not know this peer; saying hello again", self.endpoint)
             self.welcome = None
-            self._seq += 1
-            self._send_frames(protocol.encode(MsgType.HELLO, self.hello, session=self.session, seq=self._seq))
+            self._say_hello()
             return False
         if msg.type == MsgType.ERROR:
             log.error("server rejected message %d: %s", msg.body.ref_seq, msg.body.reason)
