@@ -174,3 +174,76 @@ def test_cli_exit_codes(session, copy):
     bad = subprocess.run([sys.executable, "-m", "xdream.cli", "replay", str(copy)],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "MISMATCH at generation 0, thread a" in bad.stdout, bad.stdout + bad.stderr
+
+
+# ------------------------------------------------------------------ --realtime
+def start(cmd, prefix=None):
+    proc = subprocess.Popen([sys.executable, "-m", "xdream.cli", *cmd], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, bufsize=1)
+    if prefix is None:
+        return proc, None
+    for line in proc.stdout:
+        if line.startswith(prefix):
+            return proc, line[len(prefix):].strip()
+    proc.wait(timeout=30)
+    raise AssertionError(f"{cmd[0]} exited before saying {prefix!r}: {proc.stderr.read()}")
+
+
+def realtime(session, tmp, presenter_args=(), rig_session=None, recorder=True):
+    """`xdream replay --realtime` with a headless presenter and, if asked, a recorder whose rig
+    replays `rig_session`'s journal; returns (exit status, stdout, comparison.json)."""
+    out = tmp / "replay-out"
+    cmd = ["replay", str(session), "--realtime", "--out", str(out), "--speed", "4"]
+    server, endpoint = start(cmd + ([] if recorder else ["--no-recorder"]), "server listening on ")
+    procs = [server]
+    try:
+        present = ["present", "--server", endpoint, "--headless", "--window-size", "128", "128",
+                   "--log-dir", str(tmp), *presenter_args]
+        if recorder:
+            rec, tap = start(["record", "--server", endpoint, "--replay", str(rig_session or session)],
+                             "screen tap on ")
+            procs.append(rec)
+            present += ["--screen-tap", tap]
+        procs.append(start(present)[0])
+        stdout, stderr = server.communicate(timeout=120)
+        for p in procs[1:]:
+            assert p.wait(timeout=30) == 0, p.stderr.read()
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return server.returncode, stdout + stderr, json.loads((out / "comparison.json").read_text())
+
+
+def test_realtime_replay_reproduces_reports_and_counts(session, tmp_path):
+    """The same presenter (its simulated eye breaks fixation at the same frames) and a recorder
+    fed by the replay rig: every status and every count as recorded."""
+    (tmp_path / "eye.toml").write_text(EYE_PRESENTER)
+    code, out, comparison = realtime(session, tmp_path, ["--config", str(tmp_path / "eye.toml")])
+    assert code == 0 and "same as recorded" in out, out
+    n = len([p for r in records(session) if r["kind"] == "block" for p in r["presentations"]])
+    assert comparison["ok"] and comparison["sent"] == comparison["presentations"] == n
+    assert comparison["same_status"] == n and comparison["counts_equal"] == comparison["counts_compared"] > n // 2
+
+
+def test_realtime_replay_catches_a_recorder_that_counts_wrong(session, copy, tmp_path):
+    """The rig replays a copy with one count changed: the recorder reports it, the replay names it."""
+    recs = records(copy)
+    i = generated_shown_counts(recs, 1)
+    recs[i]["counts"][1] += 2.0
+    write(copy, recs)
+    (tmp_path / "eye.toml").write_text(EYE_PRESENTER)
+    code, out, comparison = realtime(session, tmp_path, ["--config", str(tmp_path / "eye.toml")], rig_session=copy)
+    assert code == 1 and "DIFFERS" in out, out
+    assert [d["pid"] for d in comparison["differences"]] == [recs[i]["pid"]]
+    assert comparison["counts_equal"] == comparison["counts_compared"] - 1
+
+
+def test_realtime_replay_tests_a_presenter_alone(session, tmp_path):
+    """A presenter without the simulated eye shows what was aborted in the recording: named."""
+    code, out, comparison = realtime(session, tmp_path, recorder=False)
+    aborted = {r["pid"] for r in records(session) if r["kind"] == "shown" and r["status"] == "aborted"}
+    assert code == 1 and aborted
+    assert {d["pid"] for d in comparison["differences"]} == aborted
+    assert all("status shown, recorded aborted" == d["what"] for d in comparison["differences"])

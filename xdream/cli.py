@@ -145,6 +145,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--simulate", metavar="CONFIG",
                    help="simulate the rig with ConvNet units from CONFIG's [simulator] ('default' for the "
                         "embedded config); it listens for the presenter's --screen-tap")
+    r.add_argument("--replay", metavar="SESSION",
+                   help="instead of --simulate: a rig whose neuron is SESSION's journal; it fires the recorded "
+                        "counts at each onset the presenter's --screen-tap shows (for `xdream replay --realtime`)")
     r.add_argument("--tap-bind", default="tcp://127.0.0.1:0", help="where the simulated rig listens")
     r.add_argument("--name", default="recorder", help="this peer's name in the journal")
     r.add_argument("--rig", metavar="NAME",
@@ -286,7 +289,7 @@ def _cmd_record(args) -> int:
     from recording_adapters.sources import build_source, parse_options
 
     options = parse_options(args.rig_option)
-    if not args.simulate:
+    if not args.simulate and not args.replay:
         if not args.rig:
             print("xdream record: say which rig (--rig NAME, see docs/adapters.md) or --simulate CONFIG",
                   file=sys.stderr)
@@ -295,10 +298,12 @@ def _cmd_record(args) -> int:
         conn = PeerConnection(args.server, "recorder", args.name, channels=source.channels)
         log.info("reported counts for %d presentations", Recorder(conn, source, _counter_options(args)).run())
         return 0
-    from simulators.rig import SimulatedRig
-
-    cfg = _load(args.simulate)
-    rig = SimulatedRig(cfg.simulator, bind=args.tap_bind)
+    if args.replay:  # the neuron is a recorded session's journal (xdream replay --realtime)
+        from simulators.replay_rig import ReplayRig
+        rig = ReplayRig(args.replay, bind=args.tap_bind)
+    else:
+        from simulators.rig import SimulatedRig
+        rig = SimulatedRig(_load(args.simulate).simulator, bind=args.tap_bind)
     if not args.rig:  # the simulated rig is the source itself, in-process
         print(f"{SCREEN_TAP}{rig.endpoint}", flush=True)
         conn = PeerConnection(args.server, "recorder", args.name, channels=rig.channels)
