@@ -144,6 +144,10 @@ class OpenEphysSource:
         self.socket = ctx.socket(zmq.SUB)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.SUBSCRIBE, b"")
+        self.socket.setsockopt(zmq.RCVHWM, 0)      # queue rather than drop here; the GUI's own PUB may drop
+        self.lost_messages = 0
+        self._message_num: int | None = None
+        self._channel_of: dict[str, int] = {}
         self.socket.connect(f"tcp://{host}:{self.port}")
         self._hb = None
         if plugin == "zmq-interface" and heartbeat.lower() in ("yes", "true", "1"):
@@ -227,6 +231,7 @@ class OpenEphysSource:
             raise BadPacket(f"{len(frames)} frames (2 or 3 expected)")
         envelope = frames[0].rstrip(b"\0")
         header = self._json(frames[1])
+        self._check_sequence(header.get("message_num"))
         kind = header.get("type")
         body = header.get("spike" if kind == "spike" else "content")
         if not isinstance(body, dict):
@@ -308,14 +313,32 @@ class OpenEphysSource:
 
     def _electrode(self, body: dict) -> int:
         name = body.get("electrode")
+        channel = self._channel_of.get(name) if isinstance(name, str) else None
+        if channel is not None:
+            return channel
         if name is None and isinstance(body.get("electrode_id"), int):   # the plugin's older versions
             return body["electrode_id"]
         if not isinstance(name, str):
             raise BadPacket(f"spike without an electrode name ({name!r})")
         if self.electrodes:
-            return self.electrodes.get(name, -1)
-        m = re.search(r"(\d+)\s*$", name)
-        return int(m.group(1)) - self.electrode_base if m else -1
+            channel = self.electrodes.get(name, -1)
+        else:
+            m = re.search(r"(\d+)\s*$", name)
+            channel = int(m.group(1)) - self.electrode_base if m else -1
+        if len(self._channel_of) < 10000:
+            self._channel_of[name] = channel
+        return channel
+
+    def _check_sequence(self, num) -> None:
+        """message_num counts every message the plugin sends: a gap means the GUI's PUB dropped some."""
+        if not isinstance(num, int):
+            return
+        if self._message_num is not None and num > self._message_num + 1:
+            self.lost_messages += num - self._message_num - 1
+            log.warning("openephys: %d messages lost before message %d (the GUI drops what a slow client "
+                        "does not take in time); %d lost so far", num - self._message_num - 1, num,
+                        self.lost_messages)
+        self._message_num = num
 
     # --- event codes from TTL lines ----------------------------------------------------------
     def _close_group(self, before: int | None = None) -> None:

@@ -208,6 +208,17 @@ def test_clock_jump_back_through_the_wire(rig, caplog):
     assert source.clock_jumps == 1 and "went back" in caplog.text and "clock jumped back" in caplog.text
 
 
+@rigs(("zmq-interface", "json"))
+def test_messages_the_gui_dropped_are_noticed(rig, caplog):
+    peer, source = rig
+    peer.send(sent([(0.5, 3)], [], 1.0))
+    peer._message_num += 4                                 # as if four messages never left the GUI
+    peer.send(sent([], [(1.5, 1)], 2.0))
+    got = collect(source, 2.0)
+    assert list(got.spike_channels) == [1] and source.lost_messages == 4
+    assert "4 messages lost" in caplog.text
+
+
 def test_options_are_checked():
     with pytest.raises(ConfigError, match="no option 'prot'.*port"):
         build_source("openephys", {"prot": "5556"})
