@@ -176,6 +176,22 @@ def test_cli_exit_codes(session, copy):
     assert bad.returncode == 1 and "MISMATCH at generation 0, thread a" in bad.stdout, bad.stdout + bad.stderr
 
 
+def test_a_session_killed_and_resumed_is_reproduced(tmp_path):
+    """A server SIGKILLed mid-block and resumed (`xdream serve --resume`): the replay, which
+    re-derives everything from generation 0, gets the codes the resumed server wrote."""
+    from tests.test_fault import run_session
+
+    cfg = small_config(tmp_path, generations=3)
+    cfg.threads[0].generator.kind = "fourier"
+    cfg.simulator.rf_size_px = 64
+    config_mod.save_json(cfg, tmp_path / "fault.json")
+    folder, servers = run_session(tmp_path / "fault.json", tmp_path / "run", ["block_sent:2", None])
+    assert any(r["kind"] == "session_resumed" for r in records(folder))
+    result = replay(folder)
+    assert result.ok, result.lines()
+    assert result.generations_checked == 3
+
+
 # ------------------------------------------------------------------ --realtime
 def start(cmd, prefix=None):
     proc = subprocess.Popen([sys.executable, "-m", "xdream.cli", *cmd], stdout=subprocess.PIPE,
