@@ -35,8 +35,10 @@ value.  `photodiode_line`: its rising edges are photodiode crossings.
 
 Watermark: the ZMQ Interface sends a block's events before the block's
 continuous data, so a data message for samples [s, s+n) means every event
-before s+n has been sent (at least one channel must be selected in the plugin).
-The Event Broadcaster sends no continuous data: the watermark trails the latest
+before s+n has been sent (at least one channel must be selected in the plugin),
+except a spike whose peak lies just before the block (a detector needs samples
+after the peak): the watermark trails s+n by `lag_ms` (default 20 ms).  The
+Event Broadcaster sends no continuous data: the watermark trails the latest
 event by `lag_ms` (default 100 ms, more than one processing block), and stalls
 when no events come.
 """
@@ -113,7 +115,7 @@ class OpenEphysSource:
     def __init__(self, host: str = "127.0.0.1", port: str = "", plugin: str = "zmq-interface",
                  channels: str = "32", electrodes: str = "", electrode_base: str = "1",
                  code_lines: str = "0-7", strobe_line: str = "", photodiode_line: str = "",
-                 sample_rate: str = "", lag_ms: str = "100", heartbeat: str = "yes"):
+                 sample_rate: str = "", lag_ms: str = "", heartbeat: str = "yes"):
         if plugin not in PLUGINS:
             raise ConfigError(f"openephys plugin must be one of {', '.join(PLUGINS)}, got {plugin!r}")
         self.plugin = plugin
@@ -125,7 +127,7 @@ class OpenEphysSource:
         self.strobe_line = _int("strobe_line", strobe_line, 0) if strobe_line else None
         self.photodiode_line = _int("photodiode_line", photodiode_line, 0) if photodiode_line else None
         self.fixed_rate = float(sample_rate) if sample_rate else None
-        self.lag_s = _int("lag_ms", lag_ms, 0) / 1000.0
+        self.lag_s = _int("lag_ms", lag_ms or ("20" if plugin == "zmq-interface" else "100"), 0) / 1000.0
         self.rate: float | None = self.fixed_rate
         self.bad_packets = 0
         self.dropped_spikes = 0
@@ -204,12 +206,12 @@ class OpenEphysSource:
             return None
         # a restarted acquisition counts from 0 again (a data message may repeat its block per channel)
         if self._wm_sample is not None and (payload if kind == "data" else sample) < self._wm_sample:
-            if not self._batch.empty() or self._group:
+            self._close_group()      # its line changes were all before the jump
+            if not self._batch.empty():
                 return "jump"        # deliver what came before the jump first
             self._clock_jump(sample)
         if kind == "data":
-            self._close_group(before=payload)
-            self._wm_sample = max(self._wm_sample or 0, payload)
+            self._close_group(before=payload)   # TTL events of a block all precede its data
         elif kind == "ttl":
             line, state, word = payload
             if self._group_sample is not None and sample != self._group_sample:
@@ -219,9 +221,12 @@ class OpenEphysSource:
         elif kind == "spike":
             self._batch.spike_samples.append(sample)
             self._batch.spike_channels.append(payload)
-        if self.plugin == "event-broadcaster" and self.rate:
-            lagged = sample - int(self.lag_s * self.rate)
-            if lagged > (self._wm_sample or 0):
+        # the watermark trails the data (ZMQ Interface) or the latest event (Event Broadcaster) by lag_ms:
+        # a spike detector emits a spike near a block's end with the next block's events
+        latest = payload if kind == "data" else sample if self.plugin == "event-broadcaster" else None
+        if latest is not None and self.rate:
+            lagged = latest - int(self.lag_s * self.rate)
+            if self._wm_sample is None or lagged > self._wm_sample:
                 self._close_group(before=lagged)
                 self._wm_sample = lagged
         return None
