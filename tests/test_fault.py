@@ -172,3 +172,11 @@ def test_codes_and_scores_equal_an_uninterrupted_session(sessions):
     scores = [[r["scores"] for r in read_records(f) if r["kind"] == "scores"] for f in (faulted, plain)]
     assert scores[0] == scores[1]
     assert all(s is not None for gen in scores[0] for s in gen)
+
+
+def test_a_finished_session_is_not_resumed(sessions):
+    (folder, _), _ = sessions
+    before = (folder / "journal.jsonl").read_bytes()
+    result = subprocess.run(CLI + ["serve", "--resume", str(folder)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "finished; there is nothing to resume" in result.stderr
+    assert (folder / "journal.jsonl").read_bytes() == before
