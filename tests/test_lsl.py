@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -152,3 +155,27 @@ def test_a_stream_that_disappears_drops_what_it_cut_and_comes_back(peer, caplog)
 def test_no_stream_says_what_to_check():
     with pytest.raises(SessionError, match="no marker stream matches name='nobody-here'"):
         LslSource(marker_name="nobody-here", spike_name="nobody-either", resolve_timeout_s="0.5")
+
+
+def test_dry_run_through_lsl_rises(tmp_path):
+    """`xdream dry-run --rig lsl`: the embedded config, 6 generations, markers and spikes
+    through pylsl outlets and inlets; the responses rise and every presentation is counted."""
+    env = {**os.environ, "LSLAPICFG": str(Path(__file__).with_name("lsl_api.cfg"))}
+    result = subprocess.run([sys.executable, "-m", "xdream.cli", "dry-run", "--rig", "lsl", "--generations", "6",
+                             "--out", str(tmp_path)], capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (folder,) = tmp_path.iterdir()
+    records = [json.loads(line) for line in (folder / "journal.jsonl").read_text().splitlines()]
+    scores = {}
+    for r in records:
+        if r["kind"] == "scores":
+            scores.setdefault(r["thread"], []).append(r["scores"])
+    for thread in ("a", "b"):
+        assert len(scores[thread]) == 6
+        first = np.array(scores[thread][:2], dtype=float).ravel()
+        last = np.array(scores[thread][-2:], dtype=float).ravel()
+        t = (last.mean() - first.mean()) / np.sqrt(last.var(ddof=1) / last.size + first.var(ddof=1) / first.size)
+        assert t > 3 and last.mean() > 1.25 * first.mean(), f"thread {thread}: {first.mean()} -> {last.mean()}"
+    sent = [p["pid"] for r in records if r["kind"] == "block" for p in r["presentations"]]
+    assert sorted(r["pid"] for r in records if r["kind"] == "counts") == sorted(sent)
+    assert not [r for r in records if r["kind"] in ("missing", "rejected", "late_counts")]
