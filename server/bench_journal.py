@@ -95,7 +95,8 @@ def main(argv=None) -> int:
     if base.exists():
         raise SystemExit(f"{base} exists; give another --dir")
     try:
-        results = [measure(base / f"run{i}", args.generations, fsync) for i, fsync in enumerate((True, False, True, False))]
+        results = [measure(base / f"run{i}", args.generations, fsync)
+                   for i, fsync in enumerate((True, False, True, False))]
     finally:
         shutil.rmtree(base, ignore_errors=True)
     on = [r["median_ms"] for r in results if r["fsync"]]
@@ -110,7 +111,8 @@ def main(argv=None) -> int:
         print(f"{out['presentations_per_generation']} presentations a generation, "
               f"{results[0]['fsyncs_per_generation']} fsyncs (journal, codes, summary, checkpoint, folders)")
         print(f"with the fsync policy: {out['fsync_median_ms']:.1f} ms a generation (median of {args.generations}); "
-              f"without fsync: {out['no_fsync_median_ms']:.1f} ms; cost {out['cost_ms_per_generation']:.1f} ms "
+              f"without fsync: {out['no_fsync_median_ms']:.1f} ms; cost {out['cost_ms_per_generation']:.1f} ms, "
+              f"{out['cost_ms_per_generation'] / results[0]['fsyncs_per_generation']:.2f} ms a fsync "
               f"(load average {out['load']:.1f} on {out['cpus']} CPUs)")
     return 0
 

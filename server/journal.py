@@ -114,8 +114,7 @@ class Journal:
         self.folder = Path(folder)
         self.summary: list[dict] = []
         self.recovered: JournalRead | None = None
-        self.fsyncs = 0            # how many, and their time: the cost of durability
-        self.fsync_s = 0.0
+        self.fsyncs = 0            # how many: the cost of durability (server/bench_journal.py)
         if resume:
             self._reopen()
         else:
@@ -176,9 +175,7 @@ class Journal:
         """fsync the journal if anything was written since the last sync."""
         if not self._dirty:
             return
-        t0 = time.perf_counter()
         os.fsync(self._file.fileno())
-        self.fsync_s += time.perf_counter() - t0
         self.fsyncs += 1
         self._dirty = False
 
@@ -189,13 +186,13 @@ class Journal:
 
     def save_codes(self, generation: int, thread: str, ids: list[str], codes: np.ndarray) -> Path:
         path = self.folder / "codes" / f"gen{generation:03d}_{thread}.npz"
-        self._timed(write_atomic, path, lambda f: np.savez(f, ids=np.array(ids), codes=codes))
+        self._atomic(path, lambda f: np.savez(f, ids=np.array(ids), codes=codes))
         return path
 
     def save_checkpoint(self, arrays: dict[str, np.ndarray]) -> Path:
         """Everything a resume needs after a generation, replacing the last one atomically."""
         path = self.folder / CHECKPOINT
-        self._timed(write_atomic, path, lambda f: np.savez(f, **arrays))
+        self._atomic(path, lambda f: np.savez(f, **arrays))
         return path
 
     def load_checkpoint(self) -> dict[str, np.ndarray] | None:
@@ -214,14 +211,11 @@ class Journal:
     def add_summary(self, record: dict) -> None:
         self.summary.append(record)
         text = json.dumps(_clean(self.summary), indent=1, default=_jsonable, allow_nan=False) + "\n"
-        self._timed(write_atomic, self.folder / "summary.json", lambda f: f.write(text.encode()))
+        self._atomic(self.folder / "summary.json", lambda f: f.write(text.encode()))
 
-    def _timed(self, fn, *args):
-        t0 = time.perf_counter()
-        out = fn(*args)
-        self.fsync_s += time.perf_counter() - t0
-        self.fsyncs += 2
-        return out
+    def _atomic(self, path: Path, write) -> None:
+        write_atomic(path, write)
+        self.fsyncs += 2   # the file and its folder
 
     def close(self) -> None:
         self._archive.shutdown(wait=True)
