@@ -205,7 +205,7 @@ def start(cmd, prefix=None):
     raise AssertionError(f"{cmd[0]} exited before saying {prefix!r}: {proc.stderr.read()}")
 
 
-def realtime(session, tmp, presenter_args=(), rig_session=None, recorder=True):
+def realtime(session, tmp, presenter_args=(), rig_session=None, recorder=True, rig_args=()):
     """`xdream replay --realtime` with a headless presenter and, if asked, a recorder whose rig
     replays `rig_session`'s journal; returns (exit status, stdout, comparison.json)."""
     out = tmp / "replay-out"
@@ -216,8 +216,8 @@ def realtime(session, tmp, presenter_args=(), rig_session=None, recorder=True):
         present = ["present", "--server", endpoint, "--headless", "--window-size", "128", "128",
                    "--log-dir", str(tmp), *presenter_args]
         if recorder:
-            rec, tap = start(["record", "--server", endpoint, "--replay", str(rig_session or session)],
-                             "screen tap on ")
+            rec, tap = start(["record", "--server", endpoint, "--replay", str(rig_session or session),
+                              *rig_args], "screen tap on ")
             procs.append(rec)
             present += ["--screen-tap", tap]
         procs.append(start(present)[0])
@@ -232,11 +232,14 @@ def realtime(session, tmp, presenter_args=(), rig_session=None, recorder=True):
     return server.returncode, stdout + stderr, json.loads((out / "comparison.json").read_text())
 
 
-def test_realtime_replay_reproduces_reports_and_counts(session, tmp_path):
+@pytest.mark.parametrize("rig", [None, "openephys"])
+def test_realtime_replay_reproduces_reports_and_counts(session, tmp_path, rig):
     """The same presenter (its simulated eye breaks fixation at the same frames) and a recorder
-    fed by the replay rig: every status and every count as recorded."""
+    fed by the replay rig, in-process or through Open Ephys's wire format to the real adapter:
+    every status and every count as recorded."""
     (tmp_path / "eye.toml").write_text(EYE_PRESENTER)
-    code, out, comparison = realtime(session, tmp_path, ["--config", str(tmp_path / "eye.toml")])
+    code, out, comparison = realtime(session, tmp_path, ["--config", str(tmp_path / "eye.toml")],
+                                     rig_args=["--rig", rig] if rig else [])
     assert code == 0 and "same as recorded" in out, out
     n = len([p for r in records(session) if r["kind"] == "block" for p in r["presentations"]])
     assert comparison["ok"] and comparison["sent"] == comparison["presentations"] == n
