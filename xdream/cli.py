@@ -112,7 +112,8 @@ def _parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="benchmarks: 'generators' (images per second against the compute bound), "
                                      "'optimizers' (the GECCO 2022 optimizer benchmark on AlexNet units)")
-    b.add_argument("what", choices=["generators", "optimizers"], help="what to measure")
+    b.add_argument("what", choices=["generators", "optimizers", "adapters"],
+                   help="what to measure ('adapters': 384-channel rigs through each simulated wire format)")
     b.add_argument("--json", action="store_true", help="print the figures as JSON")
     b.add_argument("--batch", type=int, default=40, help="images per generation (default 40)")
     b.add_argument("--repeats", type=int, default=5, help="timed repeats (default 5)")
@@ -138,6 +139,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--wb-norm", type=float, help="optimizers: white-box code-norm bound (default 512 = 8 x 64)")
     b.add_argument("--wb-restarts", type=int, help="optimizers: white-box restarts")
     b.add_argument("--wb-steps", type=int, help="optimizers: white-box Adam steps")
+    b.add_argument("--seconds", type=float, default=20.0, help="adapters: rig seconds of codes per rig (default 20)")
+    b.add_argument("--rigs", help="adapters: comma-separated rigs (default: every one with a simulated peer)")
     b.set_defaults(func=_cmd_bench)
 
     r = sub.add_parser("record", help="the recorder peer: rig events in, spike counts per presentation out")
@@ -358,6 +361,9 @@ def _cmd_convert_caffe(args) -> int:
 
 
 def _cmd_bench(args) -> int:
+    if args.what == "adapters":
+        from recording_adapters.bench import cli_bench_adapters
+        return cli_bench_adapters(args)
     if args.what == "optimizers":
         from server.bench_optimizers import cli_bench_optimizers
         return cli_bench_optimizers(args)
