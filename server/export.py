@@ -11,10 +11,11 @@ time when it sent the first block (the first onset follows within the
 presenter's latency).  A presentation with no rig onset (aborted, or counts
 missing) gets its presenter onset (the flip time, presenter clock) moved
 onto the rig clock by the median rig-minus-presenter offset of its block's
-counted presentations (of the nearest block that has any).  One that never
-reached the screen has no time (NaN).  A presentation lasts its reported
-on-frames at the config's frame rate.  The shift is stored (CSV column
-`time`, NWB trials column `rig_onset` next to `start_time`).
+counted presentations (of the nearest block that has any; a session with no
+counts at all keeps the presenter's clock).  One that never reached the
+screen has no time (NaN).  A presentation lasts its reported
+on-frames at the config's frame rate.  Both raw clocks are kept beside the
+export's time (columns presenter_onset and rig_onset): the shift reads off.
 
 Images.  Generated images are regenerated from the stored codes with the
 session's generator (deterministic for a given generator config, weights and
@@ -119,6 +120,8 @@ def _rig_onsets(session: SessionRecord) -> dict[str, float]:
         if not math.isnan(rig) and not math.isnan(pres):
             offsets.setdefault(p.block_id, []).append(rig - pres)
     median = {b: float(np.median(v)) for b, v in offsets.items()}
+    if not median:   # no counts at all (no recorder): the presenter's clock is the only one
+        median = {p.block_id: 0.0 for p in session.presentations[:1]}
     out = {}
     for p in session.presentations:
         rig, pres = _onsets(p)
