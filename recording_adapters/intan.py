@@ -92,7 +92,7 @@ class IntanSource:
                  spike_port: str = "5002", channels: str = "32", code_lines: str = "1-16",
                  sample_rate: str = "", configure: str = "true", hold_s: str = "0.3",
                  count_artifacts: str = "false", connect_timeout_s: str = "5", reconnect_s: str = "1",
-                 stall_s: str = "2", spike_grace_s: str = "0.05"):
+                 stall_s: str = "2", spike_grace_s: str = "0.1"):
         self.host = host
         self.ports = {"command": int(command_port), "waveform": int(waveform_port), "spike": int(spike_port)}
         self.names = parse_channels(channels)
@@ -314,7 +314,10 @@ class IntanSource:
         if s is not None:
             s.close()
         self.socks[port] = None
-        self._buf[port].clear()     # a partial block or chunk can never be completed
+        if self._buf[port]:         # a partial block or chunk can never be completed
+            log.warning("intan: %d bytes of a partial %s discarded", len(self._buf[port]),
+                        "block" if port == "waveform" else "spike chunk")
+            self._buf[port].clear()
         start = self._wave_time if self._wave_time is not None else 0.0
         self.hold.open_gap(start, f"RHX's {port} port connection dropped")
         self._gap_until_reconnect = True
@@ -367,11 +370,11 @@ class IntanSource:
             consumed = bad * self._block
             if blocks.size == 0:
                 magic = int.from_bytes(bytes(buf[:4]), "little")
-                self._error("wave-magic", "waveform port: %s at byte %d (expected magic 0x%08x, 128 "
+                self._error("wave-magic", "waveform port: %s (expected magic 0x%08x, 128 "
                             "consecutive timestamps a block, each frame a timestamp and %d word(s)): corrupt "
                             "data, or RHX streams other outputs than this adapter set up; resynchronising",
                             f"magic 0x{magic:08x}" if magic != WAVEFORM_MAGIC else "timestamps out of order",
-                            0, WAVEFORM_MAGIC, self.frame_words)
+                            WAVEFORM_MAGIC, self.frame_words)
                 nxt = buf.find(_WAVE_MAGIC_BYTES, 1)
                 del buf[:nxt if nxt > 0 else max(0, len(buf) - 3)]
                 return self._parse_waveform(events)

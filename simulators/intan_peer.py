@@ -107,13 +107,31 @@ class _Port:
             listener.close()
 
 
-class _DataPort(_Port):
-    """A data port written by its own thread, as RHX's TCP output thread does."""
+class _Writer(threading.Thread):
+    """RHX's TCP output thread: one thread writes every port, a write's waveform bytes
+    before its spike bytes, so the spike port never runs ahead of the waveform port."""
 
-    def __init__(self, name: str):
-        self._queue: queue.Queue = queue.Queue()
+    def __init__(self):
+        super().__init__(daemon=True, name="rhx-tcp-output")
+        self.queue: queue.Queue = queue.Queue()
+        self.start()
+
+    def run(self) -> None:
+        while True:
+            conn, data = self.queue.get()
+            if conn is None:
+                data.set()
+                continue
+            try:
+                conn.sendall(data)
+            except OSError:   # RHX keeps writing into a dead socket; the bytes are lost
+                pass
+
+
+class _DataPort(_Port):
+    def __init__(self, name: str, writer: _Writer):
+        self.writer = writer
         super().__init__(name)
-        threading.Thread(target=self._write, daemon=True, name=f"rhx-{name}-writer").start()
 
     damage: tuple[int, int] | None = None   # test lever: bytes [a, b) of the next write are lost
 
@@ -122,23 +140,12 @@ class _DataPort(_Port):
             (a, b), self.damage = self.damage, None
             data = data[:a] + data[b:]
         if data and self.client is not None:
-            self._queue.put((self.client, data))
+            self.writer.queue.put((self.client, data))
 
     def flush(self, timeout: float = 10.0) -> None:
         done = threading.Event()
-        self._queue.put((None, done))
+        self.writer.queue.put((None, done))
         done.wait(timeout)
-
-    def _write(self) -> None:
-        while True:
-            conn, data = self._queue.get()
-            if conn is None:
-                data.set()
-                continue
-            try:
-                conn.sendall(data)
-            except OSError:   # RHX keeps writing into a dead socket; the bytes are lost
-                pass
 
 
 class IntanPeer:
@@ -161,8 +168,9 @@ class IntanPeer:
         self._origin = 0        # absolute sample of timestamp 0 (the last run start)
         self._codes: list[tuple[int, int]] = []      # (absolute sample, code) not yet fully sent
         self._spikes = (np.empty(0, np.int64), np.empty(0, np.int64))
-        self.waveform = _DataPort("waveform")
-        self.spike = _DataPort("spike")
+        writer = _Writer()
+        self.waveform = _DataPort("waveform", writer)
+        self.spike = _DataPort("spike", writer)
         self.command = _Port("command")
         self.command.on_client = self._serve_commands
 
@@ -210,7 +218,6 @@ class IntanPeer:
 
     def flush(self) -> None:
         self.waveform.flush()
-        self.spike.flush()
 
     def restart_acquisition(self) -> None:
         """Stop and run again, as a user in RHX's GUI would: timestamps restart at 0."""

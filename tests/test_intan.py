@@ -32,12 +32,17 @@ def rhx():
 
 def source_for(peer, **options):
     source = IntanSource(**{**peer.adapter_options(), "stall_s": "60", **options})
-    # `set runmode run` goes out unanswered (RHX answers nothing behind it): wait for the
-    # simulated RHX to have run it, as data sent before would not exist on a real rig either
-    deadline = time.monotonic() + 10
-    while not peer.running and time.monotonic() < deadline:
-        time.sleep(0.005)
+    # `set runmode run` goes out unanswered (RHX answers nothing behind it)
+    wait_for(lambda: peer.running and peer.waveform.client and peer.spike.client)
     return source
+
+
+def wait_for(condition, limit_s: float = 10.0) -> None:
+    """The simulated RHX accepts and runs commands on its own threads, as RHX does: data
+    written before it has accepted a client or started running is never sent."""
+    deadline = time.monotonic() + limit_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.005)
 
 
 def collect(source, until: float, limit_s: float = 20.0):
@@ -89,6 +94,7 @@ def test_setup_commands_and_events_round_trip(rhx):
         assert all(b >= a for a, b in zip(marks, marks[1:]))
     finally:
         src.close()
+    wait_for(lambda: not rhx.running)
     assert rhx.commands[-1] == "set runmode stop"
 
 
@@ -211,6 +217,7 @@ def test_a_dropped_spike_port_is_reconnected_and_cut_presentations_go_missing(rh
                 src.poll(0.05)
             assert "one client per TCP port" in caplog.text
             assert "execute connecttcpspikedataoutput" in rhx.commands
+            wait_for(lambda: rhx.spike.client)
             rhx.send(events([(2.0, 4)], [(2.05, 2)], watermark=3.0))
             more, t, c, marks = collect(src, until=2.5)
         codes += more
@@ -228,6 +235,7 @@ def test_configure_false_reads_what_the_lab_set_up(rhx):
     rhx.command.close()
     src = IntanSource(**{**rhx.adapter_options(), "configure": "false", "sample_rate": str(FS),
                          "channels": "A-000,A-001", "code_lines": "1-8"})
+    wait_for(lambda: rhx.waveform.client and rhx.spike.client)
     try:
         rhx.send(events([(0.1, 0x1FF)], [(0.2, 1), (0.3, 3)], watermark=1.0))
         codes, t, c, _ = collect(src, until=0.5)
