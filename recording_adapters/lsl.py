@@ -41,6 +41,9 @@ from xdream.errors import ConfigError, SessionError
 log = logging.getLogger(__name__)
 
 _INT = re.compile(r"\s*[+-]?\d+\s*")
+# an inlet's buffer, in liblsl's "seconds": x100 samples for an irregular-rate stream, so
+# 3600 holds 360,000 spikes, about 19 s of a 384-channel rig at 50 Hz a channel
+BUFFER_S = 3600
 
 
 def predicate(name: str, type_: str, source_id: str) -> str:
@@ -80,7 +83,7 @@ class _Stream:
 
     def open(self, info) -> None:
         lsl = self.lsl
-        self.inlet = lsl.StreamInlet(info, max_buflen=360, recover=False, processing_flags=lsl.proc_clocksync)
+        self.inlet = lsl.StreamInlet(info, max_buflen=BUFFER_S, recover=False, processing_flags=lsl.proc_clocksync)
         self.inlet.open_stream(5.0)
         self.inlet.time_correction(5.0)    # the first clock offset before any sample is trusted
         self.resolver = None

@@ -51,7 +51,7 @@ class LslPeer:
             chans.append_child("channel").append_child_value("label", label)
         self._spike_info = spikes
         self.markers = pylsl.StreamOutlet(markers)
-        self.spikes = pylsl.StreamOutlet(spikes, chunk_size=0, max_buffered=60)
+        self.spikes = pylsl.StreamOutlet(spikes, chunk_size=0, max_buffered=3600)
         self._offset: float | None = None
         self._last_stamp = -np.inf
         self._last_marker_rig = -np.inf
@@ -100,7 +100,7 @@ class LslPeer:
 
     def reopen_spikes(self) -> None:
         """The spike producer comes back under the same name and source_id."""
-        self.spikes = self._lsl.StreamOutlet(self._spike_info, chunk_size=0, max_buffered=60)
+        self.spikes = self._lsl.StreamOutlet(self._spike_info, chunk_size=0, max_buffered=3600)
 
     def close(self) -> None:
         self.close_spikes()
