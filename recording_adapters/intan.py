@@ -123,6 +123,7 @@ class IntanSource:
         self._wave_segment = 0
         self._later_spikes: list[tuple[int, np.ndarray, np.ndarray]] = []  # spikes of a segment still ahead
         self._reopen_pending = False             # both data ports back: close the gap at the next data
+        self._handed: float | None = None        # the last watermark handed on
         self._spike_gap_open = False             # corrupt spike bytes skipped: close at the next good chunk
         self._last_data = time.monotonic()
         self._stalled = False
@@ -247,6 +248,8 @@ class IntanSource:
         codes, watermark = self.hold.release(stream_time)
         events.codes.extend(codes)
         events.watermark = watermark
+        if np.isfinite(watermark):
+            self._handed = watermark
         return events
 
     def _read(self, timeout_s: float) -> None:
@@ -318,7 +321,8 @@ class IntanSource:
             log.warning("intan: %d bytes of a partial %s discarded", len(self._buf[port]),
                         "block" if port == "waveform" else "spike chunk")
             self._buf[port].clear()
-        start = self._wave_time if self._wave_time is not None else 0.0
+        # whatever came after the last watermark handed on may be incomplete
+        start = self._handed if self._handed is not None else (self._wave_time or 0.0)
         self.hold.open_gap(start, f"RHX's {port} port connection dropped")
         self._gap_until_reconnect = True
         log.error("intan: lost the connection to RHX's %s port. %s. Reconnecting every %.1f s.",
@@ -355,31 +359,30 @@ class IntanSource:
     def _parse_waveform(self, events: RigEvents) -> float | None:
         """Decode whole blocks; codes go to the hold.  Returns the old clock's end at a jump back."""
         buf = self._buf["waveform"]
-        n_blocks = len(buf) // self._block
-        if n_blocks == 0:
-            return None
         frame = np.dtype([("ts", "<u4"), ("w", "<u2", (self.frame_words,))])
         block = np.dtype([("magic", "<u4"), ("frames", frame, (FRAMES_PER_BLOCK,))])
-        blocks = np.frombuffer(bytes(buf[:n_blocks * self._block]), block)
-        good = blocks["magic"] == WAVEFORM_MAGIC
-        ts_all = blocks["frames"]["ts"].astype(np.int64)
-        good &= np.all(np.diff(ts_all, axis=1) == 1, axis=1)
-        if not good.all():            # keep the good run before the first bad block, resync after it
-            bad = int(np.argmin(good))
-            blocks, ts_all = blocks[:bad], ts_all[:bad]
-            consumed = bad * self._block
-            if blocks.size == 0:
-                magic = int.from_bytes(bytes(buf[:4]), "little")
-                self._error("wave-magic", "waveform port: %s (expected magic 0x%08x, 128 "
-                            "consecutive timestamps a block, each frame a timestamp and %d word(s)): corrupt "
-                            "data, or RHX streams other outputs than this adapter set up; resynchronising",
-                            f"magic 0x{magic:08x}" if magic != WAVEFORM_MAGIC else "timestamps out of order",
-                            WAVEFORM_MAGIC, self.frame_words)
-                nxt = buf.find(_WAVE_MAGIC_BYTES, 1)
-                del buf[:nxt if nxt > 0 else max(0, len(buf) - 3)]
-                return self._parse_waveform(events)
-        else:
-            consumed = n_blocks * self._block
+        while True:                   # until a good block leads the buffer, or too few bytes are left
+            n_blocks = len(buf) // self._block
+            if n_blocks == 0:
+                return None
+            blocks = np.frombuffer(bytes(buf[:n_blocks * self._block]), block)
+            good = blocks["magic"] == WAVEFORM_MAGIC
+            ts_all = blocks["frames"]["ts"].astype(np.int64)
+            good &= np.all(np.diff(ts_all, axis=1) == 1, axis=1)
+            if good[0]:
+                break
+            magic = int.from_bytes(bytes(buf[:4]), "little")
+            self._error("wave-magic", "waveform port: %s (expected magic 0x%08x, 128 consecutive "
+                        "timestamps a block, each frame a timestamp and %d word(s)): corrupt data, or RHX "
+                        "streams other outputs than this adapter set up; resynchronising",
+                        f"magic 0x{magic:08x}" if magic != WAVEFORM_MAGIC else "timestamps out of order",
+                        WAVEFORM_MAGIC, self.frame_words)
+            nxt = buf.find(_WAVE_MAGIC_BYTES, 1)
+            del buf[:nxt if nxt > 0 else max(0, len(buf) - 3)]
+        # the good run before the first bad block; the bad one is resynchronised next time
+        n_good = n_blocks if good.all() else int(np.argmin(good))
+        blocks, ts_all = blocks[:n_good], ts_all[:n_good]
+        consumed = n_good * self._block
         if blocks.size == 0:
             return None
         ts = ts_all.reshape(-1)
@@ -419,6 +422,7 @@ class IntanSource:
         return None
 
     def _start_segment(self) -> None:
+        self._handed = None
         self._last_ts = None
         self._level = 0
         self._wave_time = None

@@ -285,3 +285,18 @@ def test_dry_run_through_intan_counts_like_the_in_process_rig(tmp_path):
     wire, plain = np.array(wire, dtype=float).ravel(), np.array(plain, dtype=float).ravel()
     assert wire.size == plain.size == 3 * 6 and not np.isnan(wire).any()
     assert (wire == plain).mean() >= 0.9
+
+
+def test_outputs_the_adapter_did_not_set_up_are_reported_not_misread(rhx, caplog):
+    """Someone enables a wideband output in RHX behind the adapter's back: the frame
+    grows by a word, every block fails its checks, nothing is decoded as a code."""
+    src = source_for(rhx)
+    try:
+        rhx.wide_enabled.add("A-001")
+        rhx.send(events([(0.1, 5), (0.6, 9)], [(0.2, 1)], watermark=2.0))
+        with caplog.at_level(logging.WARNING):
+            codes, _, _, marks = collect(src, until=0.1, limit_s=1.0)
+        assert codes == [] and not marks
+        assert "RHX streams other outputs than this adapter set up" in caplog.text
+    finally:
+        src.close()
