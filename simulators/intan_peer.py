@@ -151,7 +151,7 @@ class _DataPort(_Port):
 class IntanPeer:
     """Cls(channels, **options) per simulators.wire_peers: RigEvents in, RHX's TCP bytes out."""
 
-    def __init__(self, channels: int, sample_rate: str = "30000", pulse_ms: str = "10", **_):
+    def __init__(self, channels: int, sample_rate: str = "30000", pulse_ms: str = "10"):
         self.channels = int(channels)
         self.sample_rate = int(sample_rate)
         self.pulse = max(1, round(float(pulse_ms) * self.sample_rate / 1000))

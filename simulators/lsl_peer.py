@@ -33,7 +33,7 @@ _IN_FLIGHT_S = 0.5     # rig time after a marker during which the clock offset m
 
 
 class LslPeer:
-    def __init__(self, channels: int, marker_format: str = "int32", **_):
+    def __init__(self, channels: int, marker_format: str = "int32"):
         import pylsl
 
         self._lsl = pylsl
