@@ -90,6 +90,7 @@ def _flag(value: str, name: str) -> bool:
 class IntanSource:
     def __init__(self, host: str = "127.0.0.1", command_port: str = "5000", waveform_port: str = "5001",
                  spike_port: str = "5002", channels: str = "32", code_lines: str = "1-16",
+                 photodiode_line: str = "",
                  sample_rate: str = "", configure: str = "true", hold_s: str = "0.3",
                  count_artifacts: str = "false", connect_timeout_s: str = "5", reconnect_s: str = "1",
                  stall_s: str = "2", spike_grace_s: str = "0.1"):
@@ -100,6 +101,14 @@ class IntanSource:
         self._index = {n.encode(): i for i, n in enumerate(self.names)}
         self._shift, self._mask = parse_lines(code_lines)
         self._first_line = self._shift + 1
+        self._photodiode_bit = None               # a DIGITAL-IN line whose rising edges are crossings
+        if photodiode_line:
+            line = int(photodiode_line) if str(photodiode_line).strip().isdigit() else 0
+            if not 1 <= line <= 16 or (self._mask << self._shift) >> (line - 1) & 1:
+                raise ConfigError(f"intan: photodiode_line={photodiode_line!r}: want a DIGITAL-IN line "
+                                  "1-16 outside code_lines")
+            self._photodiode_bit = line - 1
+        self._photodiode_level = 0
         self.configure = _flag(configure, "configure")
         self.count_artifacts = _flag(count_artifacts, "count_artifacts")
         self.connect_timeout = float(connect_timeout_s)
@@ -417,6 +426,11 @@ class IntanSource:
         onsets = np.nonzero((level != before) & (level != 0))[0]
         self.hold.add([(ts[i] / self.fs, int(level[i])) for i in onsets])
         self._level = int(level[-1])
+        if self._photodiode_bit is not None:
+            lit = (words.astype(np.int64) >> self._photodiode_bit) & 1
+            rose = np.nonzero(lit > np.concatenate([[self._photodiode_level], lit[:-1]]))[0]
+            events.photodiode.extend(float(ts[i]) / self.fs for i in rose)
+            self._photodiode_level = int(lit[-1])
         self._last_ts = int(ts[-1])
         self._wave_time = (self._last_ts + 1) / self.fs
         return None
@@ -425,6 +439,7 @@ class IntanSource:
         self._handed = None
         self._last_ts = None
         self._level = 0
+        self._photodiode_level = 0
         self._wave_time = None
         self._history.clear()
         self._last_spike_time = -np.inf

@@ -151,8 +151,12 @@ class _DataPort(_Port):
 class IntanPeer:
     """Cls(channels, **options) per simulators.wire_peers: RigEvents in, RHX's TCP bytes out."""
 
-    def __init__(self, channels: int, sample_rate: str = "30000", pulse_ms: str = "10"):
+    def __init__(self, channels: int, sample_rate: str = "30000", pulse_ms: str = "10",
+                 photodiode_line: str = ""):
         self.channels = int(channels)
+        # a photodiode on DIGITAL-IN-<line>: codes then use lines 1-8 only
+        self.photodiode_line = int(photodiode_line) if photodiode_line else None
+        self._photodiode: list[int] = []       # absolute samples of crossings not yet fully sent
         self.sample_rate = int(sample_rate)
         self.pulse = max(1, round(float(pulse_ms) * self.sample_rate / 1000))
         self.names = native_names(self.channels)
@@ -176,15 +180,20 @@ class IntanPeer:
 
     # -- the contract -------------------------------------------------------------------
     def adapter_options(self) -> dict[str, str]:
-        return {"host": "127.0.0.1", "command_port": str(self.command.port),
+        opts = {"host": "127.0.0.1", "command_port": str(self.command.port),
                 "waveform_port": str(self.waveform.port), "spike_port": str(self.spike.port),
                 "channels": str(self.channels)}
+        if self.photodiode_line is not None:
+            opts.update(code_lines="1-8", photodiode_line=str(self.photodiode_line))
+        return opts
 
     def send(self, events: RigEvents) -> None:
         fs = self.sample_rate
         with self._lock:
             for t, code in events.codes:
-                self._codes.append((int(np.floor(t * fs)), int(code)))
+                self._codes.append((int(np.floor(t * fs)), int(code) & (0xFF if self.photodiode_line else 0xFFFF)))
+            if self.photodiode_line is not None:
+                self._photodiode += [int(np.floor(t * fs)) for t in events.photodiode]
             if len(events.spike_times):
                 samples = np.floor(np.asarray(events.spike_times) * fs).astype(np.int64)
                 self._spikes = (np.concatenate([self._spikes[0], samples]),
@@ -200,6 +209,7 @@ class IntanPeer:
                 self._emit(self._sent, end)
             self._sent = end
             self._codes = [(s, c) for s, c in self._codes if s + self.pulse > end]
+            self._photodiode = [s for s in self._photodiode if s + self.pulse > end]
             keep = self._spikes[0] >= end
             self._spikes = (self._spikes[0][keep], self._spikes[1][keep])
 
@@ -239,6 +249,10 @@ class IntanPeer:
                     log.warning("simulated RHX: code %d at sample %d came after its time was sent", code, s)
                 if a < b:
                     din[a - start:b - start] = code & 0xFFFF
+            for s in self._photodiode:
+                a, b = max(s, start), min(s + self.pulse, end)
+                if a < b:
+                    din[a - start:b - start] |= 1 << (self.photodiode_line - 1)
             words.append(din)
         frame = np.dtype([("ts", "<u4"), ("w", "<u2", (len(words),))]) if words else np.dtype([("ts", "<u4")])
         frames = np.zeros(n, frame)

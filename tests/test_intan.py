@@ -18,7 +18,7 @@ from recording_adapters.intan import IntanSource
 from simulators.intan_peer import IntanPeer
 from tests.conftest import small_config
 from xdream import config as config_mod
-from xdream.errors import SessionError
+from xdream.errors import ConfigError, SessionError
 
 FS = 30000
 
@@ -300,3 +300,24 @@ def test_outputs_the_adapter_did_not_set_up_are_reported_not_misread(rhx, caplog
         assert "RHX streams other outputs than this adapter set up" in caplog.text
     finally:
         src.close()
+
+
+def test_photodiode_line_gives_crossing_times():
+    rhx = IntanPeer(2, photodiode_line="12")
+    src = source_for(rhx)
+    try:
+        assert src.fs == FS
+        rhx.send(RigEvents([(0.1, 200), (0.5, 7)], np.empty(0), np.empty(0, int), 1.0, photodiode=[0.117, 0.52]))
+        photodiode, codes = [], []
+        deadline = time.monotonic() + 10
+        while len(codes) < 2 and time.monotonic() < deadline:
+            ev = src.poll(0.05)
+            photodiode += ev.photodiode
+            codes += ev.codes
+        assert [c for _, c in codes] == [200, 7]          # the photodiode line is not part of the code
+        assert np.allclose(photodiode, sample([0.117, 0.52]))
+    finally:
+        src.close()
+        rhx.close()
+    with pytest.raises(ConfigError, match="outside code_lines"):
+        IntanSource(photodiode_line="3", code_lines="1-8")
