@@ -256,9 +256,8 @@ class IntanSource:
         stream_time = min(self._wave_time, max(settled, self._last_spike_time))
         codes, watermark = self.hold.release(stream_time)
         events.codes.extend(codes)
-        events.watermark = watermark
-        if np.isfinite(watermark):
-            self._handed = watermark
+        if np.isfinite(watermark):      # nothing promised before the spike port has settled once
+            events.watermark = self._handed = watermark
         return events
 
     def _read(self, timeout_s: float) -> None:
