@@ -126,6 +126,7 @@ class XdreamFilesBridge:
 
     def _finish(self, block: _Block, answer: xf.Answer | None) -> None:
         rows = self._match(block, answer) if answer is not None else {}
+        self._archive(block)  # first: the folder is clean before the server sends the next block
         onset = time.time()  # the rig keeps its own onsets; the server needs a finite one
         body = block.msg.body
         for spec, name in zip(body.presentations, block.names):
@@ -135,7 +136,6 @@ class XdreamFilesBridge:
             self.recorder.send(MsgType.COUNTS, counts, reliable=True)
             self.reported += 1
             self.missing += counts.status == "missing"
-        self._archive(block)
         self._current = None
 
     def _match(self, block: _Block, answer: xf.Answer) -> dict[str, np.ndarray]:
