@@ -25,8 +25,8 @@ PEERS: dict[str, str] = {
     "openephys": "simulators.openephys_peer:OpenEphysPeer",
     "intan": "simulators.intan_peer:IntanPeer",
     "lsl": "simulators.lsl_peer:LslPeer",
-    "plexon": "simulators.plexon_peer:PlexonPeer",
-    "blackrock": "simulators.blackrock_peer:BlackrockPeer",
+    # none for plexon and blackrock: their adapters read client APIs (a Windows DLL, pycbsdk's
+    # UDP client), not a wire format we speak; tests/test_plexon_blackrock.py fakes those APIs
 }
 
 
