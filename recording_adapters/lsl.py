@@ -10,14 +10,13 @@ not told apart: a channel's spikes are counted together.
 One clock: both inlets post-process with proc_clocksync, so every timestamp
 is in this machine's local_clock(), whichever machine stamped it.
 
-The watermark: an inlet delivers a stream's samples in order, so a stream is
-complete up to its last sample; and, since a producer stamps a sample when
-the event happens and pushes it at once, a stream drained at local time `now`
-is complete up to `now - latency_s` even when it is idle (a quiet marker
-stream between blocks, a silent channel).  latency_s bounds how late a
-sample may arrive (network, a spike sorter's processing); a sample later
-than that is dropped with a warning and the codes whose windows it falls in
-go missing: raise latency_s for a slow sorter.
+The watermark: a producer stamps a sample when the event happens and pushes
+it within latency_s (network, a spike sorter's processing), so a stream
+drained at local time `now` is whole up to `now - latency_s`, busy or idle (a
+quiet marker stream between blocks, a silent channel).  Not "up to its last
+sample": a sorter may push one channel's spikes ahead of another's.  A sample
+later than latency_s is dropped with a warning and the codes whose windows it
+falls in go missing: raise latency_s for a slow sorter.
 
 A stream that disappears (LostError) is searched for again in the background;
 codes whose windows overlap its absence are dropped (reported missing).
@@ -138,8 +137,8 @@ class LslSource:
             time.sleep(min(timeout_s, 0.01))   # pull_chunk has no wait on two inlets at once
         now = self._lsl.local_clock()
         for s in (self.markers, self.spikes):
-            if s.inlet is not None:    # drained: whole up to its last sample, or `now - latency` if quiet
-                s.complete = max(s.complete, s.last, now - self.latency)
+            if s.inlet is not None:    # drained: whole up to `now - latency`, quiet or not
+                s.complete = max(s.complete, now - self.latency)
         codes, watermark = self.hold.release(min(self.markers.complete, self.spikes.complete))
         events.codes.extend(codes)
         if math.isfinite(watermark) and watermark > self._handed:

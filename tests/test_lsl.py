@@ -175,7 +175,8 @@ def test_dry_run_through_lsl_rises(tmp_path):
         first = np.array(scores[thread][:2], dtype=float).ravel()
         last = np.array(scores[thread][-2:], dtype=float).ravel()
         t = (last.mean() - first.mean()) / np.sqrt(last.var(ddof=1) / last.size + first.var(ddof=1) / first.size)
-        assert t > 3 and last.mean() > 1.25 * first.mean(), f"thread {thread}: {first.mean()} -> {last.mean()}"
+        assert t > 3 and last.mean() > 1.25 * first.mean(), \
+            f"thread {thread}: {first.mean()} -> {last.mean()}; recorder said: {result.stderr[-4000:]}"
     sent = [p["pid"] for r in records if r["kind"] == "block" for p in r["presentations"]]
     assert sorted(r["pid"] for r in records if r["kind"] == "counts") == sorted(sent)
     assert not [r for r in records if r["kind"] in ("missing", "rejected", "late_counts")]
