@@ -63,7 +63,7 @@ class OptimizerConfig:
     # sphere-cma and ours: the sample angle decays exponentially (GECCO 2022: 50 -> 7.33 deg in 75)
     angle_init_deg: float = 50.0
     angle_final_deg: float = 7.33
-    decay_generations: int = 75
+    decay_generations: int = 0       # 0: the session's generations (GECCO 2022: 75 of 75)
     # sphere-cma
     select_size: int = 0             # 0: half the population
     lr: float = 1.5                  # extrapolation along the great circle
