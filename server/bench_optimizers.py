@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 DIM = 4096
 INIT_NORM = math.sqrt(DIM)         # E|z| of a N(0, I) code: 64
-WB_NORM_FACTOR = 8.0               # white-box code-norm bound = 8 x 64 = 512 (docs/benchmarks_optimizers.md)
+WB_NORM_FACTOR = 8.0               # white-box code-norm bound = 8 x 64 = 512 (docs/benchmarks.md, Optimizers)
 ALL_LAYERS = ("conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
 SIGMAS = (0.0, 0.2, 0.5)
 ALL_OPTIMIZERS = ("ga", "cmaes", "sphere-cma", "pycma", "pycma-diag", "nevergrad-cma", "ours")
@@ -91,8 +91,8 @@ class Suite:
 
 
 SUITES = {
-    # 2 units x 3 noise levels x 3 optimizers = 18 runs + 2 white-box references:
-    # about 12 min on the 2-core dev CPU when quiet (docs/benchmarks_optimizers.md)
+    # 2 units x 3 noise levels x 5 optimizers = 30 runs + 2 white-box references:
+    # about 17-18 min on the 2-core dev CPU when quiet (docs/benchmarks.md, Optimizers)
     "quick": Suite("quick", layers=("conv3", "fc8"), channels=1, seeds=(0,), optimizers=QUICK_OPTIMIZERS),
     # the published protocol: 7 layers x 10 channels x 5 repetitions x 3 noise levels x 7 optimizers
     "gecco": Suite("gecco", layers=ALL_LAYERS, channels=10, seeds=(0, 1, 2, 3, 4),
