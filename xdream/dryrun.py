@@ -2,6 +2,8 @@
 
 The server binds a free port and says where; the recorder (with a simulated
 rig) says where its screen tap listens; the presenter is started with both.
+With `recorder="in-server"` the recorder runs as a thread of the server's
+process (`xdream serve --simulate`), and the server says where the tap is.
 The server's progress lines are passed through to this terminal.
 """
 
@@ -19,11 +21,12 @@ from xdream.cli import LISTENING, SCREEN_TAP, SESSION_FOLDER
 from xdream.errors import ConfigError, SessionError
 
 XDREAM_FILES = "xdream-files"  # a MATLAB rig on XDream's file handshake: no presenter, the bridge stands in
+RECORDERS = ("process", "in-server")   # where the recorder runs: its own process, or a thread of the server's
 
 
 def run_dry_run(config_path: str | None, *, generations: int | None = None, out: str | None = None,
                 window: bool = False, presenter_config: str | None = None, timeout_s: float = 1800.0,
-                verbose: int = 0, rig: str | None = None) -> int:
+                verbose: int = 0, rig: str | None = None, recorder: str = "process") -> int:
     cfg = config_mod.load(config_path)
     if generations is not None:
         cfg.session.generations = generations
@@ -34,6 +37,11 @@ def run_dry_run(config_path: str | None, *, generations: int | None = None, out:
         from simulators.wire_peers import PEERS
         if rig not in PEERS:
             raise ConfigError(f"no simulated rig {rig!r}; known: {', '.join(sorted([*PEERS, XDREAM_FILES]))}")
+    if recorder not in RECORDERS:
+        raise ConfigError(f"no recorder {recorder!r}; known: {', '.join(RECORDERS)}")
+    if recorder == "in-server" and rig == XDREAM_FILES:
+        raise ConfigError("--rig xdream-files has no recorder to move into the server (the bridge is both peers)")
+    in_server = recorder == "in-server"
     procs: list[subprocess.Popen] = []
     timer = threading.Timer(timeout_s, lambda: [p.kill() for p in procs])
     timer.daemon = True
@@ -43,7 +51,11 @@ def run_dry_run(config_path: str | None, *, generations: int | None = None, out:
         cli = [sys.executable, "-m", "xdream.cli"] + ["-v"] * verbose
         try:
             timer.start()
-            server = _start(procs, cli + ["serve", str(cfg_file)])
+            serve_cmd = cli + ["serve", str(cfg_file)]
+            if in_server:
+                serve_cmd += ["--simulate"] + (["--rig", rig] if rig else [])
+            server = _start(procs, serve_cmd)
+            tap = _wait_for_line(server, SCREEN_TAP) if in_server else None
             folder = _wait_for_line(server, SESSION_FOLDER)
             print(f"{SESSION_FOLDER}{folder}", flush=True)
             endpoint = _wait_for_line(server, LISTENING)
@@ -51,9 +63,10 @@ def run_dry_run(config_path: str | None, *, generations: int | None = None, out:
             if rig == XDREAM_FILES:  # a MATLAB rig shows and records: the bridge joins as both peers
                 matlab_rig = _start_files_rig(procs, cli, endpoint, cfg, cfg_file, Path(tmp) / "handshake")
             else:
-                record_cmd = cli + ["record", "--server", endpoint, "--simulate", str(cfg_file)]
-                recorder = _start(procs, record_cmd + (["--rig", rig] if rig else []))
-                tap = _wait_for_line(recorder, SCREEN_TAP)
+                if not in_server:
+                    record_cmd = cli + ["record", "--server", endpoint, "--simulate", str(cfg_file)]
+                    record_proc = _start(procs, record_cmd + (["--rig", rig] if rig else []))
+                    tap = _wait_for_line(record_proc, SCREEN_TAP)
                 screen = cfg.presentation
                 presenter_cmd = cli + ["present", "--server", endpoint, "--screen-tap", tap,
                                        "--log-dir", folder]

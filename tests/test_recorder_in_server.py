@@ -1,0 +1,157 @@
+"""The recorder as a thread of the server's process (`xdream serve --rig/--simulate`,
+`xdream dry-run --recorder in-server`): the same Recorder and PeerConnection as
+`xdream record`, so the same counts; a rig that fails ends only the thread."""
+
+import json
+import logging
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+import zmq
+
+from recording_adapters.events import RigEvents
+from recording_adapters.in_process import InServerRecorder
+from tests.conftest import small_config
+from xdream import config as config_mod
+from xdream import protocol
+from xdream.protocol import MsgType
+
+
+def dry_run(args, out, timeout=300):
+    result = subprocess.run([sys.executable, "-m", "xdream.cli", "-v", "dry-run", "--out", str(out), *args],
+                            capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout + result.stderr[-5000:]
+    (folder,) = out.iterdir()
+    records = [json.loads(line) for line in (folder / "journal.jsonl").read_text().splitlines()]
+    return records, result.stderr
+
+
+def scores(records):
+    return [r["scores"] for r in records if r["kind"] == "scores"]
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("small")
+    path = tmp / "small.json"
+    config_mod.save_json(small_config(tmp, generations=4), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def in_server(small, tmp_path_factory):
+    return dry_run([str(small), "--recorder", "in-server"], tmp_path_factory.mktemp("in-server"))
+
+
+def test_every_presentation_counted_by_the_server_process_and_responses_rise(in_server):
+    records, log = in_server
+    sent = [p["pid"] for r in records if r["kind"] == "block" for p in r["presentations"]]
+    counted = [r["pid"] for r in records if r["kind"] == "counts"]
+    assert len(sent) == 4 * 8 and sorted(counted) == sorted(sent)
+    assert not [r for r in records if r["kind"] in ("missing", "rejected", "late_counts", "handler_error")]
+    # the counts came from a thread of the server's process; no recorder process ran
+    assert "serve INFO recording_adapters.in_process: in-server recorder: reported counts for 32 " \
+           "presentations (0 missing)" in log
+    assert " record " not in log and "never acknowledged" not in log
+    s = scores(records)
+    first, last = np.array(s[:2], float).ravel(), np.array(s[-2:], float).ravel()
+    t = (last.mean() - first.mean()) / np.sqrt(last.var(ddof=1) / last.size + first.var(ddof=1) / first.size)
+    assert t > 3 and last.mean() > 1.25 * first.mean(), f"{first.mean()} -> {last.mean()}"
+
+
+def test_same_counts_as_the_recorder_in_its_own_process(small, in_server, tmp_path):
+    """One code path: the seeded session's scores are identical either way."""
+    records, log = dry_run([str(small)], tmp_path)
+    assert "record INFO xdream: reported counts for 32 presentations" in log
+    assert scores(records) == scores(in_server[0])
+
+
+def test_open_ephys_wire_format_in_the_server_process(small, in_server, tmp_path):
+    """The simulated Open Ephys GUI and the real adapter both in the server's process."""
+    records, log = dry_run([str(small), "--recorder", "in-server", "--rig", "openephys"], tmp_path)
+    sent = [p["pid"] for r in records if r["kind"] == "block" for p in r["presentations"]]
+    assert sorted(r["pid"] for r in records if r["kind"] == "counts") == sorted(sent)
+    assert " record " not in log
+    wire, plain = np.array(scores(records), float).ravel(), np.array(scores(in_server[0]), float).ravel()
+    assert wire.size == plain.size == 4 * 6 and (wire == plain).mean() >= 0.9
+
+
+def test_serve_refuses_an_unknown_rig_before_making_a_session(small, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "xdream.cli", "serve", str(small), "--out", str(tmp_path / "s"),
+                             "--rig", "nosuch"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "unknown rig adapter 'nosuch'" in result.stderr
+    assert "openephys" in result.stderr and not (tmp_path / "s").exists()
+
+
+def test_dry_run_refuses_in_server_with_the_file_handshake():
+    result = subprocess.run([sys.executable, "-m", "xdream.cli", "dry-run", "--recorder", "in-server",
+                             "--rig", "xdream-files"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "bridge" in result.stderr
+
+
+# --- a failing rig ends the thread, not the server -------------------------------------------------
+
+def test_a_rig_that_cannot_be_opened_is_logged_and_the_thread_ends(caplog):
+    def refuse():
+        raise ConnectionRefusedError("no RHX at 127.0.0.1:5000")
+
+    recorder = InServerRecorder(make_source=refuse)
+    with caplog.at_level(logging.ERROR):
+        recorder.start("tcp://0.0.0.0:1")
+        recorder.stop()
+    assert isinstance(recorder.error, ConnectionRefusedError)
+    assert "the rig could not be opened: no RHX at 127.0.0.1:5000" in caplog.text
+
+
+class FailingRig:
+    """A rig whose stream breaks after a few polls (say, a driver error)."""
+
+    channels = 2
+
+    def __init__(self):
+        self.polls = 0
+        self.closed = threading.Event()
+
+    def poll(self, timeout_s):
+        self.polls += 1
+        if self.polls > 3:
+            raise RuntimeError("driver error: device removed")
+        return RigEvents()
+
+    def close(self):
+        self.closed.set()
+
+
+def test_a_rig_that_fails_mid_session_says_bye_and_closes(caplog):
+    """A real ROUTER stands in for the server: the thread's peer says hello, is
+    welcomed, then leaves with a BYE when its rig fails; the rig is closed."""
+    ctx = zmq.Context()
+    server = ctx.socket(zmq.ROUTER)
+    server.setsockopt(zmq.LINGER, 0)
+    server.bind("tcp://127.0.0.1:0")
+    rig = FailingRig()
+    recorder = InServerRecorder(source=rig)
+    try:
+        with caplog.at_level(logging.ERROR):
+            recorder.start(server.getsockopt_string(zmq.LAST_ENDPOINT))
+            seen = []
+            while MsgType.BYE not in seen:
+                assert server.poll(10_000), f"the peer went silent; saw {seen}"
+                ident, *frames = server.recv_multipart()
+                msg = protocol.decode(frames)
+                seen.append(msg.type)
+                if msg.type == MsgType.HELLO:
+                    assert msg.body.role == "recorder" and msg.body.channels == 2
+                    welcome = protocol.Welcome("recorder-1", 0.2, 5.0, {"window_ms": [50, 200],
+                                                                         "baseline_ms": [0, 50]})
+                    server.send_multipart([ident, *protocol.encode(MsgType.WELCOME, welcome, session="s")])
+            recorder.stop()
+        assert rig.closed.is_set() and isinstance(recorder.error, RuntimeError)
+        assert "in-server recorder stopped: driver error: device removed; the server goes on" in caplog.text
+    finally:
+        recorder.stop()
+        server.close()
+        ctx.term()
