@@ -155,3 +155,46 @@ def test_a_rig_that_fails_mid_session_says_bye_and_closes(caplog):
         recorder.stop()
         server.close()
         ctx.term()
+
+
+# --- a lab's rig on the server PC: `xdream serve CONFIG --rig openephys --rig-option ...` -------
+
+def test_serve_with_a_rig_reads_an_open_ephys_gui_on_this_pc(small, in_server, tmp_path):
+    """The simulated Open Ephys GUI runs here (as the GUI would on the server PC);
+    the server, started with --rig openephys, opens the adapter on its thread."""
+    from simulators.rig import SimulatedRig
+    from simulators.rig_pump import RigPump
+    from simulators.wire_peers import start_peer
+
+    rig = SimulatedRig(config_mod.load(small).simulator)
+    peer = start_peer("openephys", rig.channels)
+    pump = RigPump(rig, peer)
+    pump.start()
+    options = [f"--rig-option={k}={v}" for k, v in peer.adapter_options().items()]
+    cli = [sys.executable, "-m", "xdream.cli", "-v"]
+    server = subprocess.Popen(cli + ["serve", str(small), "--out", str(tmp_path), "--rig", "openephys", *options],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    presenter = None
+    try:
+        endpoint = next(line.split()[-1] for line in server.stdout if line.startswith("server listening on "))
+        presenter = subprocess.Popen(cli + ["present", "--server", endpoint, "--screen-tap", rig.endpoint,
+                                            "--headless", "--window-size", "128", "128"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        out, err = server.communicate(timeout=300)
+        assert server.returncode == 0, out + err[-5000:]
+        assert presenter.wait(timeout=60) == 0
+    finally:
+        for proc in (server, presenter):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        pump.stop()
+        peer.close()
+        rig.close()
+    (folder,) = tmp_path.iterdir()
+    records = [json.loads(line) for line in (folder / "journal.jsonl").read_text().splitlines()]
+    sent = [p["pid"] for r in records if r["kind"] == "block" for p in r["presentations"]]
+    assert len(sent) == 32 and sorted(r["pid"] for r in records if r["kind"] == "counts") == sorted(sent)
+    assert "in-server recorder: reported counts for 32 presentations (0 missing)" in err
+    wire, plain = np.array(scores(records), float).ravel(), np.array(scores(in_server[0]), float).ravel()
+    assert wire.size == plain.size and (wire == plain).mean() >= 0.9

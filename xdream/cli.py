@@ -292,9 +292,9 @@ def _cmd_serve(args) -> int:
 
 def _in_server_recorder(args, cfg):
     """The recorder for `serve --rig/--simulate`, or None; a simulated rig's screen tap is printed."""
+    if args.rig_option and not args.rig:
+        raise ConfigError("--rig-option needs --rig NAME")
     if not args.rig and not args.simulate:
-        if args.rig_option:
-            raise ConfigError("--rig-option needs --rig NAME")
         return None
     from recording_adapters.in_process import InServerRecorder
     from recording_adapters.sources import ADAPTERS, build_source, check_options, load_class, parse_options
