@@ -300,6 +300,16 @@ def stride1_as_conv(deconv: nn.ConvTranspose2d, channels_last: bool = True) -> F
                       origin="ConvTranspose2d(stride 1)")
 
 
+def _plain_stride(deconv: nn.ConvTranspose2d) -> int | None:
+    """s, for a ConvTranspose2d of stride (s, s) with s >= 2, one group, no dilation, no output
+    padding and zero padding: the ones the strided rewrites below handle; else None."""
+    s = deconv.stride[0]
+    if (s < 2 or tuple(deconv.stride) != (s, s) or deconv.groups != 1 or tuple(deconv.dilation) != (1, 1)
+            or any(deconv.output_padding) or deconv.padding_mode != "zeros"):
+        return None
+    return s
+
+
 class SubPixelConvTranspose2d(_Fast):
     """A strided ConvTranspose2d as one Conv2d with stride^2 x the output channels
     followed by pixel_shuffle (exact; see `from_deconv` for when it applies)."""
@@ -314,9 +324,8 @@ class SubPixelConvTranspose2d(_Fast):
 
     @classmethod
     def from_deconv(cls, deconv: nn.ConvTranspose2d, channels_last: bool = True) -> "SubPixelConvTranspose2d | None":
-        s = deconv.stride[0]
-        if (s < 2 or tuple(deconv.stride) != (s, s) or deconv.groups != 1 or tuple(deconv.dilation) != (1, 1)
-                or any(deconv.output_padding) or deconv.padding_mode != "zeros"):
+        s = _plain_stride(deconv)
+        if s is None:
             return None
         w = deconv.weight.detach()  # (Cin, Cout, kh, kw)
         cin, cout = w.shape[:2]
@@ -383,9 +392,8 @@ class PhaseConvTranspose2d(_Fast):
 
     @classmethod
     def from_deconv(cls, deconv: nn.ConvTranspose2d, channels_last: bool = True) -> "PhaseConvTranspose2d | None":
-        s = deconv.stride[0]
-        if (s < 2 or tuple(deconv.stride) != (s, s) or deconv.groups != 1 or tuple(deconv.dilation) != (1, 1)
-                or any(deconv.output_padding) or deconv.padding_mode != "zeros"):
+        s = _plain_stride(deconv)
+        if s is None:
             return None
         w = deconv.weight.detach()  # (Cin, Cout, kh, kw)
         cin, cout = w.shape[:2]
