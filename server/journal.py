@@ -160,7 +160,7 @@ class Journal:
     def write(self, kind: str, **fields) -> None:
         """Append one record and flush it to the OS; `sync` makes it durable."""
         record = {"seq": self._seq, "t": time.time(), "kind": kind, **fields}
-        line = (json.dumps(_clean(record), default=_jsonable, allow_nan=False) + "\n").encode()
+        line = (json.dumps(nan_to_null(record), default=_jsonable, allow_nan=False) + "\n").encode()
         if kind in ("shown", "counts") and faults.due("write"):   # test only: a report torn mid-write
             self._file.write(line[:len(line) // 2])
             self._file.flush()
@@ -210,7 +210,7 @@ class Journal:
 
     def add_summary(self, record: dict) -> None:
         self.summary.append(record)
-        text = json.dumps(_clean(self.summary), indent=1, default=_jsonable, allow_nan=False) + "\n"
+        text = json.dumps(nan_to_null(self.summary), indent=1, default=_jsonable, allow_nan=False) + "\n"
         self._atomic(self.folder / "summary.json", lambda f: f.write(text.encode()))
 
     def _atomic(self, path: Path, write) -> None:
@@ -259,16 +259,16 @@ def _save_png(path: Path, pixels: np.ndarray) -> None:
         log.exception("could not write %s", path)
 
 
-def _clean(value):
+def nan_to_null(value):
     """NaN and inf become null: JSON has no NaN, and a reader must see 'not measured'."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
+        return {k: nan_to_null(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [nan_to_null(v) for v in value]
     if isinstance(value, np.floating):
-        return _clean(float(value))
+        return nan_to_null(float(value))
     return value
 
 
@@ -276,5 +276,5 @@ def _jsonable(value):
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
-        return _clean(value.tolist())
+        return nan_to_null(value.tolist())
     return str(value)

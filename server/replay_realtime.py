@@ -41,6 +41,7 @@ import numpy as np
 import zmq
 from PIL import Image
 
+from server.journal import nan_to_null
 from server.session_record import Presentation, SessionRecord, load_session
 from xdream import protocol
 from xdream.errors import ProtocolError, SessionError
@@ -128,7 +129,7 @@ class RealtimeReplay:
             self._write("replay_end", reason=reason)
             comparison = self.compare()
             (self.out_dir / "comparison.json").write_text(
-                json.dumps(_clean(asdict(comparison) | {"ok": comparison.ok}), indent=1) + "\n")
+                json.dumps(nan_to_null(asdict(comparison) | {"ok": comparison.ok}), indent=1) + "\n")
             self._log.close()
             self._images.close()
             self.socket.close(linger=1000)
@@ -306,7 +307,7 @@ class RealtimeReplay:
             log.warning("could not send %s: %s", msg_type.value, exc)
 
     def _write(self, kind: str, **fields) -> None:
-        self._log.write(json.dumps(_clean({"t": time.time(), "kind": kind, **fields})) + "\n")
+        self._log.write(json.dumps(nan_to_null({"t": time.time(), "kind": kind, **fields})) + "\n")
         self._log.flush()
 
     # ------------------------------------------------------------ compare
@@ -398,16 +399,6 @@ def _recorded_completion(session: SessionRecord) -> dict[int, float]:
             continue
         done[b] = max(done.get(b, -math.inf), float(r["t"]))
     return done
-
-
-def _clean(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
 
 
 def cli_replay_realtime(args) -> int:
