@@ -26,7 +26,6 @@ still gives a display's timeline.
 from __future__ import annotations
 
 import logging
-import math
 from collections import deque
 from pathlib import Path
 
@@ -35,13 +34,12 @@ import zmq
 
 from recording_adapters.events import RigEvents
 from server.session_record import load_session
+from simulators.rig_clock import IDLE_GAP_S, RigClock
 from xdream import protocol
 from xdream.errors import ProtocolError
 from xdream.protocol import MsgType
 
 log = logging.getLogger(__name__)
-
-IDLE_GAP_S = 0.5   # rig time that passes when the screen goes idle between blocks
 
 
 class ReplayRig:
@@ -71,8 +69,7 @@ class ReplayRig:
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.bind(bind)
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._offset = 0.0
-        self._last_t = -math.inf
+        self._clock = RigClock()
         self._watermark = 0.0
 
     def poll(self, timeout_s: float) -> RigEvents:
@@ -88,10 +85,10 @@ class ReplayRig:
                 if msg.type != MsgType.SCREEN_FRAME:
                     log.error("dropped a %s on the screen tap", msg.type.value)
                     continue
-                t = self._rig_time(msg.body)
+                t = self._clock.time_of(msg.body)
                 if msg.body.code == 0:   # the screen went idle: the clock runs on
                     self._watermark = max(self._watermark, t + IDLE_GAP_S)
-                    self._last_t = self._watermark
+                    self._clock.last_t = self._watermark
                     continue
                 events.codes.append((t, msg.body.code))
                 self._fire(t, msg.body.code, times, chans)
@@ -118,14 +115,6 @@ class ReplayRig:
                 if k > 0:
                     times.append(t + a + (np.arange(k) + 0.5) * (b - a) / k)
                     chans.append(np.full(k, ch))
-
-    def _rig_time(self, body: protocol.ScreenFrame) -> float:
-        t = body.frame_index * body.frame_period + self._offset
-        if t < self._last_t - 1e-9:  # a restarted presenter or an idle gap: shift, never go back
-            self._offset += self._last_t - t
-            t = self._last_t
-        self._last_t = t
-        return t
 
     def close(self) -> None:
         self.socket.close()

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 
 import numpy as np
 import zmq
 
 from recording_adapters.events import RigEvents
 from simulators.neuron import ConvNetUnits
+from simulators.rig_clock import IDLE_GAP_S, RigClock
 from xdream import protocol
 from xdream.errors import ProtocolError
 from xdream.protocol import MsgType
@@ -34,7 +34,6 @@ from xdream.protocol import MsgType
 log = logging.getLogger(__name__)
 
 BIN_S = 0.1           # baseline spikes are drawn per bin of rig time
-IDLE_GAP_S = 0.5      # rig time that passes when the screen goes idle between blocks
 
 
 class SimulatedRig:
@@ -49,8 +48,7 @@ class SimulatedRig:
         self.latency = cfg.latency_ms / 1000.0
         self.duration = cfg.duration_ms / 1000.0
         self.onsets = 0
-        self._offset = 0.0          # added to presenter frame time: keeps rig time monotonic
-        self._last_t = -math.inf
+        self._clock = RigClock()
         self._baseline_bins = 0     # bins [0, n) of baseline spikes already drawn
         self._watermark = 0.0
         self.seen: list[tuple[int, np.ndarray]] = []  # (code, RF view) kept for tests, if enabled
@@ -70,28 +68,20 @@ class SimulatedRig:
             self._fire(onsets, events)
         for m in frames:
             if m.type == MsgType.SCREEN_FRAME and m.body.code == 0:  # screen idle: the clock runs on
-                t = self._rig_time(m.body)
+                t = self._clock.time_of(m.body)
                 self._watermark = max(self._watermark, t + IDLE_GAP_S)
-                self._last_t = self._watermark
+                self._clock.last_t = self._watermark
         self._draw_baseline(self._watermark, events)
         # counts are final only where baseline spikes have been drawn too
         events.watermark = min(self._watermark, self._baseline_bins * BIN_S)
         return events
-
-    def _rig_time(self, body: protocol.ScreenFrame) -> float:
-        t = body.frame_index * body.frame_period + self._offset
-        if t < self._last_t - 1e-9:  # a restarted presenter or an idle gap: shift, never go back
-            self._offset += self._last_t - t
-            t = self._last_t
-        self._last_t = t
-        return t
 
     def _fire(self, onsets, events: RigEvents) -> None:
         views = np.stack([self._receptive_field(m.images()[0]) for m in onsets])
         rates = self.units.rates(views)
         times, chans = [], []
         for m, view, rate in zip(onsets, views, rates):
-            t = self._rig_time(m.body)
+            t = self._clock.time_of(m.body)
             events.codes.append((t, m.body.code))
             rng = np.random.default_rng([self.cfg.seed, 1, _content_key(view), m.body.code])
             self.onsets += 1
