@@ -1,28 +1,14 @@
 """The whole loop as separate OS processes on 127.0.0.1: `xdream dry-run`."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.conftest import small_config
+from tests.dryrun_helpers import assert_responses_rise, dry_run, journal
 from xdream import config as config_mod
-
-
-def dry_run(args, out: Path, timeout=300):
-    result = subprocess.run([sys.executable, "-m", "xdream.cli", "dry-run", "--out", str(out), *args],
-                            capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, result.stdout + result.stderr
-    folders = list(out.iterdir())
-    assert len(folders) == 1
-    return result.stdout, folders[0]
-
-
-def journal(folder):
-    return [json.loads(line) for line in (folder / "journal.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -33,17 +19,8 @@ def default_run(tmp_path_factory):
 
 def test_simulated_neuron_response_to_generated_images_rises(default_run):
     _, folder = default_run
-    scores = {}
-    for r in journal(folder):
-        if r["kind"] == "scores":
-            scores.setdefault(r["thread"], []).append(r["scores"])
-    for thread in ("a", "b"):
-        assert len(scores[thread]) == 15
-        first = np.array(scores[thread][:3], dtype=float).ravel()
-        last = np.array(scores[thread][-3:], dtype=float).ravel()
-        # a rise far beyond the Poisson noise: Welch's t over 60 images a side, and 25% at least
-        t = (last.mean() - first.mean()) / np.sqrt(last.var(ddof=1) / last.size + first.var(ddof=1) / first.size)
-        assert t > 4 and last.mean() > 1.25 * first.mean(), f"thread {thread}: {first.mean()} -> {last.mean()}"
+    # a rise far beyond the Poisson noise: Welch's t over 60 images a side, and 25% at least
+    assert_responses_rise(journal(folder), generations=15, edge=3, t_min=4.0)
     summary = json.loads((folder / "summary.json").read_text())
     # the reference images are not evolved: the neuron's response to them stays low
     a = [r for r in summary if r["thread"] == "a"]
@@ -51,7 +28,8 @@ def test_simulated_neuron_response_to_generated_images_rises(default_run):
 
 
 def test_progress_lines_and_where_the_results_are(default_run):
-    stdout, folder = default_run
+    result, folder = default_run
+    stdout = result.stdout
     lines = [line for line in stdout.splitlines() if line.startswith("gen ")]
     assert len(lines) == 15 and "a: mean" in lines[0] and "b: mean" in lines[0] and "ref" in lines[0]
     assert f"done: session folder {folder}" in stdout
@@ -142,18 +120,11 @@ def test_rig_like_dry_run_accounts_for_every_presentation(tmp_path, display):
     """The windowed presenter with a simulated eye that breaks fixation, LSL
     markers, a fixation point and a photodiode patch: every presentation ends
     shown, or aborted and re-shown, or NaN by policy."""
-    import os
     cfg = small_config(tmp_path, generations=3)
     path = tmp_path / "small.json"
     config_mod.save_json(cfg, path)
-    env = {**os.environ, "LSLAPICFG": str(Path(__file__).with_name("lsl_api.cfg"))}
-    result = subprocess.run([sys.executable, "-m", "xdream.cli", "dry-run", str(path), "--window",
-                             "--presenter-config", str(Path(__file__).parents[1] / "configs" /
-                                                       "presenter-dry-run.toml"),
-                             "--out", str(tmp_path / "out")],
-                            capture_output=True, text=True, timeout=600, env=env)
-    assert result.returncode == 0, result.stdout + result.stderr
-    (folder,) = (tmp_path / "out").iterdir()
+    presenter = Path(__file__).parents[1] / "configs" / "presenter-dry-run.toml"
+    _, folder = dry_run([str(path), "--window", "--presenter-config", str(presenter)], tmp_path / "out")
     records = journal(folder)
     sent = [p for r in records if r["kind"] == "block" for p in r["presentations"]]
     status = {r["pid"]: r["status"] for r in records if r["kind"] == "shown"}

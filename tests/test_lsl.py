@@ -3,11 +3,8 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,6 +12,7 @@ import numpy as np
 import pytest
 
 from recording_adapters.events import RigEvents
+from tests.dryrun_helpers import assert_every_presentation_counted, assert_responses_rise, dry_run, journal
 from xdream.errors import SessionError
 
 assert os.environ.get("LSLAPICFG") == str(Path(__file__).with_name("lsl_api.cfg"))
@@ -160,23 +158,7 @@ def test_no_stream_says_what_to_check():
 def test_dry_run_through_lsl_rises(tmp_path):
     """`xdream dry-run --rig lsl`: the embedded config, 6 generations, markers and spikes
     through pylsl outlets and inlets; the responses rise and every presentation is counted."""
-    env = {**os.environ, "LSLAPICFG": str(Path(__file__).with_name("lsl_api.cfg"))}
-    result = subprocess.run([sys.executable, "-m", "xdream.cli", "dry-run", "--rig", "lsl", "--generations", "6",
-                             "--out", str(tmp_path)], capture_output=True, text=True, timeout=600, env=env)
-    assert result.returncode == 0, result.stdout + result.stderr
-    (folder,) = tmp_path.iterdir()
-    records = [json.loads(line) for line in (folder / "journal.jsonl").read_text().splitlines()]
-    scores = {}
-    for r in records:
-        if r["kind"] == "scores":
-            scores.setdefault(r["thread"], []).append(r["scores"])
-    for thread in ("a", "b"):
-        assert len(scores[thread]) == 6
-        first = np.array(scores[thread][:2], dtype=float).ravel()
-        last = np.array(scores[thread][-2:], dtype=float).ravel()
-        t = (last.mean() - first.mean()) / np.sqrt(last.var(ddof=1) / last.size + first.var(ddof=1) / first.size)
-        assert t > 3 and last.mean() > 1.25 * first.mean(), \
-            f"thread {thread}: {first.mean()} -> {last.mean()}; recorder said: {result.stderr[-4000:]}"
-    sent = [p["pid"] for r in records if r["kind"] == "block" for p in r["presentations"]]
-    assert sorted(r["pid"] for r in records if r["kind"] == "counts") == sorted(sent)
-    assert not [r for r in records if r["kind"] in ("missing", "rejected", "late_counts")]
+    result, folder = dry_run(["--rig", "lsl", "--generations", "6"], tmp_path)   # LSLAPICFG: asserted above
+    records = journal(folder)
+    assert_responses_rise(records, generations=6, note=f"; recorder said: {result.stderr[-4000:]}")
+    assert_every_presentation_counted(records)

@@ -4,8 +4,6 @@ formats on 127.0.0.1 (ZMQ Interface; Event Broadcaster in JSON and binary)."""
 import json
 import logging
 import struct
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,6 +13,7 @@ from recording_adapters.events import RigEvents
 from recording_adapters.sources import build_source
 from simulators.wire_peers import start_peer
 from tests.conftest import small_config
+from tests.dryrun_helpers import assert_every_presentation_counted, assert_responses_rise, dry_run_journal
 from xdream import config as config_mod
 from xdream.errors import ConfigError
 
@@ -257,32 +256,12 @@ def test_electrode_names_map_to_channels():
 
 # --- the closed loop through the real wire format ------------------------------------------------
 
-def dry_run(args, out, timeout=600):
-    result = subprocess.run([sys.executable, "-m", "xdream.cli", "dry-run", "--out", str(out), *args],
-                            capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, result.stdout + result.stderr
-    (folder,) = out.iterdir()
-    return [json.loads(line) for line in (folder / "journal.jsonl").read_text().splitlines()]
-
-
 def test_dry_run_through_open_ephys_rises(tmp_path):
     """`xdream dry-run --rig openephys`: the embedded config, 6 generations; the
     neuron's responses rise and every presentation is counted."""
-    records = dry_run(["--rig", "openephys", "--generations", "6"], tmp_path)
-    scores = {}
-    for r in records:
-        if r["kind"] == "scores":
-            scores.setdefault(r["thread"], []).append(r["scores"])
-    for thread in ("a", "b"):
-        assert len(scores[thread]) == 6
-        first = np.array(scores[thread][:2], dtype=float).ravel()
-        last = np.array(scores[thread][-2:], dtype=float).ravel()
-        t = (last.mean() - first.mean()) / np.sqrt(last.var(ddof=1) / last.size + first.var(ddof=1) / first.size)
-        assert t > 3 and last.mean() > 1.25 * first.mean(), f"thread {thread}: {first.mean()} -> {last.mean()}"
-    sent_pids = [p["pid"] for r in records if r["kind"] == "block" for p in r["presentations"]]
-    counted = [r["pid"] for r in records if r["kind"] == "counts"]
-    assert sorted(counted) == sorted(sent_pids)
-    assert not [r for r in records if r["kind"] in ("missing", "rejected", "late_counts")]
+    records = dry_run_journal(["--rig", "openephys", "--generations", "6"], tmp_path)
+    assert_responses_rise(records, generations=6)
+    assert_every_presentation_counted(records)
 
 
 def test_dry_run_through_open_ephys_counts_like_the_in_process_rig(tmp_path):
@@ -291,9 +270,9 @@ def test_dry_run_through_open_ephys_counts_like_the_in_process_rig(tmp_path):
     cfg = small_config(tmp_path, generations=3)
     path = tmp_path / "small.json"
     config_mod.save_json(cfg, path)
-    wire = [r["scores"] for r in dry_run([str(path), "--rig", "openephys"], tmp_path / "wire")
+    wire = [r["scores"] for r in dry_run_journal([str(path), "--rig", "openephys"], tmp_path / "wire")
             if r["kind"] == "scores"]
-    plain = [r["scores"] for r in dry_run([str(path)], tmp_path / "plain") if r["kind"] == "scores"]
+    plain = [r["scores"] for r in dry_run_journal([str(path)], tmp_path / "plain") if r["kind"] == "scores"]
     wire, plain = np.array(wire, dtype=float).ravel(), np.array(plain, dtype=float).ravel()
     assert wire.size == plain.size == 3 * 6 and not np.isnan(wire).any()
     assert (wire == plain).mean() >= 0.9

@@ -11,6 +11,7 @@ import pytest
 
 from server.replay import replay
 from tests.conftest import small_config
+from tests.dryrun_helpers import dry_run, journal
 from xdream import config as config_mod
 
 EYE_PRESENTER = """
@@ -37,12 +38,7 @@ def make_session(tmp: Path, generations: int = 3) -> Path:
     cfg = small_config(tmp, generations=generations, max_requeues=1)
     config_mod.save_json(cfg, tmp / "small.json")
     (tmp / "eye.toml").write_text(EYE_PRESENTER)
-    out = tmp / "sessions"
-    result = subprocess.run([sys.executable, "-m", "xdream.cli", "dry-run", str(tmp / "small.json"),
-                             "--presenter-config", str(tmp / "eye.toml"), "--out", str(out)],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
-    (folder,) = out.iterdir()
+    _, folder = dry_run([str(tmp / "small.json"), "--presenter-config", str(tmp / "eye.toml")], tmp / "sessions")
     return folder
 
 
@@ -56,10 +52,6 @@ def copy(session, tmp_path):
     target = tmp_path / session.name
     shutil.copytree(session, target)
     return target
-
-
-def records(folder):
-    return [json.loads(line) for line in (folder / "journal.jsonl").read_text().splitlines()]
 
 
 def write(folder, recs, renumber=False):
@@ -85,7 +77,7 @@ def generated_shown_counts(recs, generation):
 
 
 def test_the_session_has_aborts_and_requeues(session):
-    recs = records(session)
+    recs = journal(session)
     assert any(r["kind"] == "shown" and r["status"] == "aborted" for r in recs)
     assert any(p["requeue_of"] for r in recs if r["kind"] == "block" for p in r["presentations"])
 
@@ -97,7 +89,7 @@ def test_untouched_session_is_reproduced(session):
 
 
 def test_edited_score_names_its_generation(copy):
-    recs = records(copy)
+    recs = journal(copy)
     i = [j for j, r in enumerate(recs) if r["kind"] == "scores" and r["generation"] == 1][0]
     recs[i]["scores"][2] = (recs[i]["scores"][2] or 0) + 1.0
     write(copy, recs)
@@ -107,7 +99,7 @@ def test_edited_score_names_its_generation(copy):
 
 
 def test_edited_count_names_its_generation(copy):
-    recs = records(copy)
+    recs = journal(copy)
     i = generated_shown_counts(recs, 2)
     recs[i]["counts"][0] += 3.0
     write(copy, recs)
@@ -116,7 +108,7 @@ def test_edited_count_names_its_generation(copy):
 
 
 def test_deleted_count_renumbered_is_caught_by_the_scores(copy):
-    recs = records(copy)
+    recs = journal(copy)
     i = generated_shown_counts(recs, 1)
     del recs[i]
     write(copy, recs, renumber=True)
@@ -126,7 +118,7 @@ def test_deleted_count_renumbered_is_caught_by_the_scores(copy):
 
 
 def test_deleted_record_is_caught_by_the_journal_reader(copy):
-    recs = records(copy)
+    recs = journal(copy)
     del recs[len(recs) // 2]
     write(copy, recs)
     result = replay(copy)
@@ -145,7 +137,7 @@ def test_edited_codes_file_names_its_generation(copy):
 
 
 def test_edited_event_code_is_caught_by_the_rebuilt_block(copy):
-    recs = records(copy)
+    recs = journal(copy)
     i = [j for j, r in enumerate(recs) if r["kind"] == "block" and r["generation"] == 1][0]
     recs[i]["presentations"][0]["code"] += 100
     write(copy, recs)
@@ -154,7 +146,7 @@ def test_edited_event_code_is_caught_by_the_rebuilt_block(copy):
 
 
 def test_a_session_stopped_before_its_last_scores_is_reproduced_so_far(copy):
-    recs = records(copy)
+    recs = journal(copy)
     last = [j for j, r in enumerate(recs) if r["kind"] == "scores"][-1]
     write(copy, recs[:last])
     result = replay(copy)
@@ -167,7 +159,7 @@ def test_cli_exit_codes(session, copy):
     ok = subprocess.run([sys.executable, "-m", "xdream.cli", "replay", str(session)],
                         capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0 and "reproduced: 3 generations" in ok.stdout, ok.stdout + ok.stderr
-    recs = records(copy)
+    recs = journal(copy)
     i = [j for j, r in enumerate(recs) if r["kind"] == "scores" and r["generation"] == 0][0]
     recs[i]["scores"][0] = 1234.0
     write(copy, recs)
@@ -186,7 +178,7 @@ def test_a_session_killed_and_resumed_is_reproduced(tmp_path):
     cfg.simulator.rf_size_px = 64
     config_mod.save_json(cfg, tmp_path / "fault.json")
     folder, servers = run_session(tmp_path / "fault.json", tmp_path / "run", ["block_sent:2", None])
-    assert any(r["kind"] == "session_resumed" for r in records(folder))
+    assert any(r["kind"] == "session_resumed" for r in journal(folder))
     result = replay(folder)
     assert result.ok, result.lines()
     assert result.generations_checked == 3
@@ -241,14 +233,14 @@ def test_realtime_replay_reproduces_reports_and_counts(session, tmp_path, rig):
     code, out, comparison = realtime(session, tmp_path, ["--config", str(tmp_path / "eye.toml")],
                                      rig_args=["--rig", rig] if rig else [])
     assert code == 0 and "same as recorded" in out, out
-    n = len([p for r in records(session) if r["kind"] == "block" for p in r["presentations"]])
+    n = len([p for r in journal(session) if r["kind"] == "block" for p in r["presentations"]])
     assert comparison["ok"] and comparison["sent"] == comparison["presentations"] == n
     assert comparison["same_status"] == n and comparison["counts_equal"] == comparison["counts_compared"] > n // 2
 
 
 def test_realtime_replay_catches_a_recorder_that_counts_wrong(session, copy, tmp_path):
     """The rig replays a copy with one count changed: the recorder reports it, the replay names it."""
-    recs = records(copy)
+    recs = journal(copy)
     i = generated_shown_counts(recs, 1)
     recs[i]["counts"][1] += 2.0
     write(copy, recs)
@@ -262,7 +254,7 @@ def test_realtime_replay_catches_a_recorder_that_counts_wrong(session, copy, tmp
 def test_realtime_replay_tests_a_presenter_alone(session, tmp_path):
     """A presenter without the simulated eye shows what was aborted in the recording: named."""
     code, out, comparison = realtime(session, tmp_path, recorder=False)
-    aborted = {r["pid"] for r in records(session) if r["kind"] == "shown" and r["status"] == "aborted"}
+    aborted = {r["pid"] for r in journal(session) if r["kind"] == "shown" and r["status"] == "aborted"}
     assert code == 1 and aborted
     assert {d["pid"] for d in comparison["differences"]} == aborted
     assert all("status shown, recorded aborted" == d["what"] for d in comparison["differences"])

@@ -2,7 +2,7 @@
 every kind gets an ERROR reply and a journal line, and the session goes on."""
 
 import asyncio
-import json
+import contextlib
 import math
 
 import pytest
@@ -11,6 +11,7 @@ import zmq.asyncio
 
 from server.app import EvolutionServer
 from tests.conftest import small_config
+from tests.dryrun_helpers import journal
 from xdream import protocol
 from xdream.protocol import MsgType
 
@@ -54,8 +55,21 @@ async def keep_alive(peer, period=0.2):
         await asyncio.sleep(period)
 
 
-def journal(folder):
-    return [json.loads(line) for line in (folder / "journal.jsonl").read_text().splitlines()]
+@contextlib.asynccontextmanager
+async def serving(cfg, folder):
+    """The server running `cfg` on a free port, and a presenter and a two-channel recorder
+    not yet joined: (the server's task, presenter, recorder); the task is cancelled after."""
+    server = EvolutionServer(cfg, folder)
+    endpoint = asyncio.get_running_loop().create_future()
+    run = asyncio.create_task(server.run(on_endpoint=endpoint.set_result))
+    ctx = zmq.asyncio.Context()
+    try:
+        ep = await asyncio.wait_for(endpoint, 10)
+        yield run, FakePeer(ctx, ep, "presenter", "pres"), FakePeer(ctx, ep, "recorder", "rec", channels=2)
+    finally:
+        if not run.done():
+            run.cancel()
+        ctx.destroy(linger=0)
 
 
 async def test_bad_input_is_rejected_and_a_vanished_presenter_does_not_stop_the_session(tmp_path):
@@ -63,15 +77,7 @@ async def test_bad_input_is_rejected_and_a_vanished_presenter_does_not_stop_the_
     cfg.network.peer_timeout_s = 2.0
     cfg.threads[0].channel = 1   # so that counts need two channels
     folder = tmp_path / "session"
-    server = EvolutionServer(cfg, folder)
-    endpoint = asyncio.get_running_loop().create_future()
-    run = asyncio.create_task(server.run(on_endpoint=endpoint.set_result))
-    ctx = zmq.asyncio.Context()
-    try:
-        ep = await asyncio.wait_for(endpoint, 10)
-        pres = FakePeer(ctx, ep, "presenter", "pres")
-        rec = FakePeer(ctx, ep, "recorder", "rec", channels=2)
-
+    async with serving(cfg, folder) as (run, pres, rec):
         # garbage before any hello: an error reply, not a crash
         await pres.sock.send_multipart([b"\x00garbage"])
         assert "not valid msgpack" in (await pres.expect(MsgType.ERROR)).body.reason
@@ -120,10 +126,6 @@ async def test_bad_input_is_rejected_and_a_vanished_presenter_does_not_stop_the_
         pres.sock.close()
         summary = await asyncio.wait_for(run, 20)
         alive.cancel()
-    finally:
-        if not run.done():
-            run.cancel()
-        ctx.destroy(linger=0)
 
     assert summary[0]["n_missing"] == 1
     records = journal(folder)
@@ -163,14 +165,7 @@ async def _one_block_session(tmp_path, policy, script):
     cfg = small_config(tmp_path, generations=1)
     cfg.session.abort_policy = policy
     folder = tmp_path / policy
-    server = EvolutionServer(cfg, folder)
-    endpoint = asyncio.get_running_loop().create_future()
-    run = asyncio.create_task(server.run(on_endpoint=endpoint.set_result))
-    ctx = zmq.asyncio.Context()
-    try:
-        ep = await asyncio.wait_for(endpoint, 10)
-        pres = FakePeer(ctx, ep, "presenter", "pres")
-        rec = FakePeer(ctx, ep, "recorder", "rec", channels=2)
+    async with serving(cfg, folder) as (run, pres, rec):
         await rec.join()
         await pres.join()
         alive = [asyncio.create_task(keep_alive(p)) for p in (pres, rec)]
@@ -180,10 +175,6 @@ async def _one_block_session(tmp_path, policy, script):
         summary = await asyncio.wait_for(run, 20)
         for task in alive:
             task.cancel()
-    finally:
-        if not run.done():
-            run.cancel()
-        ctx.destroy(linger=0)
     return summary, journal(folder)
 
 

@@ -5,10 +5,7 @@ and the whole loop through `xdream dry-run --rig xdream-files`."""
 from __future__ import annotations
 
 import io
-import json
 import logging
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -21,6 +18,7 @@ from PIL import Image
 from recording_adapters import xdream_files as xf
 from recording_adapters.xdream_bridge import XdreamFilesBridge
 from simulators.matlab_rig import FORMATS, SimulatedMatlabRig
+from tests.dryrun_helpers import assert_responses_rise, dry_run_journal
 from xdream import config as config_mod
 from xdream import protocol
 from xdream.errors import ConfigError
@@ -270,19 +268,8 @@ def test_negative_responses_travel_as_counts_minus_baseline_or_are_missing(tmp_p
 
 # ------------------------------------------------------------- end to end
 def test_dry_run_through_the_file_handshake_raises_the_neurons_response(tmp_path):
-    out = tmp_path / "out"
-    result = subprocess.run([sys.executable, "-m", "xdream.cli", "dry-run", "--rig", "xdream-files",
-                             "--generations", "10", "--out", str(out)],
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
-    (folder,) = out.iterdir()
-    records = [json.loads(line) for line in (folder / "journal.jsonl").read_text().splitlines()]
+    records = dry_run_journal(["--rig", "xdream-files", "--generations", "10"], tmp_path / "out")
     assert not [r for r in records if r["kind"] == "missing"]
     peers = {r["peer"] for r in records if r["kind"] in ("shown", "counts")}
     assert peers == {"xdream-files-presenter", "xdream-files-recorder"}
-    for thread in ("a", "b"):
-        scores = [r["scores"] for r in records if r["kind"] == "scores" and r["thread"] == thread]
-        assert len(scores) == 10
-        first, last = np.ravel(scores[:2]).astype(float), np.ravel(scores[-2:]).astype(float)
-        t = (last.mean() - first.mean()) / np.sqrt(last.var(ddof=1) / last.size + first.var(ddof=1) / first.size)
-        assert t > 3 and last.mean() > 1.25 * first.mean(), f"thread {thread}: {first.mean()} -> {last.mean()}"
+    assert_responses_rise(records, generations=10)
