@@ -139,8 +139,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from server.optimizers.base import Optimizer
-from server.optimizers.sphere_cma import exp_map, tangent, unit
+from server.optimizers.base import Optimizer, log_weights, ranked_measured
+from server.optimizers.sphere import exp_map, tangent, unit
 from xdream.errors import OptimizerError
 
 
@@ -258,12 +258,11 @@ class OursOptimizer(Optimizer):
         self.step += 1
 
     def _first_tell(self, codes, scores):
-        measured = np.flatnonzero(~np.isnan(scores))
-        if len(measured) == 0:
+        ranked = ranked_measured(scores)
+        if len(ranked) == 0:
             return   # the first codes are asked again
-        best = measured[np.argsort(-scores[measured], kind="stable")][:max(1, len(measured) // 2)]
-        w = np.log(len(best) + 0.5) - np.log(np.arange(1, len(best) + 1))
-        self.center = unit((w / w.sum()) @ unit(codes[best]))
+        best = ranked[:max(1, len(ranked) // 2)]
+        self.center = unit(log_weights(len(best)) @ unit(codes[best]))
         self.first_codes = np.zeros((0, self.dim))
 
     def _get_state(self):
