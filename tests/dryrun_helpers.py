@@ -9,6 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from tests.conftest import small_config
+from xdream import config as config_mod
+
 
 def dry_run(args, out: Path, timeout=600) -> tuple[subprocess.CompletedProcess, Path]:
     """`xdream dry-run --out OUT ARGS`; the finished process and its one session folder.
@@ -49,3 +52,16 @@ def assert_every_presentation_counted(records) -> None:
     sent = [p["pid"] for r in records if r["kind"] == "block" for p in r["presentations"]]
     assert sorted(r["pid"] for r in records if r["kind"] == "counts") == sorted(sent)
     assert not [r for r in records if r["kind"] in ("missing", "rejected", "late_counts")]
+
+
+def assert_wire_counts_like_in_process(rig: str, tmp_path: Path, generations: int = 3) -> None:
+    """The same seeded small session through `rig`'s wire format and in-process: the counts
+    agree (up to a spike within one 1/30 kHz sample of a window edge)."""
+    path = tmp_path / "small.json"
+    config_mod.save_json(small_config(tmp_path, generations=generations), path)
+    wire = [r["scores"] for r in dry_run_journal([str(path), "--rig", rig], tmp_path / "wire")
+            if r["kind"] == "scores"]
+    plain = [r["scores"] for r in dry_run_journal([str(path)], tmp_path / "plain") if r["kind"] == "scores"]
+    wire, plain = np.array(wire, dtype=float).ravel(), np.array(plain, dtype=float).ravel()
+    assert wire.size == plain.size == generations * 6 and not np.isnan(wire).any()
+    assert (wire == plain).mean() >= 0.9

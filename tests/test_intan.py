@@ -13,9 +13,8 @@ import pytest
 from recording_adapters.events import RigEvents
 from recording_adapters.intan import IntanSource
 from simulators.intan_peer import IntanPeer
-from tests.conftest import small_config
-from tests.dryrun_helpers import assert_every_presentation_counted, assert_responses_rise, dry_run_journal
-from xdream import config as config_mod
+from tests.dryrun_helpers import (assert_every_presentation_counted, assert_responses_rise,
+                                  assert_wire_counts_like_in_process, dry_run_journal)
 from xdream.errors import ConfigError, SessionError
 
 FS = 30000
@@ -256,15 +255,7 @@ def test_dry_run_through_intan_rises(tmp_path):
 def test_dry_run_through_intan_counts_like_the_in_process_rig(tmp_path):
     """The same seeded session through RHX's TCP ports and in-process: the counts agree
     (up to a spike within one 1/30 kHz sample of a window edge)."""
-    cfg = small_config(tmp_path, generations=3)
-    path = tmp_path / "small.json"
-    config_mod.save_json(cfg, path)
-    wire = [r["scores"] for r in dry_run_journal([str(path), "--rig", "intan"], tmp_path / "wire")
-            if r["kind"] == "scores"]
-    plain = [r["scores"] for r in dry_run_journal([str(path)], tmp_path / "plain") if r["kind"] == "scores"]
-    wire, plain = np.array(wire, dtype=float).ravel(), np.array(plain, dtype=float).ravel()
-    assert wire.size == plain.size == 3 * 6 and not np.isnan(wire).any()
-    assert (wire == plain).mean() >= 0.9
+    assert_wire_counts_like_in_process("intan", tmp_path)
 
 
 def test_outputs_the_adapter_did_not_set_up_are_reported_not_misread(rhx, caplog):

@@ -12,9 +12,8 @@ from recording_adapters.counting import SpikeCounter
 from recording_adapters.events import RigEvents
 from recording_adapters.sources import build_source
 from simulators.wire_peers import start_peer
-from tests.conftest import small_config
-from tests.dryrun_helpers import assert_every_presentation_counted, assert_responses_rise, dry_run_journal
-from xdream import config as config_mod
+from tests.dryrun_helpers import (assert_every_presentation_counted, assert_responses_rise,
+                                  assert_wire_counts_like_in_process, dry_run_journal)
 from xdream.errors import ConfigError
 
 FS = 30000.0
@@ -267,15 +266,7 @@ def test_dry_run_through_open_ephys_rises(tmp_path):
 def test_dry_run_through_open_ephys_counts_like_the_in_process_rig(tmp_path):
     """The same seeded session through the wire format and in-process: the
     counts agree (up to spikes within one 1/30 kHz sample of a window edge)."""
-    cfg = small_config(tmp_path, generations=3)
-    path = tmp_path / "small.json"
-    config_mod.save_json(cfg, path)
-    wire = [r["scores"] for r in dry_run_journal([str(path), "--rig", "openephys"], tmp_path / "wire")
-            if r["kind"] == "scores"]
-    plain = [r["scores"] for r in dry_run_journal([str(path)], tmp_path / "plain") if r["kind"] == "scores"]
-    wire, plain = np.array(wire, dtype=float).ravel(), np.array(plain, dtype=float).ravel()
-    assert wire.size == plain.size == 3 * 6 and not np.isnan(wire).any()
-    assert (wire == plain).mean() >= 0.9
+    assert_wire_counts_like_in_process("openephys", tmp_path)
 
 
 @pytest.fixture(autouse=True)

@@ -185,15 +185,22 @@ async def report(pres, rec, bid, pid, status="shown", count=5.0):
         await rec.send(MsgType.COUNTS, protocol.Counts(bid, pid, "ok", [count, 0.0], [0.0, 0.0]))
 
 
+async def abort_one_report_the_rest(pres, rec, block):
+    """The block's first presentation of thread a aborted, the others shown and counted; returns the aborted one."""
+    specs = block.body.presentations
+    target = next(p for p in specs if p.image_id.startswith("a/"))
+    for p in specs:
+        await report(pres, rec, block.body.block_id, p.pid, "aborted" if p is target else "shown")
+    return target
+
+
 async def test_aborted_presentations_are_requeued_then_scored_nan(tmp_path):
     seen = {}
 
     async def script(pres, rec, block, info):
         bid = block.body.block_id
         specs = block.body.presentations
-        target = next(p for p in specs if p.image_id.startswith("a/"))
-        for p in specs:
-            await report(pres, rec, bid, p.pid, "aborted" if p is target else "shown")
+        target = await abort_one_report_the_rest(pres, rec, block)
         # re-queued twice (max_requeues = 2), each a new BLOCK of one presentation, same image
         for attempt in (1, 2):
             extra = await pres.expect(MsgType.BLOCK)
@@ -217,11 +224,7 @@ async def test_aborted_presentations_are_requeued_then_scored_nan(tmp_path):
 
 async def test_abort_policy_nan_scores_without_showing_again(tmp_path):
     async def script(pres, rec, block, info):
-        bid = block.body.block_id
-        specs = block.body.presentations
-        target = next(p for p in specs if p.image_id.startswith("a/"))
-        for p in specs:
-            await report(pres, rec, bid, p.pid, "aborted" if p is target else "shown")
+        await abort_one_report_the_rest(pres, rec, block)
 
     summary, records = await _one_block_session(tmp_path, "nan", script)
     assert summary[0]["n_missing"] == 1
