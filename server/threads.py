@@ -6,7 +6,6 @@ get the same optimizers, fed by the same random streams.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -39,9 +38,6 @@ def build_threads(cfg) -> tuple[list[EvolutionThread], np.random.Generator]:
             generators[key] = build_generator(tcfg.generator, size)
         gen = generators[key]
         rng = np.random.default_rng([tcfg.seed, *seed.generate_state(2)])
-        ocfg = tcfg.optimizer
-        if ocfg.decay_generations == 0:  # the step-size schedule spans the session
-            ocfg = dataclasses.replace(ocfg, decay_generations=cfg.session.generations)
-        opt = build_optimizer(ocfg, gen, rng, tcfg.name)
+        opt = build_optimizer(tcfg.optimizer, gen, rng, tcfg.name, generations=cfg.session.generations)
         threads.append(EvolutionThread(tcfg.name, tcfg.channel, opt, gen))
     return threads, np.random.default_rng(sched_seed)

@@ -4,6 +4,8 @@ Without a rig name the SimulatedRig is the source itself; with one (openephys,
 intan, lsl) a pump thread hands its events to that rig's simulated wire peer
 and the source is the real adapter reading the peer's bytes on 127.0.0.1.
 `endpoint` is the screen tap the presenter must be given (`--screen-tap`).
+`neuron` replaces the SimulatedRig with another screen-watching rig (the
+realtime replay's ReplayRig).
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from simulators.wire_peers import start_peer
 
 
 class SimulatedSource:
-    def __init__(self, sim_cfg, rig: str | None = None, rig_options: dict | None = None,
-                 tap_bind: str = "tcp://127.0.0.1:0"):
-        self.rig = SimulatedRig(sim_cfg, bind=tap_bind)
+    def __init__(self, sim_cfg=None, rig: str | None = None, rig_options: dict | None = None,
+                 tap_bind: str = "tcp://127.0.0.1:0", *, neuron=None):
+        self.rig = neuron if neuron is not None else SimulatedRig(sim_cfg, bind=tap_bind)
+        self._closed = False
         self.endpoint = self.rig.endpoint
         self.peer = self.pump = None
         self.source = self.rig
@@ -36,6 +39,9 @@ class SimulatedSource:
         return self.source.poll(timeout_s)
 
     def close(self) -> None:
+        if self._closed:  # the recorder closes its source; so may the one who made it
+            return
+        self._closed = True
         if self.pump is not None:
             self.pump.stop()
         if self.source is not self.rig:

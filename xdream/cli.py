@@ -352,33 +352,23 @@ def _cmd_record(args) -> int:
         return 0
     if args.replay:  # the neuron is a recorded session's journal (xdream replay --realtime)
         from simulators.replay_rig import ReplayRig
-        rig = ReplayRig(args.replay, bind=args.tap_bind)
+        neuron = ReplayRig(args.replay, bind=args.tap_bind)
     else:
         from simulators.rig import SimulatedRig
-        rig = SimulatedRig(_load(args.simulate).simulator, bind=args.tap_bind)
-    if not args.rig:  # the simulated rig is the source itself, in-process
-        print(f"{SCREEN_TAP}{rig.endpoint}", flush=True)
-        conn = PeerConnection(args.server, "recorder", args.name, channels=rig.channels)
-        log.info("reported counts for %d presentations", Recorder(conn, rig, _counter_options(args)).run())
-        return 0
-    # the simulated rig feeds a peer that speaks the real wire format; the real adapter reads it
-    from simulators.rig_pump import RigPump
-    from simulators.wire_peers import start_peer
-
-    peer = start_peer(args.rig, rig.channels)
-    pump = None
+        neuron = SimulatedRig(_load(args.simulate).simulator, bind=args.tap_bind)
+    # with --rig, the neuron's events go through that rig's simulated wire peer to the real adapter
+    from simulators.simulated_source import SimulatedSource
     try:
-        source = build_source(args.rig, {**peer.adapter_options(), **options})
-        print(f"{SCREEN_TAP}{rig.endpoint}", flush=True)  # only once the adapter is built
-        pump = RigPump(rig, peer)
-        pump.start()
+        source = SimulatedSource(rig=args.rig or None, rig_options=options, neuron=neuron)
+    except BaseException:
+        neuron.close()
+        raise
+    try:
+        print(f"{SCREEN_TAP}{source.endpoint}", flush=True)  # only once the adapter is built
         conn = PeerConnection(args.server, "recorder", args.name, channels=source.channels)
         log.info("reported counts for %d presentations", Recorder(conn, source, _counter_options(args)).run())
     finally:
-        if pump is not None:
-            pump.stop()
-        peer.close()
-        rig.close()
+        source.close()
     return 0
 
 

@@ -74,11 +74,14 @@ def make_optimizer(kind: str, code_shape, rng: np.random.Generator, *, populatio
     return cls(tuple(code_shape), rng, population=population, init_codes=init_codes, name=name, **params)
 
 
-def build_optimizer(cfg, generator, rng: np.random.Generator, name: str) -> Optimizer:
-    """From an OptimizerConfig; the generator supplies the first codes."""
+def build_optimizer(cfg, generator, rng: np.random.Generator, name: str, *, generations: int = 75) -> Optimizer:
+    """From an OptimizerConfig; the generator supplies the first codes. `generations`, the
+    session's length, is what decay_generations = 0 stands for (75: GECCO 2022's)."""
     if cfg.kind not in OPTIMIZER_KINDS:
         raise OptimizerError(f"unknown optimizer kind {cfg.kind!r}; known: {sorted(OPTIMIZER_KINDS)}")
     params = {key: getattr(cfg, key) for key in CONFIG_PARAMS[cfg.kind]}
+    if params.get("decay_generations") == 0:  # the step-size schedule spans the session
+        params["decay_generations"] = generations
     init_codes = generator.initial_codes(cfg.population, rng)
     return make_optimizer(cfg.kind, generator.code_shape, rng, population=cfg.population,
                           init_codes=init_codes, name=name, **params)
