@@ -56,6 +56,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import zmq
 
+try:    # a ZMQ Interface header per spike: orjson parses one in ~0.6 us, json in ~2.3 us
+    from orjson import loads as _fast_loads
+except ImportError:   # the `record` extra pins it; without it, json does the same, slower
+    def _fast_loads(raw: bytes):
+        return json.loads(raw.decode("utf-8"))
+
 from recording_adapters.events import RigEvents
 from xdream.errors import ConfigError
 
@@ -168,11 +174,7 @@ class OpenEphysSource:
         self._heartbeat()
         messages, self._stash = self._stash, []      # what followed a clock jump, first
         if messages or self.socket.poll(int(timeout_s * 1000)):
-            while len(messages) < MAX_MESSAGES_PER_POLL:
-                try:
-                    messages.append(self.socket.recv_multipart(zmq.NOBLOCK))
-                except zmq.Again:
-                    break
+            self._drain(messages)
         now = time.monotonic()
         if messages:
             if self._stalled:
@@ -191,6 +193,23 @@ class OpenEphysSource:
                 self._bad(str(exc))
         return self._flush()
 
+    def _drain(self, messages: list) -> None:
+        """Take what has arrived, up to MAX_MESSAGES_PER_POLL messages, each as a list of frames."""
+        # recv(copy=False) returns a Frame that knows whether more frames follow; recv_multipart
+        # asks the socket with getsockopt per frame, which costs more than the Frame (3.6 vs 2.6 us
+        # per 3-frame message here).  A multipart message arrives whole, so no frame is left behind.
+        recv, append, nowait = self.socket.recv, messages.append, zmq.NOBLOCK
+        try:
+            while len(messages) < MAX_MESSAGES_PER_POLL:
+                frame = recv(nowait, copy=False)
+                frames = [frame.bytes]
+                while frame.more:
+                    frame = recv(nowait, copy=False)
+                    frames.append(frame.bytes)
+                append(frames)
+        except zmq.Again:
+            pass
+
     def close(self) -> None:
         self.socket.close()
         if self._hb is not None:
@@ -200,6 +219,11 @@ class OpenEphysSource:
     def _handle(self, frames: list[bytes]) -> str | None:
         if self.plugin == "zmq-interface":
             kind, sample, payload = self._zmq_interface(frames)
+            if kind == "spike" and (self._wm_sample is None or sample >= self._wm_sample):
+                batch = self._batch          # the common case, ~19,200 a second on 384 channels: no
+                batch.spike_samples.append(sample)     # clock jump, and a spike moves no watermark here
+                batch.spike_channels.append(payload)
+                return None
         else:
             kind, sample, payload = self._event_broadcaster(frames)
         if kind is None:
@@ -236,8 +260,22 @@ class OpenEphysSource:
             raise BadPacket(f"{len(frames)} frames (2 or 3 expected)")
         envelope = frames[0].rstrip(b"\0")
         header = self._json(frames[1])
-        self._check_sequence(header.get("message_num"))
+        num = header.get("message_num")
+        if num.__class__ is int and self._message_num is not None and num == self._message_num + 1:
+            self._message_num = num          # the next one, as almost always
+        else:
+            self._check_sequence(num)
         kind = header.get("type")
+        if kind == "spike" and envelope == b"EVENT":    # the same checks as below, fewer calls
+            body = header.get("spike")
+            if not isinstance(body, dict):
+                raise BadPacket("header without its spike object")
+            sample = body.get("sample_num")
+            if sample.__class__ is not int or sample < 0:
+                sample = self._sample(sample)
+            name = body.get("electrode")
+            channel = self._channel_of.get(name) if name.__class__ is str else None
+            return "spike", sample, self._electrode(body) if channel is None else channel
         body = header.get("spike" if kind == "spike" else "content")
         if not isinstance(body, dict):
             raise BadPacket(f"header without its {'spike' if kind == 'spike' else 'content'} object")
@@ -294,9 +332,12 @@ class OpenEphysSource:
 
     def _json(self, raw: bytes) -> dict:
         try:
-            msg = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise BadPacket(f"JSON header unreadable: {exc}") from None
+            msg = _fast_loads(raw)
+        except (ValueError, RecursionError):   # orjson refuses NaN, a float beyond float64, ...: json decides
+            try:
+                msg = json.loads(raw.decode("utf-8"))
+            except (ValueError, RecursionError) as exc:   # UnicodeDecodeError is a ValueError
+                raise BadPacket(f"JSON header unreadable: {exc}") from None
         if not isinstance(msg, dict):
             raise BadPacket("JSON header is not an object")
         return msg

@@ -73,6 +73,7 @@ class OpenEphysPeer:
         self._word = 0
         self._pending: list = []          # heap of (sample, order, kind, payload)
         self._order = 0
+        self._capture: list | None = None  # encode(): messages kept here instead of sent
 
     def adapter_options(self) -> dict[str, str]:
         opts = {"host": "127.0.0.1", "port": str(self.port), "plugin": self.plugin,
@@ -109,6 +110,23 @@ class OpenEphysPeer:
         self._advance(self._sample(rig_time))
         self._pending, self._sent_until, self._word, self._epoch = [], 0, 0, rig_time
         self._message_num = 0
+
+    def encode(self, events) -> list[list[bytes]]:
+        """The messages that send(events) would put on the wire, kept instead of sent: a benchmark
+        encodes ahead and times send_encoded, as the GUI encodes in C++, not in Python."""
+        self._capture = []
+        try:
+            self.send(events)
+            return self._capture
+        finally:
+            self._capture = None
+
+    def send_encoded(self, messages: list[list[bytes]]) -> None:
+        self._answer_heartbeats()
+        self._wait_subscriber()
+        send = self.pub.send_multipart
+        for frames in messages:
+            send(frames)
 
     def send_raw(self, frames: list[bytes]) -> None:
         """Any frames at all (tests: corrupt messages)."""
@@ -152,24 +170,24 @@ class OpenEphysPeer:
     def _data(self, start: int, n: int) -> None:
         body = {"stream": self.stream, "channel_num": 0, "num_samples": n, "sample_num": start,
                 "sample_rate": self.rate}
-        self.pub.send_multipart([b"DATA\0", self._header("data", "content", body, n * 4),
-                                 np.zeros(n, dtype="<f4").tobytes()])
+        self._emit([b"DATA\0", self._header("data", "content", body, n * 4),
+                    np.zeros(n, dtype="<f4").tobytes()])
 
     def _ttl(self, sample: int, line: int, state: int) -> None:
         self._word = self._word | (1 << line) if state else self._word & ~(1 << line)
         payload = struct.pack("<BB", line, state) + struct.pack("<Q", self._word)
         if self.plugin == "zmq-interface":
             body = {"stream": self.stream, "source_node": self.node, "type": 3, "sample_num": sample}
-            self.pub.send_multipart([b"EVENT\0", self._header("event", "content", body, len(payload)), payload])
+            self._emit([b"EVENT\0", self._header("event", "content", body, len(payload)), payload])
         elif self.format == "json":
             msg = {"event_type": "ttl", "stream": self.stream, "source_node": self.node,
                    "sample_rate": self.rate, "channel_name": "TTL Input", "sample_number": sample,
                    "line": line, "state": bool(state)}
-            self.pub.send_multipart([struct.pack("<H", 0), json.dumps(msg).encode()])
+            self._emit([struct.pack("<H", 0), json.dumps(msg).encode()])
         else:
             # base type PROCESSOR_EVENT (1), sub-type TTL (3), node, stream, channel, sample, timestamp
             head = struct.pack("<BBHHHqd", 1, 3, self.node, 0, 0, sample, sample / self.rate)
-            self.pub.send_multipart([struct.pack("<H", 0), head + payload])
+            self._emit([struct.pack("<H", 0), head + payload])
 
     def _spike(self, sample: int, channel: int) -> None:
         wave = np.zeros(self.waveform_samples, dtype="<f4")
@@ -179,19 +197,25 @@ class OpenEphysPeer:
             body = {"stream": self.stream, "source_node": self.node, "electrode": name, "sample_num": sample,
                     "num_channels": 1, "num_samples": self.waveform_samples, "sorted_id": 0,
                     "threshold": [-50.0]}
-            self.pub.send_multipart([b"EVENT\0", self._header("spike", "spike", body, None), wave.tobytes()])
+            self._emit([b"EVENT\0", self._header("spike", "spike", body, None), wave.tobytes()])
         elif self.format == "json":
             msg = {"event_type": "spike", "stream": self.stream, "source_node": self.node, "electrode": name,
                    "num_channels": 1, "sample_rate": self.rate, "sample_number": sample, "sorted_id": 0,
                    "amp1": 80.0}
-            self.pub.send_multipart([struct.pack("<H", 1), json.dumps(msg).encode()])
+            self._emit([struct.pack("<H", 1), json.dumps(msg).encode()])
         else:
             # SPIKE_EVENT (2), spike channel type (1: single electrode), node, stream, channel index,
             # sample, timestamp, sorted id, then one threshold and the waveform
             head = struct.pack("<BBHHHqdH", 2, 1, self.node, 0, channel, sample, sample / self.rate, 0)
-            self.pub.send_multipart([struct.pack("<H", 1), head + struct.pack("<f", -50.0) + wave.tobytes()])
+            self._emit([struct.pack("<H", 1), head + struct.pack("<f", -50.0) + wave.tobytes()])
 
     # --- sockets ---------------------------------------------------------------------------------
+    def _emit(self, frames: list[bytes]) -> None:
+        if self._capture is not None:
+            self._capture.append(frames)
+        else:
+            self.pub.send_multipart(frames)
+
     def _wait_subscriber(self, timeout_s: float = 10.0) -> None:
         if self._subscribed:
             return
