@@ -135,6 +135,7 @@ class OpenEphysSource:
         self.fixed_rate = float(sample_rate) if sample_rate else None
         self.lag_s = _int("lag_ms", lag_ms or ("20" if plugin == "zmq-interface" else "100"), 0) / 1000.0
         self.rate: float | None = self.fixed_rate
+        self._rate_wait_since: float | None = None   # events waiting for the rate since (ZMQ Interface)
         self.bad_packets = 0
         self.dropped_spikes = 0
         self.clock_jumps = 0
@@ -414,9 +415,18 @@ class OpenEphysSource:
     def _flush(self) -> RigEvents:
         if self.rate is None:           # nothing can be timed before the sample rate is known
             if not self._batch.empty() and not getattr(self, "_rate_unknown_warned", False):
-                self._rate_unknown_warned = True
-                log.warning("openephys: events but no sample rate yet (the Event Broadcaster's binary format "
-                            "carries none: set --rig-option sample_rate=HZ)")
+                if self.plugin == "event-broadcaster":
+                    self._rate_unknown_warned = True
+                    log.warning("openephys: events but no sample rate yet (the Event Broadcaster's binary "
+                                "format carries none: set --rig-option sample_rate=HZ)")
+                else:   # a block's events precede its data message: warn only if no data message comes
+                    if self._rate_wait_since is None:
+                        self._rate_wait_since = time.monotonic()
+                    if time.monotonic() - self._rate_wait_since > self.stall_warn_s:
+                        self._rate_unknown_warned = True
+                        log.warning("openephys: events but no continuous data message for %.0f s: select at "
+                                    "least one continuous channel in the ZMQ Interface (its data messages carry "
+                                    "the sample rate and say when a block is complete)", self.stall_warn_s)
             return RigEvents()
         b, self._batch, rate = self._batch, _Batch(), self.rate
         chans = np.array(b.spike_channels, dtype=int)
