@@ -10,8 +10,11 @@ Rules (docs/adapters.md, "The counter"):
   are complete, or when its windows are still incomplete `timeout_s` of wall
   time after its code was matched (the rig's stream stopped).  Wall time,
   because a stopped stream advances no rig time.
-- A clock jump is seen as a code or a watermark earlier than the latest rig
-  time seen (minus `jump_tolerance_s`); the spikes kept so far are dropped.
+- A clock jump is seen as a watermark earlier than the latest watermark, or a
+  code earlier than the latest code or watermark (minus `jump_tolerance_s`);
+  the spikes kept so far are dropped.  A watermark may trail a code already
+  delivered (the contract promises only that nothing before it is still to
+  come): that is no jump.
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ class SpikeCounter:
         self._open: list[tuple[Expected, float]] = []   # (onset final, wall time it was), window filling
         self._times = np.empty(0)
         self._channels = np.empty(0, dtype=int)
-        self._latest: float | None = None               # the latest rig time seen (codes, watermark)
+        self._latest_code: float | None = None          # the latest code's rig time
+        self._latest_mark: float | None = None          # the latest watermark
         self.dropped_spikes = 0
 
     @property
@@ -53,11 +57,13 @@ class SpikeCounter:
         self.aligner.expect(block_id, presentations)
 
     def add(self, events: RigEvents) -> list[protocol.Counts]:
-        marks = [t for t, _ in events.codes] + ([events.watermark] if events.watermark is not None else [])
-        if marks and self._latest is not None and min(marks) < self._latest - self.jump_tolerance_s:
-            self._clock_jump(min(marks))
-        if marks:
-            self._latest = max(marks + ([self._latest] if self._latest is not None else []))
+        jump = self._jump_in(events)
+        if jump is not None:
+            self._clock_jump(jump)
+        if events.codes:
+            self._latest_code = max([t for t, _ in events.codes] + _known(self._latest_code))
+        if events.watermark is not None:
+            self._latest_mark = max([events.watermark] + _known(self._latest_mark))
         self.aligner.add_codes(events.codes)
         self.aligner.add_photodiode(events.photodiode)
         self._add_spikes(events)
@@ -83,15 +89,28 @@ class SpikeCounter:
         self._times = np.concatenate([self._times, np.asarray(events.spike_times, dtype=float)[~bad]])
         self._channels = np.concatenate([self._channels, chans[~bad].astype(int)])
 
+    def _jump_in(self, events: RigEvents) -> float | None:
+        """The earliest time in `events` that goes back beyond the tolerance, if any."""
+        tol = self.jump_tolerance_s
+        back = []
+        latest_any = _known(self._latest_code) + _known(self._latest_mark)
+        if events.codes and latest_any and min(t for t, _ in events.codes) < max(latest_any) - tol:
+            back.append(min(t for t, _ in events.codes))
+        if events.watermark is not None and self._latest_mark is not None \
+                and events.watermark < self._latest_mark - tol:
+            back.append(events.watermark)
+        return min(back) if back else None
+
     def _clock_jump(self, t: float) -> None:
+        latest = max(_known(self._latest_code) + _known(self._latest_mark))
         log.warning("the rig's clock jumped back from %.4f s to %.4f s: %d presentations whose windows were "
-                    "open are missing", self._latest, t, len(self._open) + self.aligner.n_unresolved)
+                    "open are missing", latest, t, len(self._open) + self.aligner.n_unresolved)
         for p, _ in self._open:
             self.aligner.mark_missing(p, "the rig's clock jumped back before its window was complete")
         self._open = []
         self.aligner.reset_clock()
         self._times, self._channels = np.empty(0), np.empty(0, dtype=int)
-        self._latest = None
+        self._latest_code = self._latest_mark = None
 
     def _complete(self, watermark: float) -> list[protocol.Counts]:
         end = max(self.window_s[1], self.baseline_s[1])
@@ -108,7 +127,7 @@ class SpikeCounter:
             return []
         self._open = [(p, t) for p, t in self._open if now - t <= self.timeout_s]
         log.warning("the rig's stream stopped (rig time %.3f s): %d presentations whose windows did not "
-                    "complete within %.0f s are missing", self._latest or 0.0, len(late), self.timeout_s)
+                    "complete within %.0f s are missing", self._latest_mark or 0.0, len(late), self.timeout_s)
         return [protocol.Counts(p.block_id, p.pid, "missing") for p in late]
 
     def _trim(self, watermark: float | None) -> None:
@@ -128,3 +147,7 @@ class SpikeCounter:
     def _count(self, onset: float, window) -> list[float]:
         inside = (self._times >= onset + window[0]) & (self._times < onset + window[1])
         return np.bincount(self._channels[inside], minlength=self.n_channels).astype(float).tolist()
+
+
+def _known(value: float | None) -> list[float]:
+    return [] if value is None else [value]
