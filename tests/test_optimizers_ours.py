@@ -10,6 +10,7 @@ import pytest
 
 from server.optimizers import make_optimizer
 from server.optimizers.ours import centred_ranks
+from xdream.errors import OptimizerError
 
 
 class ToyNeuron:
@@ -189,8 +190,82 @@ def test_beats_the_ponce_lab_optimizers_and_the_ga_on_a_small_toy_neuron(noise):
 
 
 @pytest.mark.parametrize("kw", [{"min_norm_factor": 4.0}, {"init_norm_factor": 20.0}, {"step_ratio": 0.0},
-                                {"smoothing": 1.0}, {"population": 3}])
+                                {"smoothing": 1.0}, {"population": 3}, {"centre_repeats": 37},
+                                {"noise_step": "ranks"}, {"noise_step": "repeats"},
+                                {"elite_check": True}])
 def test_bad_parameters_are_refused(kw):
-    from xdream.errors import OptimizerError
     with pytest.raises(OptimizerError):
         ours(dim=10, **kw)
+
+
+NOISE_OPTIONS = {"centre_repeats": 4, "noise_step": "repeats", "elite_check": True}
+
+
+def noisy_quadratic_run(opt, generations, seed=1):
+    target = np.random.default_rng(123).normal(0.0, 1.0, opt.dim) * 3
+    rng = np.random.default_rng(seed)
+    for _ in range(generations):
+        c = opt.ask()
+        clean = 1.0 / (1.0 + np.sum((c.codes - target) ** 2, axis=1) / (2.0 * opt.dim))
+        opt.tell(c.ids, clean * np.maximum(0.0, 1.0 + 0.5 * rng.standard_normal(len(c.ids))))
+
+
+def test_the_noise_options_are_off_by_default_and_absent_from_saved_parameters():
+    """So that states saved before the options existed still load."""
+    assert not {"centre_repeats", "noise_step", "elite_check"} & set(ours(dim=10).params())
+    assert {"centre_repeats", "noise_step", "elite_check"} <= set(ours(dim=10, centre_repeats=2).params())
+
+
+def test_centre_repeats_show_the_centre_that_many_times():
+    opt = ours(dim=50, population=20, centre_repeats=4)
+    c = opt.ask()
+    opt.tell(c.ids, np.arange(20.0))
+    codes = opt.ask().codes
+    assert codes.shape == (20, 50) and opt.pairs == 8
+    np.testing.assert_allclose(codes[16:], np.repeat(opt.norm * opt.center[None], 4, axis=0))
+
+
+def test_the_noise_options_are_deterministic_and_save_and_restore_exactly():
+    from tests.test_optimizers_contract import roundtrip
+    runs = [ours(dim=200, population=20, seed=3, init_norm_factor=1.0, min_norm_factor=0.5, **NOISE_OPTIONS)
+            for _ in range(2)]
+    for opt in runs:
+        noisy_quadratic_run(opt, 6)
+    np.testing.assert_array_equal(runs[0].center, runs[1].center)
+    assert runs[0].noise_cv2 == runs[1].noise_cv2 and runs[0].noise_cv2 > 0   # it measured the noise
+    assert len(runs[0].elite) == 200
+    restored = ours(dim=200, population=20, seed=99, init_norm_factor=1.0, min_norm_factor=0.5, **NOISE_OPTIONS)
+    restored.load_state_dict(roundtrip(runs[0].state_dict()))
+    for opt in (runs[0], restored):
+        noisy_quadratic_run(opt, 4, seed=2)
+    np.testing.assert_array_equal(runs[0].center, restored.center)
+    np.testing.assert_array_equal(runs[0].elite_stats, restored.elite_stats)
+    assert runs[0].log_norm == restored.log_norm and runs[0].noise_cv2 == restored.noise_cv2
+    with pytest.raises(OptimizerError):      # a state only loads with the same options
+        ours(dim=200, population=20, init_norm_factor=1.0, min_norm_factor=0.5).load_state_dict(
+            runs[0].state_dict())
+
+
+def test_elite_check_goes_back_when_the_centre_scores_worse():
+    opt = ours(dim=100, population=12, centre_repeats=2, elite_check=True)
+    c = opt.ask()
+    opt.tell(c.ids, np.arange(12.0))
+    c = opt.ask()
+    opt.tell(c.ids, np.r_[np.random.default_rng(1).permutation(np.arange(10.0)), 20.0, 20.0])    # the centre scores 20: kept
+    elite = opt.elite.copy()
+    assert opt.elite_stats[1] == 20.0
+    c = opt.ask()
+    opt.tell(c.ids, np.r_[np.random.default_rng(0).permutation(np.arange(10.0)), 1.0, 1.0])      # the new centre scores 1: back to the elite ...
+    np.testing.assert_array_equal(opt.elite, elite)
+    # ... and this generation's (smoothed) step is taken from there
+    step = np.degrees(np.arccos(np.clip(opt.center @ elite, -1, 1)))
+    assert 0 < step <= np.degrees(opt.step_ratio * (1 - opt.smoothing) * opt.angle()) * 1.5
+
+
+def test_a_noise_estimate_shrinks_the_step_when_the_scores_are_noise():
+    rng = np.random.default_rng(0)
+    plus, minus = rng.uniform(1, 2, 20), rng.uniform(1, 2, 20)
+    opt = ours(dim=10, population=44, centre_repeats=4, noise_step="repeats")
+    assert opt._signal_fraction(plus, minus, np.array([1.5, 1.5, 1.5, 1.5])) == 1.0   # no noise measured
+    assert opt._signal_fraction(plus, minus, np.array([1.0, 2.0, 1.0, 2.0])) < 0.5
+    assert ours(dim=10, noise_step="pairs")._signal_fraction(plus, minus, np.zeros(0)) < 0.5
