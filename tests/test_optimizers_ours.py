@@ -251,11 +251,12 @@ def test_elite_check_goes_back_when_the_centre_scores_worse():
     c = opt.ask()
     opt.tell(c.ids, np.arange(12.0))
     c = opt.ask()
-    opt.tell(c.ids, np.r_[np.random.default_rng(1).permutation(np.arange(10.0)), 20.0, 20.0])    # the centre scores 20: kept
+    pairs = np.random.default_rng(1).permutation(np.arange(10.0))
+    opt.tell(c.ids, np.r_[pairs, 20.0, 20.0])      # the centre scores 20: kept
     elite = opt.elite.copy()
     assert opt.elite_stats[1] == 20.0
     c = opt.ask()
-    opt.tell(c.ids, np.r_[np.random.default_rng(0).permutation(np.arange(10.0)), 1.0, 1.0])      # the new centre scores 1: back to the elite ...
+    opt.tell(c.ids, np.r_[pairs[::-1], 1.0, 1.0])  # the new centre scores 1: back to the elite ...
     np.testing.assert_array_equal(opt.elite, elite)
     # ... and this generation's (smoothed) step is taken from there
     step = np.degrees(np.arccos(np.clip(opt.center @ elite, -1, 1)))
