@@ -13,7 +13,8 @@ from PIL import Image
 
 from server.export import write_nwb
 from server.session_record import load_session
-from tests.test_replay import make_session, records, write
+from tests.dryrun_helpers import journal as records
+from tests.test_replay import make_session, write
 
 
 @pytest.fixture(scope="module")
