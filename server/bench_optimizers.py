@@ -92,7 +92,7 @@ class Suite:
 
 SUITES = {
     # 2 units x 3 noise levels x 5 optimizers = 30 runs + 2 white-box references:
-    # about 17-18 min on the 2-core dev CPU when quiet (docs/benchmarks.md, Optimizers)
+    # 16.4 min on the 2-core dev CPU when quiet (docs/benchmarks.md, Optimizers)
     "quick": Suite("quick", layers=("conv3", "fc8"), channels=1, seeds=(0,), optimizers=QUICK_OPTIMIZERS),
     # the published protocol: 7 layers x 10 channels x 5 repetitions x 3 noise levels x 7 optimizers
     "gecco": Suite("gecco", layers=ALL_LAYERS, channels=10, seeds=(0, 1, 2, 3, 4),
