@@ -20,6 +20,7 @@ Rules (docs/adapters.md, "The counter"):
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 import numpy as np
@@ -44,8 +45,8 @@ class SpikeCounter:
         self._open: list[tuple[Expected, float]] = []   # (onset final, wall time it was), window filling
         self._times = np.empty(0)
         self._channels = np.empty(0, dtype=int)
-        self._latest_code: float | None = None          # the latest code's rig time
-        self._latest_mark: float | None = None          # the latest watermark
+        self._latest_any = -math.inf                    # the latest code or watermark: no code comes before it
+        self._latest_mark = -math.inf                   # the latest watermark: no watermark comes before it
         self.dropped_spikes = 0
 
     @property
@@ -60,10 +61,10 @@ class SpikeCounter:
         jump = self._jump_in(events)
         if jump is not None:
             self._clock_jump(jump)
-        if events.codes:
-            self._latest_code = max([t for t, _ in events.codes] + _known(self._latest_code))
+        marks = [t for t, _ in events.codes] + ([events.watermark] if events.watermark is not None else [])
+        self._latest_any = max([self._latest_any, *marks])
         if events.watermark is not None:
-            self._latest_mark = max([events.watermark] + _known(self._latest_mark))
+            self._latest_mark = max(self._latest_mark, events.watermark)
         self.aligner.add_codes(events.codes)
         self.aligner.add_photodiode(events.photodiode)
         self._add_spikes(events)
@@ -91,26 +92,20 @@ class SpikeCounter:
 
     def _jump_in(self, events: RigEvents) -> float | None:
         """The earliest time in `events` that goes back beyond the tolerance, if any."""
-        tol = self.jump_tolerance_s
-        back = []
-        latest_any = _known(self._latest_code) + _known(self._latest_mark)
-        if events.codes and latest_any and min(t for t, _ in events.codes) < max(latest_any) - tol:
-            back.append(min(t for t, _ in events.codes))
-        if events.watermark is not None and self._latest_mark is not None \
-                and events.watermark < self._latest_mark - tol:
-            back.append(events.watermark)
-        return min(back) if back else None
+        first_code = min((t for t, _ in events.codes), default=None)
+        back = [t for t, floor in ((first_code, self._latest_any), (events.watermark, self._latest_mark))
+                if t is not None and t < floor - self.jump_tolerance_s]
+        return min(back, default=None)
 
     def _clock_jump(self, t: float) -> None:
-        latest = max(_known(self._latest_code) + _known(self._latest_mark))
         log.warning("the rig's clock jumped back from %.4f s to %.4f s: %d presentations whose windows were "
-                    "open are missing", latest, t, len(self._open) + self.aligner.n_unresolved)
+                    "open are missing", self._latest_any, t, len(self._open) + self.aligner.n_unresolved)
         for p, _ in self._open:
             self.aligner.mark_missing(p, "the rig's clock jumped back before its window was complete")
         self._open = []
         self.aligner.reset_clock()
         self._times, self._channels = np.empty(0), np.empty(0, dtype=int)
-        self._latest_code = self._latest_mark = None
+        self._latest_any = self._latest_mark = -math.inf
 
     def _complete(self, watermark: float) -> list[protocol.Counts]:
         end = max(self.window_s[1], self.baseline_s[1])
@@ -127,7 +122,7 @@ class SpikeCounter:
             return []
         self._open = [(p, t) for p, t in self._open if now - t <= self.timeout_s]
         log.warning("the rig's stream stopped (rig time %.3f s): %d presentations whose windows did not "
-                    "complete within %.0f s are missing", self._latest_mark or 0.0, len(late), self.timeout_s)
+                    "complete within %.0f s are missing", max(self._latest_mark, 0.0), len(late), self.timeout_s)
         return [protocol.Counts(p.block_id, p.pid, "missing") for p in late]
 
     def _trim(self, watermark: float | None) -> None:
@@ -147,7 +142,3 @@ class SpikeCounter:
     def _count(self, onset: float, window) -> list[float]:
         inside = (self._times >= onset + window[0]) & (self._times < onset + window[1])
         return np.bincount(self._channels[inside], minlength=self.n_channels).astype(float).tolist()
-
-
-def _known(value: float | None) -> list[float]:
-    return [] if value is None else [value]
