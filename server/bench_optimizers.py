@@ -162,11 +162,11 @@ def optimizer_params(opt) -> dict:
 def weights_entry(path: str | None, seed: int) -> dict:
     if not path:
         return {"weights": None, "sha256": None, "seed": int(seed)}
-    from server.insilico import file_sha256
+    from server.weights import sha256_file
     p = Path(path).expanduser().resolve()
     if not p.is_file():
         raise ConfigError(f"weights file {path} does not exist")
-    return {"weights": str(p), "sha256": file_sha256(p), "seed": int(seed)}
+    return {"weights": str(p), "sha256": sha256_file(p), "seed": int(seed)}
 
 
 def make_setting(generator_weights: str | None = None, alexnet_weights: str | None = None,
@@ -266,12 +266,13 @@ _PIPELINES: dict = {}
 
 def pipeline_for(setting: dict, device: str = "auto"):
     """One Pipeline per (setting, device) per process (building one takes seconds)."""
-    from server.insilico import Pipeline, file_sha256
+    from server.insilico import Pipeline
+    from server.weights import sha256_file
     key = (json.dumps(setting, sort_keys=True), device)
     if key not in _PIPELINES:
         for part in ("generator", "alexnet"):
             entry = setting[part]
-            if entry["weights"] and file_sha256(entry["weights"]) != entry["sha256"]:
+            if entry["weights"] and sha256_file(entry["weights"]) != entry["sha256"]:
                 raise ConfigError(f"{entry['weights']} changed since the jobs were listed (SHA-256 differs)")
         _PIPELINES.clear()
         _PIPELINES[key] = Pipeline(setting["generator"]["weights"], setting["generator"]["seed"],

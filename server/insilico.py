@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from server.generators.base import pick_device, shape_mismatch
 from server.generators.deepsim import BGR_MEAN, DeePSiMFc6, load_state_dict, random_init
 from simulators.alexnet import LAYERS, AlexNet, preprocess, seeded_alexnet
 from xdream.errors import ConfigError, GeneratorError
@@ -113,14 +114,6 @@ class Unit:
 
 # --------------------------------------------------------------------------- weights
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def map_alexnet_state(state: dict) -> dict:
     """A torchvision-style AlexNet state dict (or one in our names) -> our names.
 
@@ -147,10 +140,9 @@ def map_alexnet_state(state: dict) -> dict:
     if missing or unknown:
         raise GeneratorError(f"AlexNet weights do not fit: missing {missing[:5]}, unexpected keys {unknown[:5]} "
                              f"(expected torchvision names features.0/3/6/8/10 and classifier.1/4/6)")
-    for key, tensor in own.items():
-        if tuple(out[key].shape) != tuple(tensor.shape):
-            raise GeneratorError(f"AlexNet weights: {key} has shape {tuple(out[key].shape)}, "
-                                 f"expected {tuple(tensor.shape)}")
+    bad = shape_mismatch(own, out)
+    if bad:
+        raise GeneratorError(f"AlexNet weights: {bad[0]} has shape {bad[1]}, expected {bad[2]}")
     return out
 
 
@@ -223,14 +215,6 @@ def build_generator(weights: str | None, seed: int) -> tuple[DeePSiMFc6, str]:
 
 
 # --------------------------------------------------------------------------- the pipeline
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' was asked for but torch sees no CUDA device")
-    return torch.device(name)
-
 
 def project_to_ball(codes: torch.Tensor, radius: float) -> torch.Tensor:
     """Each row scaled down onto the ball of `radius` if it lies outside."""

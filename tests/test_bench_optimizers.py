@@ -202,3 +202,13 @@ def test_cli_list_jobs_job_and_json(tmp_path, capsys):
     assert summary["units"]["conv3:c0@6,6"]["normaliser"] > 0
     assert summary["suite"]["generations"] == 2 and summary["suite"]["population"] == 6
     assert (tmp_path / "curves.png").is_file() and (tmp_path / "report.md").is_file()
+
+
+def test_alexnet_weights_of_the_wrong_shape_are_named():
+    from server.insilico import map_alexnet_state
+    from simulators.alexnet import AlexNet
+    from xdream.errors import GeneratorError
+    state = AlexNet().state_dict()
+    state["conv1.weight"] = torch.zeros(3, 3, 3, 3)
+    with pytest.raises(GeneratorError, match=r"conv1.weight has shape \(3, 3, 3, 3\), expected \(64, 3, 11, 11\)"):
+        map_alexnet_state(state)

@@ -22,9 +22,18 @@ FITS = ("resize", "crop")
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
+    if name.startswith("cuda") and not torch.cuda.is_available():
         raise GeneratorError("device 'cuda' was asked for but torch sees no CUDA device")
     return torch.device(name)
+
+
+def shape_mismatch(own: dict, state: dict) -> tuple[str, tuple, tuple] | None:
+    """The first parameter of `own` whose tensor in `state` has another shape:
+    (key, shape in state, expected shape); None if all fit.  Keys are checked apart."""
+    for key, tensor in own.items():
+        if tuple(state[key].shape) != tuple(tensor.shape):
+            return key, tuple(state[key].shape), tuple(tensor.shape)
+    return None
 
 
 class ImageGenerator:

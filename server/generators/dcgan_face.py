@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from server.generators.base import ImageGenerator
+from server.generators.base import ImageGenerator, shape_mismatch
 from xdream.errors import GeneratorError
 
 log = logging.getLogger(__name__)
@@ -109,10 +109,9 @@ def check_and_load(net: nn.Module, state: dict, path: Path) -> None:
     if missing or unexpected:
         raise GeneratorError(f"{path} is not a DCGAN face generator: missing keys {missing[:5]}, "
                              f"unexpected keys {unexpected[:5]}")
-    for key, tensor in own.items():
-        if tuple(state[key].shape) != tuple(tensor.shape):
-            raise GeneratorError(f"{path}: layer {key} has shape {tuple(state[key].shape)}, "
-                                 f"expected {tuple(tensor.shape)}")
+    bad = shape_mismatch(own, state)
+    if bad:
+        raise GeneratorError(f"{path}: layer {bad[0]} has shape {bad[1]}, expected {bad[2]}")
     net.load_state_dict(state)
 
 
