@@ -16,7 +16,7 @@ from tests.dryrun_helpers import assert_every_presentation_counted, assert_respo
 from xdream.errors import SessionError
 
 assert os.environ.get("LSLAPICFG") == str(Path(__file__).with_name("lsl_api.cfg"))
-pylsl = pytest.importorskip("pylsl")
+import pylsl  # noqa: E402  (the test command installs it: a missing pylsl is a failure, not a skip)
 
 from recording_adapters.lsl import LslSource  # noqa: E402
 from simulators.lsl_peer import LslPeer  # noqa: E402
