@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from server.session_record import Presentation, SessionRecord, load_session
+from xdream.session_reader import Presentation, SessionRecord, load_session
 from xdream.errors import SessionError
 
 log = logging.getLogger(__name__)
@@ -320,23 +320,3 @@ def write_nwb(session: SessionRecord, path: Path, with_images: bool = True, t: T
 
 def _time_order(r: dict):
     return (math.isnan(r["time"]), 0.0 if math.isnan(r["time"]) else r["time"], r["pid"])
-
-
-def cli_export(args) -> int:
-    if not args.nwb and not args.csv:
-        raise SessionError("say what to write: --nwb OUT.nwb and/or --csv DIR")
-    session = load_session(args.session)
-    for p in session.problems:
-        log.warning("journal: %s", p)
-    t = tables(session)
-    if args.csv:
-        for path in write_csv(session, Path(args.csv), t):
-            print(f"wrote {path}", flush=True)
-    if args.nwb:
-        write_nwb(session, Path(args.nwb), with_images=not args.no_images, t=t,
-                  subject_id=args.subject_id or "", species=args.species or "", sex=args.sex,
-                  age=args.age or "")
-        print(f"wrote {args.nwb}", flush=True)
-    for note in t.notes:
-        print(f"note: {note}", flush=True)
-    return 0

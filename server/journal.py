@@ -33,78 +33,12 @@ import numpy as np
 from PIL import Image
 
 from server import faults
+from xdream.files import fsync_dir, fsync_file, write_atomic
+from xdream.journal_file import JOURNAL, JournalRead, read_journal, read_records  # noqa: F401 (re-exported)
 from xdream import config as config_mod
 from xdream.errors import SessionError
 
 log = logging.getLogger(__name__)
-
-
-JOURNAL = "journal.jsonl"
-
-
-@dataclass
-class JournalRead:
-    """What `read_journal` found: the whole records, and where they end."""
-    records: list[dict]
-    good_bytes: int        # the file's length up to the end of the last whole record
-    dropped_bytes: int     # a torn tail after it (0 if none)
-    needs_newline: bool    # the last whole record lacks its newline (torn right after it)
-
-
-def read_records(folder) -> list[dict]:
-    """The journal's records, in order.  A torn last record (the server died
-    mid-write) is dropped with a log line saying how many bytes; a bad record
-    with whole ones after it is corruption, and raises SessionError."""
-    return read_journal(folder).records
-
-
-def read_journal(folder) -> JournalRead:
-    path = Path(folder) / JOURNAL
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise SessionError(f"{path}: no journal (is {folder} a session folder?)") from None
-    records: list[dict] = []
-    pos = 0
-    bad: tuple[int, str] | None = None   # (line number, why) of the first record that did not parse
-    lineno = 0
-    good_end = 0
-    while pos < len(data):
-        end = data.find(b"\n", pos)
-        line = data[pos:] if end < 0 else data[pos:end]
-        nxt = len(data) if end < 0 else end + 1
-        lineno += 1
-        record, why = _parse(line)
-        if record is not None and bad is None:
-            expected = records[-1]["seq"] + 1 if records else 0
-            if record.get("seq") != expected:
-                raise SessionError(f"{path}, line {lineno}: record seq {record.get('seq')!r}, expected "
-                                   f"{expected}: the journal was edited or two servers wrote to it")
-            records.append(record)
-            good_end = nxt
-        elif record is not None:
-            raise SessionError(f"{path}, line {bad[0]}: {bad[1]}, and whole records follow it: the journal "
-                               f"is corrupt in the middle, not torn at its end; not reading it")
-        elif bad is None and line.strip():
-            bad = (lineno, why)
-        pos = nxt
-    dropped = len(data) - good_end
-    if dropped:
-        log.warning("%s: the last record is torn (the server stopped mid-write): dropped its %d bytes; "
-                    "%d whole records kept, up to seq %d", path, dropped, len(records),
-                    records[-1]["seq"] if records else -1)
-    needs_newline = good_end > 0 and data[good_end - 1:good_end] != b"\n"
-    return JournalRead(records, good_end, dropped, needs_newline)
-
-
-def _parse(line: bytes) -> tuple[dict | None, str]:
-    try:
-        record = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        return None, f"not a JSON record ({exc})"
-    if not isinstance(record, dict) or "kind" not in record or not isinstance(record.get("seq"), int):
-        return None, "not a journal record (no kind or seq)"
-    return record, ""
 
 
 class Journal:
@@ -114,7 +48,7 @@ class Journal:
         self.folder = Path(folder)
         self.summary: list[dict] = []
         self.recovered: JournalRead | None = None
-        self.fsyncs = 0            # how many: the cost of durability (server/bench_journal.py)
+        self.fsyncs = 0            # how many: the cost of durability (benchmarks/journal.py)
         if resume:
             self._reopen()
         else:
@@ -224,32 +158,6 @@ class Journal:
 
 
 CHECKPOINT = "checkpoint.npz"
-
-
-def write_atomic(path: Path, write) -> None:
-    """Write to a temp file, fsync it, rename it over `path`, fsync the folder:
-    after a crash `path` is the old file or the new one, never half of one."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-    fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _save_png(path: Path, pixels: np.ndarray) -> None:

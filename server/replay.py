@@ -36,7 +36,7 @@ import numpy as np
 
 from server.references import ReferenceImage, builtin_references, load_references
 from server.scheduler import Scheduler
-from server.session_record import SessionRecord, load_session
+from xdream.session_reader import SessionRecord, load_session
 from server.threads import build_threads
 from xdream.errors import SessionError, XdreamError
 
@@ -230,13 +230,3 @@ def _same(a: float, b: float) -> bool:
 
 def _fmt(v: float) -> str:
     return "NaN" if math.isnan(v) else repr(float(v))
-
-
-def cli_replay(args) -> int:
-    if getattr(args, "realtime", False):
-        from server.replay_realtime import cli_replay_realtime
-        return cli_replay_realtime(args)
-    result = replay(args.session)
-    for line in result.lines():
-        print(line, flush=True)
-    return 0 if result.ok else 1

@@ -42,7 +42,7 @@ import zmq
 from PIL import Image
 
 from server.journal import nan_to_null
-from server.session_record import Presentation, SessionRecord, load_session
+from xdream.session_reader import Presentation, SessionRecord, load_session
 from xdream import protocol
 from xdream.errors import ProtocolError, SessionError
 from xdream.protocol import MsgType
@@ -399,17 +399,3 @@ def _recorded_completion(session: SessionRecord) -> dict[int, float]:
             continue
         done[b] = max(done.get(b, -math.inf), float(r["t"]))
     return done
-
-
-def cli_replay_realtime(args) -> int:
-    from xdream.cli import LISTENING
-
-    folder = Path(args.session)
-    out = Path(args.out) if args.out else folder / "replays" / time.strftime("replay-%Y%m%d-%H%M%S")
-    replay = RealtimeReplay(folder, out, bind=args.bind, speed=args.speed, with_recorder=not args.no_recorder)
-    print(f"replay folder: {out}", flush=True)
-    print(f"{LISTENING}{replay.endpoint}", flush=True)
-    comparison = replay.run()
-    for line in comparison.lines():
-        print(line, flush=True)
-    return 0 if comparison.ok else 1

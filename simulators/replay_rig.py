@@ -33,7 +33,7 @@ import numpy as np
 import zmq
 
 from recording_adapters.events import RigEvents
-from server.session_record import load_session
+from xdream.session_reader import load_session
 from simulators.rig_clock import IDLE_GAP_S, RigClock
 from xdream import protocol
 from xdream.errors import ProtocolError

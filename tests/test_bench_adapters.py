@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from recording_adapters.bench import CHANNELS, CHUNK_S, SAMPLE_HZ, bench_rig, synthetic_rig
+from benchmarks.adapters import CHANNELS, CHUNK_S, SAMPLE_HZ, bench_rig, synthetic_rig
 
 
 def test_the_synthetic_rig_is_384_channels_at_50_hz_with_a_code_every_100_ms():

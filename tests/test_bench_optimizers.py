@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from server import bench_optimizers as bo
-from server.insilico import Pipeline, Unit, load_alexnet, map_alexnet_state, project_to_ball
+from benchmarks import optimizers as bo
+from simulators.insilico import Pipeline, Unit, load_alexnet, map_alexnet_state, project_to_ball
 from simulators.alexnet import AlexNet
 from xdream.errors import ConfigError, GeneratorError
 
@@ -205,7 +205,7 @@ def test_cli_list_jobs_job_and_json(tmp_path, capsys):
 
 
 def test_alexnet_weights_of_the_wrong_shape_are_named():
-    from server.insilico import map_alexnet_state
+    from simulators.insilico import map_alexnet_state
     from simulators.alexnet import AlexNet
     from xdream.errors import GeneratorError
     state = AlexNet().state_dict()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from server.generators import ports
+from server.generators import ported_weights as ports
 from server.generators.deepsim import ARCHITECTURES, DeepSimGenerator
 from xdream.config import GeneratorConfig
 from xdream.errors import GeneratorError

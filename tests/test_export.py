@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from server.export import write_nwb
-from server.session_record import load_session
+from xdream.session_reader import load_session
 from tests.dryrun_helpers import journal as records
 from tests.test_replay import make_session, write
 
@@ -32,7 +32,7 @@ def exported(tmp_path_factory):
 
 
 def journal_view(folder):
-    """What the journal says, read here independently of server/session_record.py."""
+    """What the journal says, read here independently of xdream/session_reader.py."""
     recs = records(folder)
     sent = [p | {"generation": r["generation"], "block_id": r["block_id"]}
             for r in recs if r["kind"] == "block" for p in r["presentations"]]

@@ -1,4 +1,4 @@
-"""server.generators.fast (accelerate) and server.bench (xdream bench generators)."""
+"""server.generators.fast (accelerate) and benchmarks.generators (xdream bench generators)."""
 
 from __future__ import annotations
 

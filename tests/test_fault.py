@@ -23,7 +23,7 @@ import pytest
 from server.journal import read_journal, read_records
 from tests.conftest import small_config
 from xdream import config as config_mod
-from xdream.cli import LISTENING, SCREEN_TAP, SESSION_FOLDER
+from xdream.stdout_lines import LISTENING, SCREEN_TAP, SESSION_FOLDER
 
 CLI = [sys.executable, "-m", "xdream.cli"]
 GENERATIONS = 5

@@ -115,7 +115,7 @@ def test_fit_crop_takes_the_centre_and_resize_takes_everything():
 
 
 def test_weights_by_name_are_found_in_the_weights_folder(tmp_path):
-    from server.weights import REGISTRY
+    from server.generators.weights import REGISTRY
     net = DeePSiMFc6()
     torch.save(net.state_dict(), tmp_path / REGISTRY["fc6"].filename)
     loaded = deepsim(weights="fc6", weights_dir=str(tmp_path))

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from server import weights as W
+from server.generators import weights as W
+from xdream.cli.weights import run as cli_weights
 from xdream.errors import ConfigError, GeneratorError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,7 +84,7 @@ def test_registry_covers_the_eight_generators_with_sane_rows():
 
 
 def test_weights_module_does_not_import_torch():
-    code = "import sys, server.weights; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, server.generators.weights; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
 
 
@@ -106,14 +107,14 @@ def test_download_verifies_checksum_and_places_the_file(served, tmp_path, capsys
     publish(root, "fc6", PAYLOAD)
     reg = {"fc6": entry(data=PAYLOAD, url=f"{base}/upconvGAN_fc6.pt", size=len(PAYLOAD))}
     folder = tmp_path / "weights"          # does not exist yet: download makes it
-    assert W.cli_weights(args(folder, ["fc6"]), registry=reg) == 0
+    assert cli_weights(args(folder, ["fc6"]), registry=reg) == 0
     assert (folder / "upconvGAN_fc6.pt").read_bytes() == PAYLOAD
     assert not (folder / "upconvGAN_fc6.pt.part").exists()
     out = capsys.readouterr().out
     assert "downloaded" in out and "sha256 verified" in out
     assert "verified" in out.splitlines()[-1]
     # a second run finds it and downloads nothing
-    assert W.cli_weights(args(folder, ["all"]), registry=reg) == 0
+    assert cli_weights(args(folder, ["all"]), registry=reg) == 0
     assert "already present" in capsys.readouterr().out
 
 
@@ -122,7 +123,7 @@ def test_checksum_mismatch_removes_the_part_file_and_fails(served, tmp_path, cap
     publish(root, "fc6", PAYLOAD)
     wrong = hashlib.sha256(b"something else").hexdigest()
     reg = {"fc6": entry(url=f"{base}/upconvGAN_fc6.pt", sha=wrong)}
-    assert W.cli_weights(args(tmp_path, ["fc6"]), registry=reg) == 1
+    assert cli_weights(args(tmp_path, ["fc6"]), registry=reg) == 1
     assert not (tmp_path / "upconvGAN_fc6.pt").exists()
     assert not (tmp_path / "upconvGAN_fc6.pt.part").exists()
     out = capsys.readouterr().out
@@ -133,7 +134,7 @@ def test_checksum_mismatch_removes_the_part_file_and_fails(served, tmp_path, cap
 def test_unreachable_host_says_which_file_goes_where(closed_port, tmp_path, capsys):
     url = f"http://127.0.0.1:{closed_port}/upconvGAN_fc6.pt"
     reg = {"fc6": entry(data=PAYLOAD, url=url)}
-    assert W.cli_weights(args(tmp_path, ["fc6"]), registry=reg) == 1
+    assert cli_weights(args(tmp_path, ["fc6"]), registry=reg) == 1
     out = capsys.readouterr().out
     assert "FAILED (unreachable)" in out and "cannot reach 127.0.0.1" in out
     assert f"put the file here:  {tmp_path / 'upconvGAN_fc6.pt'}" in out
@@ -182,15 +183,15 @@ def test_unpublished_checksum_is_recorded_on_first_download(served, tmp_path, ca
     root, base = served
     publish(root, "pool5", PAYLOAD)
     reg = {"pool5": entry("pool5", url=f"{base}/upconvGAN_pool5.pt", sha=None)}
-    W.cli_weights(args(tmp_path), registry=reg)
+    cli_weights(args(tmp_path), registry=reg)
     assert W.NOT_PUBLISHED in capsys.readouterr().out
-    assert W.cli_weights(args(tmp_path, ["pool5"]), registry=reg) == 0
+    assert cli_weights(args(tmp_path, ["pool5"]), registry=reg) == 0
     sha = hashlib.sha256(PAYLOAD).hexdigest()
     assert W.recorded_sha256(tmp_path, reg["pool5"]) == sha
     assert "recorded (none published)" in capsys.readouterr().out
     # later corruption is caught against the recorded checksum
     (tmp_path / "upconvGAN_pool5.pt").write_bytes(PAYLOAD[:-1] + b"\0")
-    assert W.cli_weights(args(tmp_path), registry=reg) == 1
+    assert cli_weights(args(tmp_path), registry=reg) == 1
     assert "MISMATCH" in capsys.readouterr().out
 
 
@@ -206,7 +207,7 @@ def test_listing_shows_present_verified_and_mismatch(tmp_path, capsys):
     reg = {"fc6": entry("fc6", data=good), "fc7": entry("fc7", data=good), "fc8": entry("fc8", data=good)}
     (tmp_path / "upconvGAN_fc6.pt").write_bytes(good)
     (tmp_path / "upconvGAN_fc7.pt").write_bytes(bad)
-    assert W.cli_weights(args(tmp_path, as_json=True), registry=reg) == 1   # a mismatch fails
+    assert cli_weights(args(tmp_path, as_json=True), registry=reg) == 1   # a mismatch fails
     doc = json.loads(capsys.readouterr().out)
     assert doc["folder"] == str(tmp_path)
     rows = {r["name"]: r for r in doc["generators"]}
@@ -214,7 +215,7 @@ def test_listing_shows_present_verified_and_mismatch(tmp_path, capsys):
     assert rows["fc7"]["present"] and rows["fc7"]["verified"] is False
     assert rows["fc7"]["sha256"] == hashlib.sha256(bad).hexdigest()
     assert not rows["fc8"]["present"] and rows["fc8"]["verified"] is None
-    W.cli_weights(args(tmp_path), registry=reg)
+    cli_weights(args(tmp_path), registry=reg)
     text = capsys.readouterr().out
     assert "verified" in text and "MISMATCH" in text and "missing" in text
 

@@ -449,7 +449,7 @@ def caffe_to_state_dict(path: Path, layer: str) -> dict[str, torch.Tensor]:
 
 # --- the CLI ---------------------------------------------------------------
 
-def _save(state: dict[str, torch.Tensor], out: Path) -> str:
+def save_state_dict(state: dict[str, torch.Tensor], out: Path) -> str:
     """Write via a temporary file and rename, so a failed write never leaves
     a half file under the final name; return the file's SHA-256."""
     part = out.with_name(out.name + ".part")
@@ -462,16 +462,3 @@ def _save(state: dict[str, torch.Tensor], out: Path) -> str:
     except OSError as exc:
         part.unlink(missing_ok=True)
         raise GeneratorError(f"cannot write {out}: {exc.strerror or exc}") from None
-
-
-def cli_convert(args) -> int:
-    """`xdream convert-caffe CAFFEMODEL --layer L --out OUT`.  Errors are
-    GeneratorErrors, which the CLI prints (exit status 2)."""
-    state = caffe_to_state_dict(Path(args.caffemodel), args.layer)
-    out = Path(args.out)
-    sha = _save(state, out)
-    n_values = sum(t.numel() for t in state.values())
-    print(f"wrote {out}")
-    print(f"{len(state)} tensors ({n_values:,} parameters) of the DeePSiM {args.layer} generator")
-    print(f"sha256 {sha}")
-    return 0

@@ -21,7 +21,7 @@ de-processes all eight the same way (add the mean, clip to 0-255, BGR -> RGB),
 and so does `DeepSimGenerator.generate`.
 
 Weights come from a state dict in our (caffe) names, XDream's PyTorch port or
-the Ponce lab's upconvGAN port; see ports.py.
+the Ponce lab's upconvGAN port; see ported_weights.py.
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from server.generators import ports
+from server.generators import ported_weights
 from server.generators.base import ImageGenerator
 from server.generators.fast import accelerate
-from server.weights import resolve_weights, weights_folder
+from server.generators.weights import resolve_weights, weights_folder
 from xdream.errors import ConfigError, GeneratorError
 
 log = logging.getLogger(__name__)
@@ -287,21 +287,21 @@ def load_state_dict(net: nn.Module, path: Path, convention: str = "auto") -> str
     """Load weights for `net` from a state-dict file; return the file's SHA-256.
 
     The keys may follow our caffe names, XDream's port or upconvGAN's
-    (ports.py; `convention` forces one).  Every tensor's shape is checked, and
+    (ported_weights.py; `convention` forces one).  Every tensor's shape is checked, and
     a mismatch names the layer and both shapes."""
     data = _read(path)
     sha = hashlib.sha256(data).hexdigest()
     state = _torch_load(data, path)
     own = net.state_dict()
     try:
-        conv = ports.to_canonical(state, net.layer_name, own, convention)
+        conv = ported_weights.to_canonical(state, net.layer_name, own, convention)
     except GeneratorError as exc:
         raise GeneratorError(f"{path}: {exc}") from None
     _check_keys(conv, own, path, net.layer_name)
     _check_shapes(conv, own, path)
     net.load_state_dict(conv.state)
     log.info("loaded deepsim-%s weights %s (%s names, sha256 %s)", net.layer_name, path,
-             ports.LABELS[conv.convention], sha)
+             ported_weights.LABELS[conv.convention], sha)
     return sha
 
 
@@ -320,19 +320,19 @@ def _torch_load(data: bytes, path: Path):
         raise GeneratorError(f"{path} is not a torch state dict (truncated or wrong file?): {exc}") from None
 
 
-def _check_keys(conv: ports.Converted, own: dict, path: Path, layer: str) -> None:
+def _check_keys(conv: ported_weights.Converted, own: dict, path: Path, layer: str) -> None:
     missing = sorted(set(own) - set(conv.state))
     unexpected = sorted(conv.origin[k] for k in set(conv.state) - set(own))
     if missing or unexpected:
-        raise GeneratorError(f"{path} (read as {ports.LABELS[conv.convention]} names) does not fit "
+        raise GeneratorError(f"{path} (read as {ported_weights.LABELS[conv.convention]} names) does not fit "
                              f"deepsim-{layer}: missing keys {missing[:5]}, "
                              f"unexpected keys {unexpected[:5]}")
 
 
-def _check_shapes(conv: ports.Converted, own: dict, path: Path) -> None:
+def _check_shapes(conv: ported_weights.Converted, own: dict, path: Path) -> None:
     for key, tensor in own.items():
         got, want = tuple(conv.state[key].shape), tuple(tensor.shape)
         if got != want:
             origin = conv.origin[key]
-            where = f" (file key {origin!r}, {ports.LABELS[conv.convention]} names)" if origin != key else ""
+            where = f" (file key {origin!r}, {ported_weights.LABELS[conv.convention]} names)" if origin != key else ""
             raise GeneratorError(f"{path}: layer {key} has shape {got}, expected {want}{where}")

@@ -507,7 +507,7 @@ def accelerate(net: nn.Module, precision: str = "fp32", *, channels_last: bool =
     gets the per-layer rewrites only (channels_last, oneDNN), no fusion, and
     keeps its transposed convolutions as such.
 
-    The keyword switches exist for ablations (server/bench.py) and tests; the
+    The keyword switches exist for ablations (benchmarks/generators.py) and tests; the
     defaults are what measured fastest on CPU (docs/benchmarks.md).  Call it after
     the weights are loaded and `net` is on its device; the result is in eval mode,
     needs no grad, and does not follow later changes to `net`'s weights.

@@ -119,7 +119,7 @@ defaults in the same run: 23.7 / 23.2, 14.1 / 13.3, 10.7 / 9.4):
     centre already went, as momentum did.
   None wins at any sigma; the defaults stay as they are.
 
-The norm floor came from the benchmark harness (server/bench_optimizers.py:
+The norm floor came from the benchmark harness (benchmarks/optimizers.py:
 DeePSiM-fc6-shaped generator with seeded random weights, standardised random
 AlexNet; units conv3 c0 and fc8 c0, seed 0; the final generation's best / mean
 clean activation).  With the norm free down to 0.5 x, the fc8 unit, whose

@@ -5,7 +5,7 @@ Such a rig both shows the images and records the responses, so the bridge
 joins the server twice: as a presenter (it gets each BLOCK with its images and
 reports SHOWN) and as a recorder (it reports COUNTS).  For each block it writes
 the images into the handshake folder, waits for the rig's block###.mat or
-block###.h5 (recording_adapters.xdream_files), and reports every presentation:
+block###.h5 (recording_adapters.file_handshake), and reports every presentation:
 its row of tEvokedResp as the counts, or 'missing' where the answer has no row
 for it, the file is corrupt, or no answer came within answer_timeout_s.
 
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recording_adapters import xdream_files as xf
+from recording_adapters import file_handshake as xf
 from xdream import protocol
 from xdream.errors import ConfigError
 from xdream.peer import PeerConnection
@@ -42,7 +42,7 @@ class _Block:
     deadline: float
 
 
-class XdreamFilesBridge:
+class FileHandshakeBridge:
     def __init__(self, server: str, folder, channels: int, name: str = "xdream-files",
                  image_format: str = "png", answer_timeout_s: float = 600.0, corrupt_after_s: float = 5.0,
                  poll_s: float = 0.02, context=None):

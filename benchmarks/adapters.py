@@ -25,7 +25,7 @@ the adapter's whole process (libzmq's I/O thread included).  The peer's CPU is
 reported apart.  Not a test: figures go to docs/benchmarks.md.
 
     xdream bench adapters [--seconds 20] [--rigs openephys,intan,lsl] [--json]
-    python -m recording_adapters.bench
+    python -m benchmarks.adapters
 """
 
 from __future__ import annotations
@@ -398,7 +398,7 @@ def cli_bench_adapters(args) -> int:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m recording_adapters.bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.adapters", description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=20.0, help="rig seconds of codes per rig (default 20)")
     p.add_argument("--rigs", help="comma-separated rigs (default: every one with a simulated peer)")
     p.add_argument("--json", action="store_true")

@@ -15,8 +15,8 @@ import pytest
 import zmq
 from PIL import Image
 
-from recording_adapters import xdream_files as xf
-from recording_adapters.xdream_bridge import XdreamFilesBridge
+from recording_adapters import file_handshake as xf
+from recording_adapters.file_handshake_bridge import FileHandshakeBridge
 from simulators.matlab_rig import FORMATS, SimulatedMatlabRig
 from tests.dryrun_helpers import assert_responses_rise, dry_run_journal
 from xdream import config as config_mod
@@ -142,7 +142,7 @@ def test_responses_whose_shape_matches_no_stimulus_count_are_refused(tmp_path):
 def test_the_bridge_refuses_a_folder_with_an_earlier_runs_files(tmp_path):
     (tmp_path / "block000.mat").write_bytes(b"old")
     with pytest.raises(ConfigError, match="earlier run"):
-        XdreamFilesBridge("tcp://127.0.0.1:1", tmp_path, 2)
+        FileHandshakeBridge("tcp://127.0.0.1:1", tmp_path, 2)
 
 
 # ------------------------------------------------------ the bridge on the wire
@@ -198,7 +198,7 @@ def wire(tmp_path):
     """A fake server, the bridge in a thread, and a rig thread whose answers the test shapes."""
     server = FakeServer()
     folder = tmp_path / "handshake"
-    bridge = XdreamFilesBridge(server.endpoint, folder, 2, corrupt_after_s=0.3, poll_s=0.01)
+    bridge = FileHandshakeBridge(server.endpoint, folder, 2, corrupt_after_s=0.3, poll_s=0.01)
     thread = threading.Thread(target=bridge.run, daemon=True)
     thread.start()
     server.pump(lambda: len(server.peers) == 2)
@@ -257,7 +257,7 @@ def test_a_corrupt_answer_marks_its_block_missing_and_the_bridge_goes_on(wire, c
 
 
 def test_negative_responses_travel_as_counts_minus_baseline_or_are_missing(tmp_path):
-    bridge = XdreamFilesBridge.__new__(XdreamFilesBridge)
+    bridge = FileHandshakeBridge.__new__(FileHandshakeBridge)
     bridge.subtract_baseline = True
     c = bridge._counts(0, "p", np.array([3.0, -2.0]), 0)
     assert c.status == "ok" and c.counts == [3.0, 0.0] and c.baseline == [0.0, 2.0]

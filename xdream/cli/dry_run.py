@@ -17,11 +17,38 @@ import threading
 from pathlib import Path
 
 from xdream import config as config_mod
-from xdream.cli import LISTENING, SCREEN_TAP, SESSION_FOLDER
+from xdream.stdout_lines import LISTENING, SCREEN_TAP, SESSION_FOLDER
 from xdream.errors import ConfigError, SessionError
 
 XDREAM_FILES = "xdream-files"  # a MATLAB rig on XDream's file handshake: no presenter, the bridge stands in
 RECORDERS = ("process", "in-server")   # where the recorder runs: its own process, or a thread of the server's
+
+
+def add_parser(sub) -> None:
+    d = sub.add_parser("dry-run", help="run server, presenter and a simulated rig+recorder as separate "
+                                       "processes on 127.0.0.1, on the embedded default config")
+    d.add_argument("config", nargs="?", help="config file (TOML/JSON); default: the embedded one")
+    d.add_argument("--generations", type=int, help="override session.generations")
+    d.add_argument("--out", help="override session.out_dir (where the session folder goes)")
+    d.add_argument("--window", action="store_true",
+                   help="present in a real PsychoPy window (needs a display) instead of headless")
+    d.add_argument("--presenter-config", metavar="FILE",
+                   help="the presenter's own config (monitor, simulated eye, markers, trials); "
+                        "see stimulus_client/presenter.example.toml and configs/presenter-dry-run.toml")
+    d.add_argument("--timeout", type=float, default=1800.0, help="give up after this many seconds")
+    d.add_argument("--rig", metavar="NAME",
+                   help="run the simulated neuron behind this rig's real wire format (openephys, intan, lsl, "
+                        "...): the recorder uses the real adapter; default: the in-process simulated rig")
+    d.add_argument("--recorder", choices=["process", "in-server"], default="process",
+                   help="run the recorder as its own process (default, like `xdream record`) or as a thread "
+                        "of the server's process (like `xdream serve --rig`)")
+    d.set_defaults(func=run)
+
+
+def run(args) -> int:
+    return run_dry_run(args.config, generations=args.generations, out=args.out, window=args.window,
+                       presenter_config=args.presenter_config, timeout_s=args.timeout, verbose=args.verbose,
+                       rig=args.rig, recorder=args.recorder)
 
 
 def run_dry_run(config_path: str | None, *, generations: int | None = None, out: str | None = None,

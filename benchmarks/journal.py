@@ -3,7 +3,7 @@ generation of the default session (2 threads of 20 DeePSiM fc6 codes, 8
 references: 48 presentations), with the server's fsync policy, and the same
 writes with fsync turned off.  A benchmark, not a test.
 
-    python -m server.bench_journal [--dir DIR] [--generations N]
+    python -m benchmarks.journal [--dir DIR] [--generations N]
 
 DIR should be on the disk the sessions go to (default: ./bench-journal, next
 to the default sessions/ folder); it is removed afterwards.

@@ -29,6 +29,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from xdream.errors import ConfigError, GeneratorError
+from xdream.files import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -146,15 +147,6 @@ def weights_folder(dir_arg: str | os.PathLike | None = None) -> Path:
 
 
 # ----------------------------------------------------------------- checksums
-
-def sha256_file(path: Path) -> str:
-    """In chunks: the files run to hundreds of MB."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 def _record_path(folder: Path, entry: WeightsEntry) -> Path:
     # sha256sum format, so `sha256sum -c` can check it too
@@ -344,65 +336,3 @@ def resolve_weights(spec: str, folder: Path | None = None,
                          f"in {folder}. Run `xdream weights --download {name}` (or `xdream weights` "
                          f"to see where to fetch it by hand), or set {ENV_FOLDER} / generator.weights "
                          f"to where the file is")
-
-
-# ------------------------------------------------------------------ the CLI
-
-def cli_weights(args, registry: Mapping[str, WeightsEntry] | None = None,
-                timeout: float = TIMEOUT_S) -> int:
-    """`xdream weights [--dir D] [--download NAME...|all] [--json]`.
-
-    Exit 0 when every requested download worked and no present file fails its
-    checksum, else 1."""
-    registry = REGISTRY if registry is None else registry
-    folder = weights_folder(getattr(args, "dir", None))
-    downloads = download_many(args.download, folder, registry, timeout) if args.download else []
-    rows = listing(folder, registry)
-    if args.json:
-        print(json.dumps({"folder": str(folder), "generators": rows, "downloads": downloads}, indent=2))
-        for d in downloads:
-            if not d["ok"]:     # a person running with --json still needs the way out
-                print(_failure_text(d), file=sys.stderr)
-    else:
-        for d in downloads:
-            print(_download_text(d))
-        print(_listing_text(folder, rows))
-    bad = [d for d in downloads if not d["ok"]] + [r for r in rows if r["verified"] is False]
-    return 1 if bad else 0
-
-
-def _listing_text(folder: Path, rows: list[dict]) -> str:
-    lines = [f"weights folder: {folder}", f"{'name':6} {'file':20} {'status':10} expected sha256"]
-    for r in rows:
-        status = {True: "verified", False: "MISMATCH", None: "unverified"}[r["verified"]] \
-            if r["present"] else "missing"
-        expected = r["expected_sha256"]
-        if expected == NOT_PUBLISHED and r["recorded_sha256"]:
-            expected = f"{r['recorded_sha256']} (recorded at first download; none published)"
-        lines.append(f"{r['name']:6} {r['file']:20} {status:10} {expected}")
-        if r["verified"] is False:
-            lines.append(f"{'':6} {'':20} {'':10} actual: {r['sha256']}")
-    return "\n".join(lines)
-
-
-def _download_text(d: dict) -> str:
-    if d["status"] == "downloaded":
-        check = "sha256 verified" if d["verified"] else f"sha256 {d['sha256']} recorded (none published)"
-        return f"{d['name']}: downloaded {d['path']} from {d['url']}, {check}"
-    if d["status"] == "present":
-        return f"{d['name']}: already present: {d['path']}"
-    return _failure_text(d)
-
-
-def _failure_text(d: dict) -> str:
-    lines = [f"{d['name']}: download FAILED ({d['status']})"] + [f"  {e}" for e in d.get("errors", [])]
-    if d["status"] == "checksum-mismatch":
-        lines.append(f"  expected sha256: {d['expected_sha256']}")
-        lines.append(f"  actual sha256:   {d['actual_sha256']}")
-    hand = d.get("fetch_by_hand")
-    if hand:
-        lines.append(f"  put the file here:  {hand['put']}")
-        lines += [f"  fetch it by hand from:  {u}" for u in hand["from"]]
-        lines.append(f"  expected sha256: {hand['sha256']}  (check: sha256sum {hand['put']})")
-        lines += [f"  other sources (not this exact file): {s}" for s in hand["other_sources"]]
-    return "\n".join(lines)

@@ -39,7 +39,7 @@ from xdream.errors import GeneratorError
 
 CONVENTIONS = ("auto", "ours", "xdream", "upconvgan")
 LABELS = {"ours": "canonical (caffe)", "xdream": "XDream-port", "upconvgan": "upconvGAN"}
-ALIASES = {"xdream-willwx": "xdream"}   # the name server/weights.py gives XDream's files
+ALIASES = {"xdream-willwx": "xdream"}   # the name server/generators/weights.py gives XDream's files
 
 # XDream module name -> caffe layer name, per family, read off
 # willwx/XDream xdream/torch_nets/deepsim.py (DeePSiMNorm, DeePSiMConv34,

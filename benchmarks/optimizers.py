@@ -3,7 +3,7 @@ GECCO 2022, arXiv 2204.06765) on in-silico neurons.
 
 Protocol (per run): an optimizer evolves codes of the DeePSiM-fc6-shaped
 generator for `generations` x `population` images (75 x 40 = 3,000) against one
-AlexNet unit (server/insilico.py: layer, channel, centre position; ReLU output
+AlexNet unit (simulators/insilico.py: layer, channel, centre position; ReLU output
 for conv1..fc7, raw fc8 as the Ponce lab hooked them).  The optimizer sees
 score * max(0, 1 + sigma * N(0, 1)); every image's clean (noise-free)
 activation is recorded too, and only clean activations enter the metrics.
@@ -76,7 +76,7 @@ class Suite:
     channel_list: tuple[int, ...] | None = None   # explicit channels, overriding `channels`
 
     def units(self):
-        from server.insilico import Unit
+        from simulators.insilico import Unit
         chans = self.channel_list if self.channel_list is not None else tuple(range(self.channels))
         return [Unit.centre(layer, c) for layer in self.layers for c in chans]
 
@@ -162,7 +162,7 @@ def optimizer_params(opt) -> dict:
 def weights_entry(path: str | None, seed: int) -> dict:
     if not path:
         return {"weights": None, "sha256": None, "seed": int(seed)}
-    from server.weights import sha256_file
+    from xdream.files import sha256_file
     p = Path(path).expanduser().resolve()
     if not p.is_file():
         raise ConfigError(f"weights file {path} does not exist")
@@ -197,7 +197,7 @@ def job_key(job: dict) -> str:
 
 
 def job_path(job: dict, out: Path) -> Path:
-    from server.insilico import Unit
+    from simulators.insilico import Unit
     unit = re.sub(r"[^A-Za-z0-9_.-]", "_", Unit.from_dict(job["unit"]).id)
     if job["type"] == "whitebox":
         name = f"whitebox/{unit}-{job_key(job)}.json"
@@ -224,7 +224,7 @@ def code_fingerprint(job: dict) -> dict:
     optimizer's module (and of the optimizers' base module) for a run, and the
     in-silico pipeline's version.  A stored result whose fingerprint differs is
     stale: the optimizer (or the pipeline) changed since it was computed."""
-    from server.insilico import PIPELINE_VERSION
+    from simulators.insilico import PIPELINE_VERSION
     out = {"pipeline": PIPELINE_VERSION}
     if job["type"] == "run":
         out["optimizer"] = optimizer_fingerprint(job["optimizer"])
@@ -266,8 +266,8 @@ _PIPELINES: dict = {}
 
 def pipeline_for(setting: dict, device: str = "auto"):
     """One Pipeline per (setting, device) per process (building one takes seconds)."""
-    from server.insilico import Pipeline
-    from server.weights import sha256_file
+    from simulators.insilico import Pipeline
+    from xdream.files import sha256_file
     key = (json.dumps(setting, sort_keys=True), device)
     if key not in _PIPELINES:
         for part in ("generator", "alexnet"):
@@ -289,7 +289,7 @@ def _stream(*parts) -> np.random.Generator:
 def run_run(job: dict, pipe, observer=None) -> dict:
     """One run; `observer(generation, codes, clean, seen)` sees every generation
     (tests use it to check that only the optimizer sees noise)."""
-    from server.insilico import Unit
+    from simulators.insilico import Unit
     unit = Unit.from_dict(job["unit"])
     sigma, seed, kind = float(job["sigma"]), int(job["seed"]), job["optimizer"]
     population, generations = int(job["population"]), int(job["generations"])
@@ -335,7 +335,7 @@ def run_job(job: dict, out: str | Path, *, device: str = "auto", reuse: bool = T
         stored = load_result(job, out)
         if stored is not None:
             return stored
-    from server.insilico import Unit
+    from simulators.insilico import Unit
     pipe = pipeline_for(job["setting"], device)
     t0 = time.perf_counter()
     if job["type"] == "whitebox":
@@ -411,7 +411,7 @@ def _mean_sem(values) -> tuple[float, float, int]:
 
 
 def aggregate(jobs: list[dict], records: list[dict]) -> dict:
-    from server.insilico import Unit
+    from simulators.insilico import Unit
     units: dict[str, dict] = {}
     for job, rec in zip(jobs, records):
         uid = Unit.from_dict(job["unit"]).id

@@ -1,7 +1,7 @@
 """A session folder read back: every presentation with what became of it.
 
 Replay and export both start here.  The journal is read with
-`server.journal.read_records` (a torn last record is dropped, an edited or
+`xdream.journal_file.read_records` (a torn last record is dropped, an edited or
 corrupt middle refuses), then folded into one `Presentation` per presentation
 id, in the order the server sent them, with its report, its counts and the
 score the server gave its image.  Inconsistencies that the server itself
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from server.journal import read_records
+from xdream.journal_file import read_records
 from xdream import config as config_mod
 from xdream.errors import SessionError
 

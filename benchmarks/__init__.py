@@ -1,0 +1,1 @@
+"""Benchmarks: run from a checkout as `xdream bench ...`; not shipped in the wheel."""

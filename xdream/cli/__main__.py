@@ -1,0 +1,5 @@
+import sys
+
+from xdream.cli import main
+
+sys.exit(main())

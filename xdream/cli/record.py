@@ -1,0 +1,82 @@
+"""`xdream record`: the recorder peer, on a real rig adapter or a simulated rig."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from xdream.cli.common import load_config
+from xdream.stdout_lines import SCREEN_TAP
+
+log = logging.getLogger("xdream")
+
+
+def add_parser(sub) -> None:
+    r = sub.add_parser("record", help="the recorder peer: rig events in, spike counts per presentation out")
+    r.add_argument("--server", required=True, help="the server's endpoint")
+    r.add_argument("--simulate", metavar="CONFIG",
+                   help="simulate the rig with ConvNet units from CONFIG's [simulator] ('default' for the "
+                        "embedded config); it listens for the presenter's --screen-tap")
+    r.add_argument("--replay", metavar="SESSION",
+                   help="instead of --simulate: a rig whose neuron is SESSION's journal; it fires the recorded "
+                        "counts at each onset the presenter's --screen-tap shows (for `xdream replay --realtime`)")
+    r.add_argument("--tap-bind", default="tcp://127.0.0.1:0", help="where the simulated rig listens")
+    r.add_argument("--name", default="recorder", help="this peer's name in the journal")
+    r.add_argument("--rig", metavar="NAME",
+                   help="the rig adapter (openephys, intan, lsl, plexon, blackrock; see docs/adapters.md); "
+                        "with --simulate, a simulated peer speaks that rig's wire format to the real adapter")
+    r.add_argument("--rig-option", action="append", metavar="KEY=VALUE",
+                   help="an option of the rig adapter, e.g. host=192.168.1.20 (repeat for more)")
+    r.add_argument("--missing-after", type=float, default=30.0, metavar="S",
+                   help="report a presentation missing when its event code, or the end of its window, has not "
+                        "come this many seconds (wall time) after it was due (default 30)")
+    r.add_argument("--photodiode-max-lag-ms", type=float, metavar="MS",
+                   help="take each onset from the first photodiode crossing at most MS after its event code "
+                        "(needs an adapter that reports photodiode crossings)")
+    r.add_argument("--photodiode-miss", choices=["missing", "code"], default="missing",
+                   help="no crossing within the lag: report the presentation missing (default) or keep the "
+                        "code's time as its onset")
+    r.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from recording_adapters.recorder import Recorder
+    from recording_adapters.sources import build_source, parse_options
+    from xdream.peer import PeerConnection
+
+    options = parse_options(args.rig_option)
+    if not args.simulate and not args.replay:
+        if not args.rig:
+            print("xdream record: say which rig (--rig NAME, see docs/adapters.md) or --simulate CONFIG",
+                  file=sys.stderr)
+            return 2
+        source = build_source(args.rig, options)
+        conn = PeerConnection(args.server, "recorder", args.name, channels=source.channels)
+        log.info("reported counts for %d presentations", Recorder(conn, source, counter_options(args)).run())
+        return 0
+    if args.replay:  # the neuron is a recorded session's journal (xdream replay --realtime)
+        from simulators.replay_rig import ReplayRig
+        neuron = ReplayRig(args.replay, bind=args.tap_bind)
+    else:
+        from simulators.rig import SimulatedRig
+        neuron = SimulatedRig(load_config(args.simulate).simulator, bind=args.tap_bind)
+    # with --rig, the neuron's events go through that rig's simulated wire peer to the real adapter
+    from simulators.simulated_source import SimulatedSource
+    try:
+        source = SimulatedSource(rig=args.rig or None, rig_options=options, neuron=neuron)
+    except BaseException:
+        neuron.close()
+        raise
+    try:
+        print(f"{SCREEN_TAP}{source.endpoint}", flush=True)  # only once the adapter is built
+        conn = PeerConnection(args.server, "recorder", args.name, channels=source.channels)
+        log.info("reported counts for %d presentations", Recorder(conn, source, counter_options(args)).run())
+    finally:
+        source.close()
+    return 0
+
+
+def counter_options(args) -> dict:
+    lag = args.photodiode_max_lag_ms
+    return {"timeout_s": args.missing_after, "photodiode_max_lag_s": None if lag is None else lag / 1000.0,
+            "photodiode_miss": args.photodiode_miss}
