@@ -56,6 +56,9 @@ class _Display:
     def keys(self, names: list[str]) -> KeySource:
         return NoKeys()
 
+    def close(self) -> None:
+        raise NotImplementedError
+
 
 class HeadlessDisplay(_Display):
     """No window: frames are composed in numpy only when captured; flips are not paced.

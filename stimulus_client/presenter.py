@@ -313,7 +313,8 @@ class Presenter:
     def _present_block(self, msg: protocol.Message) -> None:
         self._apply_welcome()  # a new server may have new settings
         block: protocol.Block = msg.body
-        todo, skipped = [], []
+        todo: list[tuple[protocol.PresentationSpec, object]] = []
+        skipped: list[tuple[protocol.PresentationSpec, object]] = []
         for spec, image in zip(block.presentations, msg.images()):
             (skipped if spec.pid in self.done else todo).append((spec, image))
         if skipped:
@@ -346,6 +347,7 @@ class Presenter:
     def _run_trial(self, records: list[Record], handles: list) -> str:
         """One fixation period and its presentations: 'done', 'break', 'pause', 'quit' or 'end'."""
         T = self.timing
+        assert T is not None, "timing is set at the welcome, before any block"
         held = 0
         iti = T.inter_trial_frames
         while held < T.fixation_frames or iti > 0:  # gray, fixation point on
@@ -377,7 +379,7 @@ class Presenter:
                 for key in self.keys.poll():
                     if key == self.cfg.keys.quit:
                         self._request_quit(f"quit: {key} pressed")
-                        outcome, reason = "quit", self._quit
+                        outcome, reason = "quit", self._quit or f"quit: {key} pressed"
                     elif key == self.cfg.keys.pause and outcome == "done":
                         outcome, reason = "pause", "paused"
                 if outcome == "done" and not self._eye_in():

@@ -48,7 +48,8 @@ def run(cfg: PresenterConfig, *, headless: bool = False, screen_tap: str | None 
                           lslapicfg=os.environ.get("LSLAPICFG"))
         markers = make_markers(cfg.markers, cfg.connection.name)
         opened.append(markers.close)
-        eye = make_eye(cfg.eye, tuple(cfg.fixation_point.position_deg))
+        x_deg, y_deg = cfg.fixation_point.position_deg
+        eye = make_eye(cfg.eye, (x_deg, y_deg))
         opened.append(eye.close)
         tap = ScreenTap(screen_tap, zmq.Context.instance()) if screen_tap else None
         if tap:

@@ -59,7 +59,7 @@ def read_journal(folder) -> JournalRead:
                                    f"{expected}: the journal was edited or two servers wrote to it")
             records.append(record)
             good_end = nxt
-        elif record is not None:
+        elif record is not None and bad is not None:
             raise SessionError(f"{path}, line {bad[0]}: {bad[1]}, and whole records follow it: the journal "
                                f"is corrupt in the middle, not torn at its end; not reading it")
         elif bad is None and line.strip():

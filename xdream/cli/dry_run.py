@@ -69,8 +69,13 @@ def run_dry_run(config_path: str | None, *, generations: int | None = None, out:
     if recorder == "in-server" and rig == XDREAM_FILES:
         raise ConfigError("--rig xdream-files has no recorder to move into the server (the bridge is both peers)")
     in_server = recorder == "in-server"
-    procs: list[subprocess.Popen] = []
-    timer = threading.Timer(timeout_s, lambda: [p.kill() for p in procs])
+    procs: list[subprocess.Popen[str]] = []
+
+    def kill_all() -> None:
+        for p in procs:
+            p.kill()
+
+    timer = threading.Timer(timeout_s, kill_all)
     timer.daemon = True
     with tempfile.TemporaryDirectory(prefix="xdream-dry-run-") as tmp:
         cfg_file = Path(tmp) / "config.json"
@@ -94,6 +99,8 @@ def run_dry_run(config_path: str | None, *, generations: int | None = None, out:
                     record_cmd = cli + ["record", "--server", endpoint, "--simulate", str(cfg_file)]
                     record_proc = _start(procs, record_cmd + (["--rig", rig] if rig else []))
                     tap = _wait_for_line(record_proc, SCREEN_TAP)
+                if tap is None:
+                    raise SessionError("the simulated rig said no screen tap")
                 screen = cfg.presentation
                 presenter_cmd = cli + ["present", "--server", endpoint, "--screen-tap", tap,
                                        "--log-dir", folder]
@@ -103,7 +110,7 @@ def run_dry_run(config_path: str | None, *, generations: int | None = None, out:
                     presenter_cmd += ["--window-size", *map(str, screen.window_size),
                                       "--frame-rate", str(screen.frame_rate_hz)]
                 _start(procs, presenter_cmd if window else presenter_cmd + ["--headless"], stdout=None)
-            for line in server.stdout:
+            for line in _lines(server):
                 print(line, end="", flush=True)
             code = server.wait()
             if matlab_rig is not None:
@@ -113,7 +120,7 @@ def run_dry_run(config_path: str | None, *, generations: int | None = None, out:
                     p.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     p.kill()
-                    print(f"xdream dry-run: {p.args[3]} did not stop; killed", file=sys.stderr)
+                    print(f"xdream dry-run: {_role(p)} did not stop; killed", file=sys.stderr)
             return code
         finally:
             timer.cancel()
@@ -136,14 +143,26 @@ def _start_files_rig(procs: list, cli: list[str], endpoint: str, cfg, cfg_file: 
     return rig
 
 
-def _start(procs: list, cmd: list[str], stdout=subprocess.PIPE) -> subprocess.Popen:
+def _start(procs: list, cmd: list[str], stdout=subprocess.PIPE) -> subprocess.Popen[str]:
     proc = subprocess.Popen(cmd, stdout=stdout, text=True, bufsize=1)
     procs.append(proc)
     return proc
 
 
-def _wait_for_line(proc: subprocess.Popen, prefix: str) -> str:
-    for line in proc.stdout:
+def _wait_for_line(proc: subprocess.Popen[str], prefix: str) -> str:
+    for line in _lines(proc):
         if line.startswith(prefix):
             return line[len(prefix):].strip()
-    raise SessionError(f"{' '.join(proc.args[3:5])} exited (code {proc.wait()}) before saying {prefix!r}")
+    raise SessionError(f"{_role(proc)} exited (code {proc.wait()}) before saying {prefix!r}")
+
+
+def _lines(proc: subprocess.Popen[str]):
+    if proc.stdout is None:
+        raise SessionError(f"{_role(proc)}: its output is not piped here")
+    return proc.stdout
+
+
+def _role(proc: subprocess.Popen[str]) -> str:
+    """'serve CONFIG', 'record --server', ...: the command after `python -m xdream.cli`."""
+    args = [str(a) for a in proc.args] if isinstance(proc.args, (list, tuple)) else [str(proc.args)]
+    return " ".join(args[3:5])

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 from xdream.cli.common import load_config
 from xdream.stdout_lines import SCREEN_TAP
+
+if TYPE_CHECKING:
+    from simulators.replay_rig import ReplayRig
+    from simulators.rig import SimulatedRig
 
 log = logging.getLogger("xdream")
 
@@ -54,6 +59,7 @@ def run(args) -> int:
         conn = PeerConnection(args.server, "recorder", args.name, channels=source.channels)
         log.info("reported counts for %d presentations", Recorder(conn, source, counter_options(args)).run())
         return 0
+    neuron: ReplayRig | SimulatedRig
     if args.replay:  # the neuron is a recorded session's journal (xdream replay --realtime)
         from simulators.replay_rig import ReplayRig
         neuron = ReplayRig(args.replay, bind=args.tap_bind)
