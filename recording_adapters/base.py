@@ -42,10 +42,16 @@ from __future__ import annotations
 import abc
 import logging
 import math
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from recording_adapters.events import RigEvents
-from recording_adapters.options import OptionError, SourceOptions, UnknownOption, labelled
+from recording_adapters.options import (
+    OptionError,
+    SourceOptions,
+    UnknownOption,
+    labelled,
+)
 from xdream.errors import ConfigError, SessionError
 
 log = logging.getLogger(__name__)

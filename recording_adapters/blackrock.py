@@ -41,7 +41,13 @@ import numpy as np
 from recording_adapters.base import RigSource
 from recording_adapters.events import RigEvents
 from recording_adapters.holdback import CodeHold
-from recording_adapters.options import Port, PositiveSeconds, Range, Seconds, SourceOptions
+from recording_adapters.options import (
+    Port,
+    PositiveSeconds,
+    Range,
+    Seconds,
+    SourceOptions,
+)
 from xdream.errors import ConfigError, SessionError
 
 log = logging.getLogger(__name__)
@@ -84,7 +90,6 @@ class BlackrockSource(RigSource):
     Options = BlackrockOptions
 
     def _open(self, o: BlackrockOptions) -> None:
-        self.device = None
         self.sorted_only = o.units == "sorted"
         self.cbsdk = _import_cbsdk()
         self.event_type = DINP_EVENT_STROBE if o.event_type == "strobe" else DINP_EVENT_ANYBIT
@@ -178,10 +183,11 @@ class BlackrockSource(RigSource):
         return events
 
     def _close(self) -> None:
-        if self.device is None:      # pycbsdk never loaded, or no device was made
+        device = getattr(self, "device", None)
+        if device is None:           # pycbsdk never loaded, or no device was made
             return
         try:
-            self.cbsdk.disconnect(self.device)
+            self.cbsdk.disconnect(device)
         except Exception as exc:
             log.warning("blackrock: disconnect failed: %s", exc)
 

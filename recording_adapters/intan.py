@@ -40,8 +40,16 @@ import numpy as np
 from recording_adapters.base import RigSource
 from recording_adapters.events import RigEvents
 from recording_adapters.holdback import CodeHold
-from recording_adapters.options import (Hertz, OptionError, Pattern, PositiveSeconds, Port, Range, Seconds,
-                                        SourceOptions)
+from recording_adapters.options import (
+    Hertz,
+    OptionError,
+    Pattern,
+    Port,
+    PositiveSeconds,
+    Range,
+    Seconds,
+    SourceOptions,
+)
 from xdream.errors import SessionError
 
 log = logging.getLogger(__name__)

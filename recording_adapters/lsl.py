@@ -126,8 +126,7 @@ class LslSource(RigSource):
     Options = LslOptions
 
     def _open(self, o: LslOptions) -> None:
-        self.markers = self.spikes = None
-        import pylsl   # only when an LSL rig is configured
+        import pylsl  # only when an LSL rig is configured
 
         self._lsl = pylsl
         self._lost_error = pylsl.util.LostError
@@ -283,8 +282,9 @@ class LslSource(RigSource):
             log.warning(message + (f" ({n} times so far)" if n > 3 else ""), *args)
 
     def _close(self) -> None:
-        for s in (self.markers, self.spikes):
-            if s is None:          # a start that failed before both streams were found
+        # after a failed start, the streams found so far
+        for s in (getattr(self, "markers", None), getattr(self, "spikes", None)):
+            if s is None:
                 continue
             if s.inlet is not None:
                 s.inlet.close_stream()

@@ -122,7 +122,6 @@ class OpenEphysSource(RigSource):
     Options = OpenEphysOptions
 
     def _open(self, o: OpenEphysOptions) -> None:
-        self.socket = self._hb = None
         self.plugin = o.plugin
         self.channels = o.channels
         self.port = o.port if o.port is not None else DEFAULT_PORT[o.plugin]
@@ -157,6 +156,7 @@ class OpenEphysSource(RigSource):
         self._message_num: int | None = None
         self._channel_of: dict[str, int] = {}
         self.socket.connect(f"tcp://{o.host}:{self.port}")
+        self._hb = None
         if o.plugin == "zmq-interface" and o.heartbeat:
             # the plugin lists clients that send heartbeats; it sends data whether or not we do
             self._hb = ctx.socket(zmq.REQ)
@@ -210,7 +210,7 @@ class OpenEphysSource(RigSource):
             pass
 
     def _close(self) -> None:
-        for sock in (self.socket, self._hb):
+        for sock in (getattr(self, "socket", None), getattr(self, "_hb", None)):   # after a failed start too
             if sock is not None:
                 sock.close()
 

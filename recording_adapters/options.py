@@ -30,8 +30,9 @@ import math
 import re
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Mapping, Union
+from typing import Annotated, Any, Literal, Union
 
 from xdream.errors import ConfigError
 
@@ -253,8 +254,9 @@ def _parse(text: str, tp):
     if typing.get_origin(base) is tuple:
         item = typing.get_args(base)[0]
         parts = [p.strip() for p in s.split(",") if p.strip()]
-        if _split(item)[0] is int and len(parts) == 1 and _INT_RANGE.fullmatch(parts[0]):
-            a, b = (int(x) for x in _INT_RANGE.fullmatch(parts[0]).groups())
+        span = _INT_RANGE.fullmatch(parts[0]) if _split(item)[0] is int and len(parts) == 1 else None
+        if span:
+            a, b = int(span.group(1)), int(span.group(2))
             if not 0 <= b - a < _MAX_RANGE:
                 raise _Mismatch
             return _checked(tuple(_coerce(i, item) for i in range(a, b + 1)), checks)

@@ -77,7 +77,6 @@ class PlexonSource(RigSource):
     Options = PlexonOptions
 
     def _open(self, o: PlexonOptions) -> None:
-        self.client = None
         self.api = _import_client()
         self.ok = getattr(self.api, "OPX_ERROR_NOERROR", 0)
         self.sorted_only = o.units == "sorted"
@@ -126,10 +125,11 @@ class PlexonSource(RigSource):
         return events
 
     def _close(self) -> None:
-        if self.client is None:      # the client library never loaded
+        client = getattr(self, "client", None)
+        if client is None:           # the client library never loaded
             return
         try:
-            self.client.disconnect()
+            client.disconnect()
         except Exception as exc:  # closing must not hide why we are closing
             log.warning("plexon: disconnect failed: %s", exc)
 

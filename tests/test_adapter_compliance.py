@@ -26,18 +26,25 @@ import re
 import sys
 import time
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Callable
+from typing import Annotated
 
 import numpy as np
 import pytest
 
+from recording_adapters import sources
 from recording_adapters.base import RigSource
 from recording_adapters.events import RigEvents
-from recording_adapters import sources
 from recording_adapters.options import Range, SourceOptions
-from recording_adapters.sources import ADAPTERS, ENTRY_POINT_GROUP, adapter_class, build_source, check_source
+from recording_adapters.sources import (
+    ADAPTERS,
+    ENTRY_POINT_GROUP,
+    adapter_class,
+    build_source,
+    check_source,
+)
 from simulators.wire_peers import PEERS, start_peer
 from tests.test_plexon_blackrock import blackrock, plexon
 from xdream.errors import ConfigError, SessionError
