@@ -25,6 +25,7 @@ import os
 import re
 import sys
 import time
+import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -277,8 +278,7 @@ def _unwrap(tp) -> tuple[object, tuple]:
 def _members(tp) -> list:
     """A union's members (Annotated kept), else [tp]."""
     base, _ = _unwrap(tp)
-    return list(typing.get_args(base)) if typing.get_origin(base) in (typing.Union, __import__("types").UnionType) \
-        else [tp]
+    return list(typing.get_args(base)) if typing.get_origin(base) in (typing.Union, types.UnionType) else [tp]
 
 
 def _free_text(tp) -> bool:
