@@ -33,11 +33,21 @@ import logging
 import math
 import threading
 import time
+from dataclasses import dataclass
+from typing import Annotated, Literal
 
 import numpy as np
 
+from recording_adapters.base import RigSource
 from recording_adapters.events import RigEvents
 from recording_adapters.holdback import CodeHold
+from recording_adapters.options import (
+    Port,
+    PositiveSeconds,
+    Range,
+    Seconds,
+    SourceOptions,
+)
 from xdream.errors import ConfigError, SessionError
 
 log = logging.getLogger(__name__)
@@ -58,26 +68,39 @@ def _import_cbsdk():
     return cbsdk
 
 
-class BlackrockSource:
-    def __init__(self, inst_addr: str = "", inst_port: str = "51002", client_addr: str = "",
-                 client_port: str = "51002", protocol: str = "4.1", recv_bufsize: str = "",
-                 channels: str = "", units: str = "all", event_type: str = "strobe", code_bits: str = "16",
-                 hold_s: str = "0.3", stall_s: str = "1.0", reconnect_s: str = "2.0"):
-        if event_type not in ("strobe", "anybit"):
-            raise ConfigError(f"blackrock: event_type must be 'strobe' or 'anybit', got {event_type!r}")
-        if units not in ("all", "sorted"):
-            raise ConfigError(f"blackrock: units must be 'all' or 'sorted' (leave unsorted spikes out), got {units!r}")
-        self.sorted_only = units == "sorted"
+@dataclass(frozen=True)
+class BlackrockOptions(SourceOptions):
+    inst_addr: str = ""
+    inst_port: Port = 51002
+    client_addr: str = ""
+    client_port: Port = 51002
+    protocol: str = "4.1"
+    recv_bufsize: Annotated[int, Range(1)] | None = None   # None: pycbsdk's
+    channels: Annotated[int, Range(1)] | None = None       # None: the FrontEnd channel count
+    units: Literal["all", "sorted"] = "all"
+    event_type: Literal["strobe", "anybit"] = "strobe"
+    code_bits: Annotated[int, Range(1, 32)] = 16
+    hold_s: Seconds = 0.3
+    stall_s: PositiveSeconds = 1.0
+    reconnect_s: Seconds = 2.0
+
+
+class BlackrockSource(RigSource):
+    name = "blackrock"
+    Options = BlackrockOptions
+
+    def _open(self, o: BlackrockOptions) -> None:
+        self.sorted_only = o.units == "sorted"
         self.cbsdk = _import_cbsdk()
-        self.event_type = DINP_EVENT_STROBE if event_type == "strobe" else DINP_EVENT_ANYBIT
-        self.code_mask = (1 << int(code_bits)) - 1
-        self.hold = CodeHold(float(hold_s), source="blackrock")
-        self.stall_s = float(stall_s)
-        self.reconnect_s = float(reconnect_s)
-        kwargs = dict(inst_addr=inst_addr, inst_port=int(inst_port), client_addr=client_addr,
-                      client_port=int(client_port), protocol=protocol)
-        if recv_bufsize:
-            kwargs["recv_bufsize"] = int(recv_bufsize)
+        self.event_type = DINP_EVENT_STROBE if o.event_type == "strobe" else DINP_EVENT_ANYBIT
+        self.code_mask = (1 << o.code_bits) - 1
+        self.hold = CodeHold(o.hold_s, source="blackrock")
+        self.stall_s = o.stall_s
+        self.reconnect_s = o.reconnect_s
+        kwargs = dict(inst_addr=o.inst_addr, inst_port=o.inst_port, client_addr=o.client_addr,
+                      client_port=o.client_port, protocol=o.protocol)
+        if o.recv_bufsize is not None:
+            kwargs["recv_bufsize"] = o.recv_bufsize
         self.device = self.cbsdk.get_device(self.cbsdk.create_params(**kwargs))
         self._lock = threading.Lock()
         self._spikes: list[tuple[int, int, int]] = []   # (time ticks, chid, unit), filled by pycbsdk's thread
@@ -88,7 +111,7 @@ class BlackrockSource:
         config = self.cbsdk.get_config(self.device)
         self.fs = float(config["sysfreq"])
         front_end = self.cbsdk.CBChannelType.FrontEnd
-        self.channels = int(channels) if channels else sum(
+        self.channels = o.channels if o.channels is not None else sum(
             1 for kind in config["channel_types"].values() if kind == front_end)
         self.cbsdk.register_spk_callback(self.device, self._on_spike)
         self.cbsdk.register_event_callback(self.device, self.cbsdk.CBChannelType.DigitalIn, self._on_digital)
@@ -118,7 +141,7 @@ class BlackrockSource:
             self._last_packet = time.monotonic()
 
     # ------------------------------------------------------------ public
-    def poll(self, timeout_s: float) -> RigEvents:
+    def _poll(self, timeout_s: float) -> RigEvents:
         deadline = time.monotonic() + timeout_s
         while True:
             with self._lock:
@@ -159,9 +182,12 @@ class BlackrockSource:
             events.watermark = watermark
         return events
 
-    def close(self) -> None:
+    def _close(self) -> None:
+        device = getattr(self, "device", None)
+        if device is None:           # pycbsdk never loaded, or no device was made
+            return
         try:
-            self.cbsdk.disconnect(self.device)
+            self.cbsdk.disconnect(device)
         except Exception as exc:
             log.warning("blackrock: disconnect failed: %s", exc)
 

@@ -32,12 +32,25 @@ import select
 import socket
 import time
 from collections import deque
+from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 
+from recording_adapters.base import RigSource
 from recording_adapters.events import RigEvents
 from recording_adapters.holdback import CodeHold
-from xdream.errors import ConfigError, SessionError
+from recording_adapters.options import (
+    Hertz,
+    OptionError,
+    Pattern,
+    Port,
+    PositiveSeconds,
+    Range,
+    Seconds,
+    SourceOptions,
+)
+from xdream.errors import SessionError
 
 log = logging.getLogger(__name__)
 
@@ -56,71 +69,86 @@ ONE_CLIENT_HELP = ("Intan RHX accepts one client per TCP port and does not liste
                    "the recorder, which asks RHX to listen again over the command port)")
 
 
-def parse_channels(spec: str) -> list[str]:
-    """'32' -> A-000..A-031 (128 a port, then B-000...); 'A-000,B-010' -> those native names."""
-    spec = str(spec).strip()
-    if spec.isdigit():
-        n = int(spec)
-        if not 1 <= n <= 1024:
-            raise ConfigError(f"intan: channels={spec}: want 1..1024 or a list of native names")
-        return [f"{'ABCDEFGH'[i // 128]}-{i % 128:03d}" for i in range(n)]
-    names = [s.strip().upper() for s in spec.split(",") if s.strip()]
-    bad = [s for s in names if not re.fullmatch(r"[A-H]-\d{3}", s)]
-    if bad or not names or len(set(names)) != len(names):
-        raise ConfigError(f"intan: channels={spec!r}: want a count or distinct native names like A-010")
-    return names
+NATIVE_NAME = Pattern(r"[A-H]-\d{3}", "A-010")     # RHX's native channel names, 128 a port
+DigitalLine = Annotated[int, Range(1, 16)]           # DIGITAL-IN-01..16
 
 
-def parse_lines(spec: str) -> tuple[int, int]:
-    """'1-8' (DIGITAL-IN-01..08) -> (shift 0, mask 0xff): the code's bits, lowest line first."""
-    m = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", str(spec))
-    lo, hi = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
-    if not (1 <= lo <= hi <= 16):
-        raise ConfigError(f"intan: code_lines={spec!r}: want FIRST-LAST within 1-16, e.g. 1-8")
-    return lo - 1, (1 << (hi - lo + 1)) - 1
+def native_names(count: int) -> list[str]:
+    """The first `count` amplifier channels: A-000..A-127, then B-000..."""
+    return [f"{'ABCDEFGH'[i // 128]}-{i % 128:03d}" for i in range(count)]
 
 
-def _flag(value: str, name: str) -> bool:
-    v = str(value).strip().lower()
-    if v not in ("true", "false", "1", "0", "yes", "no"):
-        raise ConfigError(f"intan: {name}={value!r}: want true or false")
-    return v in ("true", "1", "yes")
+@dataclass(frozen=True)
+class IntanOptions(SourceOptions):
+    host: str = "127.0.0.1"
+    command_port: Port = 5000
+    waveform_port: Port = 5001
+    spike_port: Port = 5002
+    # a count (A-000, A-001, ...) or native names in channel order
+    channels: Annotated[int, Range(1, 1024)] | tuple[Annotated[str, NATIVE_NAME], ...] = 32
+    code_lines: tuple[DigitalLine, ...] = tuple(range(1, 17))     # FIRST-LAST, lowest line = bit 0
+    photodiode_line: DigitalLine | None = None
+    sample_rate: Hertz | None = None            # asked from RHX unless configure is false
+    configure: bool = True
+    hold_s: Seconds = 0.3
+    count_artifacts: bool = False
+    connect_timeout_s: Seconds = 5.0
+    reconnect_s: Seconds = 1.0
+    stall_s: PositiveSeconds = 2.0
+    spike_grace_s: Seconds = 0.1
+
+    def check(self) -> None:
+        lines = self.code_lines
+        if not lines or list(lines) != list(range(lines[0], lines[0] + len(lines))):
+            raise OptionError("code_lines", _text(lines), "consecutive DIGITAL-IN lines FIRST-LAST within 1-16, "
+                              "e.g. 1-8")
+        if self.photodiode_line is not None and self.photodiode_line in lines:
+            raise OptionError("photodiode_line", self.photodiode_line, "a DIGITAL-IN line 1-16 outside code_lines")
+        names = self.channel_names()
+        if len(set(names)) != len(names):
+            raise OptionError("channels", _text(self.channels), "a count or distinct native names like A-010")
+        if not self.configure and self.sample_rate is None:
+            raise OptionError("sample_rate", None, "RHX's amplifier sample rate (Hz) when configure is false")
+
+    def channel_names(self) -> list[str]:
+        if isinstance(self.channels, int):
+            return native_names(self.channels)
+        return [n.upper() for n in self.channels]
 
 
-class IntanSource:
-    def __init__(self, host: str = "127.0.0.1", command_port: str = "5000", waveform_port: str = "5001",
-                 spike_port: str = "5002", channels: str = "32", code_lines: str = "1-16",
-                 photodiode_line: str = "",
-                 sample_rate: str = "", configure: str = "true", hold_s: str = "0.3",
-                 count_artifacts: str = "false", connect_timeout_s: str = "5", reconnect_s: str = "1",
-                 stall_s: str = "2", spike_grace_s: str = "0.1"):
-        self.host = host
-        self.ports = {"command": int(command_port), "waveform": int(waveform_port), "spike": int(spike_port)}
-        self.names = parse_channels(channels)
-        self.channels = len(self.names)
-        self._index = {n.encode(): i for i, n in enumerate(self.names)}
-        self._shift, self._mask = parse_lines(code_lines)
-        self._first_line = self._shift + 1
-        self._photodiode_bit = None               # a DIGITAL-IN line whose rising edges are crossings
-        if photodiode_line:
-            line = int(photodiode_line) if str(photodiode_line).strip().isdigit() else 0
-            if not 1 <= line <= 16 or (self._mask << self._shift) >> (line - 1) & 1:
-                raise ConfigError(f"intan: photodiode_line={photodiode_line!r}: want a DIGITAL-IN line "
-                                  "1-16 outside code_lines")
-            self._photodiode_bit = line - 1
-        self._photodiode_level = 0
-        self.configure = _flag(configure, "configure")
-        self.count_artifacts = _flag(count_artifacts, "count_artifacts")
-        self.connect_timeout = float(connect_timeout_s)
-        self.reconnect_s = float(reconnect_s)
-        self.stall_s = float(stall_s)
-        self.spike_grace = float(spike_grace_s)
-        self.hold = CodeHold(float(hold_s), source="intan")
-        self.fs = float(sample_rate) if sample_rate else None
-        self.frame_words = 1               # the digital-in word: all the adapter enables on that port
-        self._block = 4 + FRAMES_PER_BLOCK * (4 + 2 * self.frame_words)
+def _text(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+class IntanSource(RigSource):
+    name = "intan"
+    Options = IntanOptions
+
+    def _open(self, o: IntanOptions) -> None:
         self.cmd: socket.socket | None = None
         self.socks: dict[str, socket.socket | None] = {"waveform": None, "spike": None}
+        self._started_run = False
+        self.host = o.host
+        self.ports = {"command": o.command_port, "waveform": o.waveform_port, "spike": o.spike_port}
+        self.names = o.channel_names()
+        self.channels = len(self.names)
+        self._index = {n.encode(): i for i, n in enumerate(self.names)}
+        self._shift = o.code_lines[0] - 1
+        self._mask = (1 << len(o.code_lines)) - 1
+        self._first_line = o.code_lines[0]
+        # a DIGITAL-IN line whose rising edges are crossings
+        self._photodiode_bit = None if o.photodiode_line is None else o.photodiode_line - 1
+        self._photodiode_level = 0
+        self.configure = o.configure
+        self.count_artifacts = o.count_artifacts
+        self.connect_timeout = o.connect_timeout_s
+        self.reconnect_s = o.reconnect_s
+        self.stall_s = o.stall_s
+        self.spike_grace = o.spike_grace_s
+        self.hold = CodeHold(o.hold_s, source="intan")
+        self.fs = o.sample_rate
+        self.frame_words = 1               # the digital-in word: all the adapter enables on that port
+        self._block = 4 + FRAMES_PER_BLOCK * (4 + 2 * self.frame_words)
         self._buf = {"waveform": bytearray(), "spike": bytearray()}
         self._last_ts: int | None = None         # last waveform timestamp of this clock segment
         self._level = 0                          # the code lines' value at the last frame
@@ -141,21 +169,18 @@ class IntanSource:
         self._errors: dict[str, int] = {}
         self.unknown_spikes = 0
         self.artifacts = 0
-        self._started_run = False
         self._connect()
 
     # -- set-up ------------------------------------------------------------------------------
     def _connect(self) -> None:
         if self.configure:
-            self.cmd = self._open("command")
+            self.cmd = self._open_port("command")
             if self.cmd is None:
                 raise SessionError(f"intan: cannot reach RHX's command port {self.host}:{self.ports['command']}. "
                                    + ONE_CLIENT_HELP)
             self._setup()
-        elif self.fs is None:
-            raise ConfigError("intan: configure=false needs sample_rate (RHX's amplifier sample rate, Hz)")
         for port in ("waveform", "spike"):
-            self.socks[port] = self._open(port)
+            self.socks[port] = self._open_port(port)
             if self.socks[port] is None:
                 raise SessionError(f"intan: cannot reach RHX's {port} port {self.host}:{self.ports[port]}. "
                                    + ONE_CLIENT_HELP)
@@ -167,7 +192,7 @@ class IntanSource:
                  self.host, self.channels, self.fs, self._first_line,
                  self._first_line + int(self._mask).bit_length() - 1)
 
-    def _open(self, port: str, timeout: float | None = None) -> socket.socket | None:
+    def _open_port(self, port: str, timeout: float | None = None) -> socket.socket | None:
         deadline = time.monotonic() + (self.connect_timeout if timeout is None else timeout)
         while True:
             try:
@@ -232,8 +257,8 @@ class IntanSource:
         self.cmd.settimeout(None)
         return text
 
-    # -- the stream --------------------------------------------------------------------------
-    def poll(self, timeout_s: float) -> RigEvents:
+    # -- the stream (the contract: recording_adapters/base.py) ---------------------------------
+    def _poll(self, timeout_s: float) -> RigEvents:
         self._maybe_reconnect()
         self._read(timeout_s)
         events = RigEvents()
@@ -348,7 +373,7 @@ class IntanSource:
                     self._send(f"execute connecttcp{port}dataoutput")
                 except OSError:
                     self.cmd = None
-            s = self._open(port, timeout=min(0.5, self.reconnect_s))
+            s = self._open_port(port, timeout=min(0.5, self.reconnect_s))
             if s is None:
                 log.warning("intan: RHX's %s port %s:%d still refuses; retrying. %s", port, self.host,
                             self.ports[port], ONE_CLIENT_HELP)
@@ -511,7 +536,7 @@ class IntanSource:
                 self._error("spike-late", "spike port: %d spikes from before RHX's clock went back came "
                             "after it; dropped", int(t.size))
 
-    def close(self) -> None:
+    def _close(self) -> None:
         if self.cmd is not None and self._started_run:
             try:
                 self._send("set runmode stop")

@@ -30,12 +30,16 @@ import logging
 import math
 import re
 import time
+from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 
+from recording_adapters.base import RigSource
 from recording_adapters.events import RigEvents
 from recording_adapters.holdback import CodeHold
-from xdream.errors import ConfigError, SessionError
+from recording_adapters.options import OptionError, Range, Seconds, SourceOptions
+from xdream.errors import SessionError
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +50,10 @@ BUFFER_S = 3600
 
 
 def predicate(name: str, type_: str, source_id: str) -> str:
-    """An LSL XPath predicate from the options given (empty ones left out)."""
-    parts = [f"{key}='{value}'" for key, value in (("name", name), ("type", type_), ("source_id", source_id))
-             if value]
-    if not parts:
-        raise ConfigError("lsl: each stream needs at least one of name, type, source_id")
-    bad = [p for p in parts if p.count("'") != 2]
-    if bad:
-        raise ConfigError(f"lsl: a quote in a stream option: {bad[0]}")
-    return " and ".join(parts)
+    """An LSL XPath predicate from the options given (empty ones left out; LslOptions.check
+    has made sure one is given and none holds a quote)."""
+    return " and ".join(f"{key}='{value}'" for key, value in
+                        (("name", name), ("type", type_), ("source_id", source_id)) if value)
 
 
 class _Stream:
@@ -97,24 +96,47 @@ class _Stream:
         return samples, np.asarray(stamps, float)
 
 
-class LslSource:
-    def __init__(self, marker_name: str = "xdream-markers", marker_type: str = "Markers",
-                 marker_source_id: str = "", spike_name: str = "", spike_type: str = "Spikes",
-                 spike_source_id: str = "", channels: str = "32", latency_s: str = "0.5",
-                 hold_s: str = "0.3", resolve_timeout_s: str = "10", reconnect_s: str = "1"):
-        import pylsl   # only when an LSL rig is configured
+@dataclass(frozen=True)
+class LslOptions(SourceOptions):
+    marker_name: str = "xdream-markers"
+    marker_type: str = "Markers"
+    marker_source_id: str = ""
+    spike_name: str = ""
+    spike_type: str = "Spikes"
+    spike_source_id: str = ""
+    channels: Annotated[int, Range(1)] = 32
+    latency_s: Seconds = 0.5
+    hold_s: Seconds = 0.3
+    resolve_timeout_s: Seconds = 10.0
+    reconnect_s: Seconds = 1.0
+
+    def check(self) -> None:
+        for what in ("marker", "spike"):
+            keys = [f"{what}_{k}" for k in ("name", "type", "source_id")]
+            values = [getattr(self, k) for k in keys]
+            if not any(values):
+                raise OptionError("/".join(keys), "", "at least one of them, to find the stream by")
+            for key, value in zip(keys, values):
+                if "'" in value:
+                    raise OptionError(key, value, "text without a quote (it goes into an LSL query)")
+
+
+class LslSource(RigSource):
+    name = "lsl"
+    Options = LslOptions
+
+    def _open(self, o: LslOptions) -> None:
+        import pylsl  # only when an LSL rig is configured
 
         self._lsl = pylsl
         self._lost_error = pylsl.util.LostError
-        self.channels = int(channels)
-        if self.channels < 1:
-            raise ConfigError(f"lsl: channels={channels}: want at least 1")
-        self.latency = float(latency_s)
-        self.reconnect_s = float(reconnect_s)
-        self.hold = CodeHold(float(hold_s), source="lsl")
-        timeout = float(resolve_timeout_s)
-        self.markers = _Stream(pylsl, "marker", predicate(marker_name, marker_type, marker_source_id), timeout)
-        self.spikes = _Stream(pylsl, "spike", predicate(spike_name, spike_type, spike_source_id), timeout)
+        self.channels = o.channels
+        self.latency = o.latency_s
+        self.reconnect_s = o.reconnect_s
+        self.hold = CodeHold(o.hold_s, source="lsl")
+        timeout = o.resolve_timeout_s
+        self.markers = _Stream(pylsl, "marker", predicate(o.marker_name, o.marker_type, o.marker_source_id), timeout)
+        self.spikes = _Stream(pylsl, "spike", predicate(o.spike_name, o.spike_type, o.spike_source_id), timeout)
         info = self.spikes.info
         if info.channel_format() == pylsl.cf_string or info.channel_count() not in (1, 2):
             raise SessionError(f"lsl: the spike stream {info.name()!r} must be numeric with 1 or 2 channels "
@@ -128,7 +150,7 @@ class LslSource:
         log.info("lsl: markers from %r, spikes from %r (%d channels), latency %.2f s",
                  self.markers.info.name(), info.name(), self.channels, self.latency)
 
-    def poll(self, timeout_s: float) -> RigEvents:
+    def _poll(self, timeout_s: float) -> RigEvents:
         events = RigEvents()
         self._search()
         got = self._pull_spikes(events)
@@ -259,8 +281,11 @@ class LslSource:
         if n <= 3 or n % 100 == 0:
             log.warning(message + (f" ({n} times so far)" if n > 3 else ""), *args)
 
-    def close(self) -> None:
-        for s in (self.markers, self.spikes):
+    def _close(self) -> None:
+        # after a failed start, the streams found so far
+        for s in (getattr(self, "markers", None), getattr(self, "spikes", None)):
+            if s is None:
+                continue
             if s.inlet is not None:
                 s.inlet.close_stream()
             s.inlet = None

@@ -52,6 +52,7 @@ import struct
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Annotated, Literal
 
 import numpy as np
 import zmq
@@ -62,12 +63,16 @@ except ImportError:   # the `record` extra pins it; without it, json does the sa
     def _fast_loads(raw: bytes):
         return json.loads(raw.decode("utf-8"))
 
+from recording_adapters.base import RigSource
 from recording_adapters.events import RigEvents
-from xdream.errors import ConfigError
+from recording_adapters.options import Hertz, OptionError, Port, Range, SourceOptions
 
 log = logging.getLogger(__name__)
 
 PLUGINS = ("zmq-interface", "event-broadcaster")
+DEFAULT_PORT = {"zmq-interface": 5556, "event-broadcaster": 5557}
+DEFAULT_LAG_MS = {"zmq-interface": 20, "event-broadcaster": 100}
+Line = Annotated[int, Range(0, 63)]          # a TTL line of the GUI's 64-bit word
 TTL_PAYLOAD = struct.Struct("<BBQ")          # line, state, word
 EVENT_HEAD = struct.Struct("<BBHHHqd")       # base type, sub-type, node, stream, channel, sample, timestamp
 SORTED_ID = struct.Struct("<H")
@@ -75,31 +80,6 @@ PROCESSOR_EVENT, SPIKE_EVENT, TTL = 1, 2, 3
 HEARTBEAT_S = 2.0
 STALL_WARN_S = 5.0
 MAX_MESSAGES_PER_POLL = 20000
-
-
-def _int(name: str, value: str, low: int | None = None) -> int:
-    try:
-        out = int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"openephys option {name} wants an integer, got {value!r}") from None
-    if low is not None and out < low:
-        raise ConfigError(f"openephys option {name} must be >= {low}, got {out}")
-    return out
-
-
-def _lines(value: str) -> list[int]:
-    """'0-7' or '0,1,2' -> line numbers."""
-    try:
-        if "-" in value:
-            a, b = (int(x) for x in value.split("-"))
-            out = list(range(a, b + 1))
-        else:
-            out = [int(x) for x in value.split(",") if x.strip()]
-    except ValueError:
-        raise ConfigError(f"openephys option code_lines wants e.g. 0-7 or 0,1,2, got {value!r}") from None
-    if not out or min(out) < 0 or max(out) > 63:
-        raise ConfigError(f"openephys code_lines must lie in 0..63, got {value!r}")
-    return out
 
 
 class BadPacket(Exception):
@@ -117,23 +97,41 @@ class _Batch:
         return not (self.codes or self.spike_samples or self.photodiode)
 
 
-class OpenEphysSource:
-    def __init__(self, host: str = "127.0.0.1", port: str = "", plugin: str = "zmq-interface",
-                 channels: str = "32", electrodes: str = "", electrode_base: str = "1",
-                 code_lines: str = "0-7", strobe_line: str = "", photodiode_line: str = "",
-                 sample_rate: str = "", lag_ms: str = "", heartbeat: str = "yes"):
-        if plugin not in PLUGINS:
-            raise ConfigError(f"openephys plugin must be one of {', '.join(PLUGINS)}, got {plugin!r}")
-        self.plugin = plugin
-        self.channels = _int("channels", channels, 1)
-        self.port = _int("port", port or ("5556" if plugin == "zmq-interface" else "5557"), 1)
-        self.electrodes = {name.strip(): i for i, name in enumerate(electrodes.split(",")) if name.strip()}
-        self.electrode_base = _int("electrode_base", electrode_base)
-        self.code_lines = _lines(code_lines)
-        self.strobe_line = _int("strobe_line", strobe_line, 0) if strobe_line else None
-        self.photodiode_line = _int("photodiode_line", photodiode_line, 0) if photodiode_line else None
-        self.fixed_rate = float(sample_rate) if sample_rate else None
-        self.lag_s = _int("lag_ms", lag_ms or ("20" if plugin == "zmq-interface" else "100"), 0) / 1000.0
+@dataclass(frozen=True)
+class OpenEphysOptions(SourceOptions):
+    host: str = "127.0.0.1"
+    port: Port | None = None                      # None: the plugin's default (5556, 5557)
+    plugin: Literal["zmq-interface", "event-broadcaster"] = "zmq-interface"
+    channels: Annotated[int, Range(1)] = 32
+    electrodes: tuple[str, ...] = ()              # electrode names in channel order
+    electrode_base: int = 1
+    code_lines: tuple[Line, ...] = tuple(range(8))
+    strobe_line: Line | None = None
+    photodiode_line: Line | None = None
+    sample_rate: Hertz | None = None              # None: from the stream
+    lag_ms: Annotated[int, Range(0)] | None = None   # None: the plugin's default (20, 100)
+    heartbeat: bool = True
+
+    def check(self) -> None:
+        if not self.code_lines:
+            raise OptionError("code_lines", self.code_lines, "at least one line, e.g. 0-7")
+
+
+class OpenEphysSource(RigSource):
+    name = "openephys"
+    Options = OpenEphysOptions
+
+    def _open(self, o: OpenEphysOptions) -> None:
+        self.plugin = o.plugin
+        self.channels = o.channels
+        self.port = o.port if o.port is not None else DEFAULT_PORT[o.plugin]
+        self.electrodes = {name: i for i, name in enumerate(o.electrodes)}
+        self.electrode_base = o.electrode_base
+        self.code_lines = list(o.code_lines)
+        self.strobe_line = o.strobe_line
+        self.photodiode_line = o.photodiode_line
+        self.fixed_rate = o.sample_rate
+        self.lag_s = (o.lag_ms if o.lag_ms is not None else DEFAULT_LAG_MS[o.plugin]) / 1000.0
         self.rate: float | None = self.fixed_rate
         self._rate_wait_since: float | None = None   # events waiting for the rate since (ZMQ Interface)
         self.bad_packets = 0
@@ -157,21 +155,21 @@ class OpenEphysSource:
         self.lost_messages = 0
         self._message_num: int | None = None
         self._channel_of: dict[str, int] = {}
-        self.socket.connect(f"tcp://{host}:{self.port}")
+        self.socket.connect(f"tcp://{o.host}:{self.port}")
         self._hb = None
-        if plugin == "zmq-interface" and heartbeat.lower() in ("yes", "true", "1"):
+        if o.plugin == "zmq-interface" and o.heartbeat:
             # the plugin lists clients that send heartbeats; it sends data whether or not we do
             self._hb = ctx.socket(zmq.REQ)
             self._hb.setsockopt(zmq.LINGER, 0)
             self._hb.setsockopt(zmq.REQ_RELAXED, 1)
             self._hb.setsockopt(zmq.REQ_CORRELATE, 1)
-            self._hb.connect(f"tcp://{host}:{self.port + 1}")
+            self._hb.connect(f"tcp://{o.host}:{self.port + 1}")
             self._hb_uuid = str(uuid.uuid4())
             self._hb_next = 0.0
-        log.info("openephys (%s) on tcp://%s:%d", plugin, host, self.port)
+        log.info("openephys (%s) on tcp://%s:%d", o.plugin, o.host, self.port)
 
-    # --- the source contract -----------------------------------------------------------------
-    def poll(self, timeout_s: float) -> RigEvents:
+    # --- the source contract (recording_adapters/base.py) --------------------------------------
+    def _poll(self, timeout_s: float) -> RigEvents:
         self._heartbeat()
         messages, self._stash = self._stash, []      # what followed a clock jump, first
         if messages or self.socket.poll(int(timeout_s * 1000)):
@@ -211,10 +209,10 @@ class OpenEphysSource:
         except zmq.Again:
             pass
 
-    def close(self) -> None:
-        self.socket.close()
-        if self._hb is not None:
-            self._hb.close()
+    def _close(self) -> None:
+        for sock in (getattr(self, "socket", None), getattr(self, "_hb", None)):   # after a failed start too
+            if sock is not None:
+                sock.close()
 
     # --- decoding ----------------------------------------------------------------------------
     def _handle(self, frames: list[bytes]) -> str | None:

@@ -25,7 +25,7 @@ examples (the Strobe Monitor's model):
 A lost connection (an error result) opens a gap (recording_adapters/holdback.py):
 codes whose windows overlap it are dropped and their presentations reported
 missing; the adapter reconnects every reconnect_s.  An acquisition restart (the
-clock going back) is handed on as the contract in sources.py says.
+clock going back) is handed on as the contract in base.py says.
 """
 
 from __future__ import annotations
@@ -33,11 +33,15 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
+from typing import Annotated, Literal
 
 import numpy as np
 
+from recording_adapters.base import RigSource
 from recording_adapters.events import RigEvents
 from recording_adapters.holdback import CodeHold
+from recording_adapters.options import Range, Seconds, SourceOptions
 from xdream.errors import ConfigError, SessionError
 
 log = logging.getLogger(__name__)
@@ -57,33 +61,44 @@ def _import_client():
     return pyopxclient
 
 
-class PlexonSource:
-    def __init__(self, channels: str = "", spike_source: str = "SPK", event_source: str = "10",
-                 units: str = "all", hold_s: str = "0.3", lag_s: str = "0.05", reconnect_s: str = "1.0"):
-        if units not in ("all", "sorted"):
-            raise ConfigError(f"plexon: units must be 'all' or 'sorted' (leave unsorted spikes out), got {units!r}")
+@dataclass(frozen=True)
+class PlexonOptions(SourceOptions):
+    channels: Annotated[int, Range(1)] | None = None   # None: the spike source's channel count
+    spike_source: str = "SPK"                          # by name or number
+    event_source: str = "10"
+    units: Literal["all", "sorted"] = "all"            # sorted: leave unsorted spikes (unit 0) out
+    hold_s: Seconds = 0.3
+    lag_s: Seconds = 0.05
+    reconnect_s: Seconds = 1.0
+
+
+class PlexonSource(RigSource):
+    name = "plexon"
+    Options = PlexonOptions
+
+    def _open(self, o: PlexonOptions) -> None:
         self.api = _import_client()
         self.ok = getattr(self.api, "OPX_ERROR_NOERROR", 0)
-        self.sorted_only = units == "sorted"
-        self.lag_s = float(lag_s)
-        self.reconnect_s = float(reconnect_s)
-        self.hold = CodeHold(float(hold_s), source="plexon")
+        self.sorted_only = o.units == "sorted"
+        self.lag_s = o.lag_s
+        self.reconnect_s = o.reconnect_s
+        self.hold = CodeHold(o.hold_s, source="plexon")
         self.client = self.api.PyOPXClientAPI()
         self.client.connect()
         if not self.client.connected:
             raise SessionError(f"plexon: could not connect to OmniPlex Server (error {self.client.last_result}); "
                                "is OmniPlex Server running on this PC, with acquisition started?")
         self._warn_if_stopped()
-        self.spike_source, n_spike = self._source(spike_source, getattr(self.api, "SPIKE_TYPE", 1), "spike")
-        self.event_source, _ = self._source(event_source, getattr(self.api, "EVENT_TYPE", 4), "event")
-        self.channels = int(channels) if channels else n_spike
+        self.spike_source, n_spike = self._source(o.spike_source, getattr(self.api, "SPIKE_TYPE", 1), "spike")
+        self.event_source, _ = self._source(o.event_source, getattr(self.api, "EVENT_TYPE", 4), "event")
+        self.channels = o.channels if o.channels is not None else n_spike
         self._last_t = -math.inf       # the latest timestamp delivered
         self._retry_at: float | None = None
         self._stash = None             # a batch after a clock jump, for the next poll
         self.dropped_spikes = 0
 
     # ------------------------------------------------------------- public
-    def poll(self, timeout_s: float) -> RigEvents:
+    def _poll(self, timeout_s: float) -> RigEvents:
         events = RigEvents()
         if self._stash is not None:
             batch, self._stash = self._stash, None
@@ -109,9 +124,12 @@ class PlexonSource:
             events.watermark = watermark
         return events
 
-    def close(self) -> None:
+    def _close(self) -> None:
+        client = getattr(self, "client", None)
+        if client is None:           # the client library never loaded
+            return
         try:
-            self.client.disconnect()
+            client.disconnect()
         except Exception as exc:  # closing must not hide why we are closing
             log.warning("plexon: disconnect failed: %s", exc)
 

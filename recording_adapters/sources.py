@@ -1,34 +1,40 @@
-"""Rig sources: the contract every adapter meets, and the registry that builds one by name.
+"""The registry of rig adapters: build one by name from the command line's options.
 
-A rig source is any object with
+The contract every adapter meets (channels, poll -> RigEvents, the watermark's
+promise, clock jumps, close) is the base class in recording_adapters/base.py,
+RigSource; its options are typed and checked by recording_adapters/options.py.
+This module only finds the class:
 
-    channels: int                      channels it reports spikes on (0..channels-1)
-    poll(timeout_s) -> RigEvents       what arrived, waiting at most timeout_s for something
-    close()                            release sockets / files / devices
+- built-in adapters, `ADAPTERS` below (name -> "module:Class", each imported
+  only when asked for: each pulls its own client library);
+- adapters of other packages, declared as entry points of the group
+  `xdream.rig_adapters`, e.g. in the plugin's pyproject.toml:
 
-`poll` returns recording_adapters.events.RigEvents: event codes as (t, code) and
-spikes (times, channels), all in the rig's own clock in seconds, plus optional
-photodiode threshold-crossing times, plus `watermark`: every event before this rig
-time has been delivered (None: no new promise).  The counter closes a window
-only once the watermark has passed its end, so a source must not advance the
-watermark past data it may still deliver.  A source that sees its clock go back
-(an acquisition restart) returns the events from before the jump first, and the
-ones after it in a later poll: the counter detects the jump from the watermark.
+      [project.entry-points."xdream.rig_adapters"]
+      myrig = "myrig_xdream.source:MyRigSource"
 
-Bad input from the rig (truncated packets, corrupt headers, a stream that
-stops) is logged and skipped; `poll` never raises for it.
+  A plugin that takes a built-in name is ignored with a warning: the built-in wins.
 
-Each adapter class is built as `Cls(**options)` with string options it parses
-itself (host, ports, channels, ...), so that
-`xdream record --rig NAME --rig-option key=value` reaches a real rig.
+`build_source(name, {"key": "value"})` is what `xdream record --rig NAME
+--rig-option key=value` (and `xdream serve --rig`) run; `check_source` checks
+the name and options without opening the rig.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
+import logging
+from importlib.metadata import entry_points
 
+from recording_adapters.base import RigSource
+from recording_adapters.options import SourceOptions
 from xdream.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "xdream.rig_adapters"
 
 # name -> "module:Class", imported only when asked for (each pulls its own client library)
 ADAPTERS: dict[str, str] = {
@@ -39,20 +45,71 @@ ADAPTERS: dict[str, str] = {
     "blackrock": "recording_adapters.blackrock:BlackrockSource",
 }
 
+_warned: set[tuple[str, str]] = set()
+
+
+def registry() -> dict[str, str]:
+    """Every rig adapter by name: the built-ins, then the plugins installed packages declare."""
+    out = dict(ADAPTERS)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in ADAPTERS:
+            if ep.value != ADAPTERS[ep.name]:
+                _warn_once(ep.name, ep.value, "the built-in adapter of that name is used")
+            continue
+        if ep.name in out and out[ep.name] != ep.value:
+            _warn_once(ep.name, ep.value, f"another package registered it first ({out[ep.name]})")
+            continue
+        out[ep.name] = ep.value
+    return out
+
+
+def _warn_once(name: str, value: str, why: str) -> None:
+    if (name, value) not in _warned:
+        _warned.add((name, value))
+        log.warning("rig adapter plugin %r (%s, entry point group %s) ignored: %s",
+                    name, value, ENTRY_POINT_GROUP, why)
+
 
 def load_class(registry: dict[str, str], name: str, what: str):
-    """The class registered under `name`; ConfigError naming the known ones otherwise."""
+    """The class registered under `name` ("module:Class" or "module:Outer.Class");
+    ConfigError naming the known ones otherwise."""
     if name not in registry:
         raise ConfigError(f"unknown {what} {name!r}; known: {', '.join(sorted(registry))}")
-    module, _, cls = registry[name].partition(":")
+    module, _, attr = registry[name].partition(":")
     try:
-        return getattr(importlib.import_module(module), cls)
+        return functools.reduce(getattr, attr.split("."), importlib.import_module(module))
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"{what} {name!r} ({registry[name]}) cannot be loaded: {exc}") from exc
 
 
+def adapter_class(name: str) -> type[RigSource]:
+    """The RigSource class registered as `name`, built-in or plugin."""
+    reg = registry()
+    cls = load_class(reg, name, "rig adapter")
+    if not (isinstance(cls, type) and issubclass(cls, RigSource)):
+        raise ConfigError(f"rig adapter {name!r} ({reg[name]}) is not a recording_adapters.base.RigSource: "
+                          "an adapter derives from it (docs/adapters.md, 'Writing an adapter')")
+    return cls
+
+
+def check_source(name: str, options: dict[str, str]) -> SourceOptions:
+    """The adapter's typed Options from the command line's strings, without opening the rig."""
+    cls = adapter_class(name)
+    return cls.options_from_strings(options, f"rig adapter {name!r}")
+
+
+def build_source(name: str, options: dict[str, str]) -> RigSource:
+    """The rig source `name`, built from its string options (`--rig-option key=value`)."""
+    cls = adapter_class(name)
+    return cls(cls.options_from_strings(options, f"rig adapter {name!r}"))
+
+
 def check_options(cls, options: dict, what: str, skip: int = 0) -> None:
-    """ConfigError for options the class's constructor does not take, listing those it does."""
+    """ConfigError for options `cls` does not take: a RigSource's are converted and checked
+    in full; any other class's are the keyword parameters of its constructor (after `skip`)."""
+    if isinstance(cls, type) and issubclass(cls, RigSource):
+        cls.options_from_strings(options, what)
+        return
     params = list(inspect.signature(cls).parameters.values())[skip:]
     if any(p.kind is p.VAR_KEYWORD for p in params):
         return
@@ -61,13 +118,6 @@ def check_options(cls, options: dict, what: str, skip: int = 0) -> None:
     if unknown:
         raise ConfigError(f"{what} takes no option {', '.join(map(repr, unknown))}; "
                           f"its options: {', '.join(known) or '(none)'}")
-
-
-def build_source(name: str, options: dict[str, str]):
-    """The rig source `name` (a key of ADAPTERS), built with its string options."""
-    cls = load_class(ADAPTERS, name, "rig adapter")
-    check_options(cls, options, f"rig adapter {name!r}")
-    return cls(**options)
 
 
 def parse_options(pairs: list[str] | None) -> dict[str, str]:

@@ -5,7 +5,8 @@ intan, lsl) a pump thread hands its events to that rig's simulated wire peer
 and the source is the real adapter reading the peer's bytes on 127.0.0.1.
 `endpoint` is the screen tap the presenter must be given (`--screen-tap`).
 `neuron` replaces the SimulatedRig with another screen-watching rig (the
-realtime replay's ReplayRig).
+realtime replay's ReplayRig).  It offers what the recorder uses of the rig-source
+contract (recording_adapters/base.py): channels, poll, an idempotent close.
 """
 
 from __future__ import annotations

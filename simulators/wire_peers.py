@@ -4,7 +4,8 @@ A simulated peer is built as `Cls(channels, **options)`, binds or listens on
 127.0.0.1 at random free ports, and offers
 
     adapter_options() -> dict[str, str]   what recording_adapters.sources.build_source
-                                          needs to reach it (ports, channels, ...)
+                                          needs to reach it (ports, channels, ...), as the
+                                          command line's strings (`--rig-option key=value`)
     send(events: RigEvents)               encode and transmit these events in the
                                           rig's real wire format, including whatever
                                           the real rig sends that lets an adapter
@@ -13,7 +14,9 @@ A simulated peer is built as `Cls(channels, **options)`, binds or listens on
     close()
 
 Each peer encodes its format on its own, from the upstream source, and never
-imports the adapter's decoder or constants.
+imports the adapter's decoder or constants (tests/test_architecture.py checks).
+tests/test_adapter_compliance.py runs every adapter that has a peer here through
+the contract of recording_adapters/base.py.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ PEERS: dict[str, str] = {
 
 
 def start_peer(name: str, channels: int, **options):
-    """The simulated peer `name`, bound and ready for an adapter to connect."""
+    """The simulated peer `name`, bound and ready for an adapter to connect (options: typed keyword
+    arguments of the peer's constructor, checked by name)."""
     cls = load_class(PEERS, name, "simulated rig peer")
     check_options(cls, options, f"simulated rig peer {name!r}", skip=1)
     return cls(channels, **options)

@@ -28,7 +28,7 @@ def rhx():
 
 
 def source_for(peer, **options):
-    source = IntanSource(**{**peer.adapter_options(), "stall_s": "60", **options})
+    source = IntanSource.from_strings({**peer.adapter_options(), "stall_s": "60", **options})
     # `set runmode run` goes out unanswered (RHX answers nothing behind it)
     wait_for(lambda: peer.running and peer.waveform.client and peer.spike.client)
     return source
@@ -110,7 +110,7 @@ def test_command_port_unreachable_says_how_to_connect():
     port = s.getsockname()[1]
     s.close()
     with pytest.raises(SessionError, match="one client per TCP port"):
-        IntanSource(command_port=str(port), connect_timeout_s="0.3")
+        IntanSource(command_port=port, connect_timeout_s=0.3)
 
 
 def test_rhx_refusal_is_reported(rhx):
@@ -230,8 +230,8 @@ def test_configure_false_reads_what_the_lab_set_up(rhx):
     rhx.digital_in_enabled.add("DIGITAL-IN-01")
     rhx.running = True
     rhx.command.close()
-    src = IntanSource(**{**rhx.adapter_options(), "configure": "false", "sample_rate": str(FS),
-                         "channels": "A-000,A-001", "code_lines": "1-8"})
+    src = IntanSource.from_strings({**rhx.adapter_options(), "configure": "false", "sample_rate": str(FS),
+                                    "channels": "A-000,A-001", "code_lines": "1-8"})
     wait_for(lambda: rhx.waveform.client and rhx.spike.client)
     try:
         rhx.send(events([(0.1, 0x1FF)], [(0.2, 1), (0.3, 3)], watermark=1.0))
@@ -291,4 +291,4 @@ def test_photodiode_line_gives_crossing_times():
         src.close()
         rhx.close()
     with pytest.raises(ConfigError, match="outside code_lines"):
-        IntanSource(photodiode_line="3", code_lines="1-8")
+        IntanSource(photodiode_line=3, code_lines=range(1, 9))

@@ -32,7 +32,7 @@ def peer():
 
 
 def source_for(peer, **options):
-    return LslSource(**{**peer.adapter_options(), **FAST, **options})
+    return LslSource.from_strings({**peer.adapter_options(), **FAST, **options})
 
 
 def collect(source, until_lsl: float, limit_s: float = 15.0):
@@ -152,7 +152,7 @@ def test_a_stream_that_disappears_drops_what_it_cut_and_comes_back(peer, caplog)
 
 def test_no_stream_says_what_to_check():
     with pytest.raises(SessionError, match="no marker stream matches name='nobody-here'"):
-        LslSource(marker_name="nobody-here", spike_name="nobody-either", resolve_timeout_s="0.5")
+        LslSource(marker_name="nobody-here", spike_name="nobody-either", resolve_timeout_s=0.5)
 
 
 def test_dry_run_through_lsl_rises(tmp_path):

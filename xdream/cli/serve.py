@@ -106,7 +106,7 @@ def _in_server_recorder(args, cfg):
     if not args.rig and not args.simulate:
         return None
     from recording_adapters.in_process import InServerRecorder
-    from recording_adapters.sources import ADAPTERS, build_source, check_options, load_class, parse_options
+    from recording_adapters.sources import build_source, check_source, parse_options
 
     options = parse_options(args.rig_option)
     counter = {"timeout_s": args.missing_after}
@@ -115,7 +115,7 @@ def _in_server_recorder(args, cfg):
         source = SimulatedSource(cfg.simulator, args.rig, options)
         print(f"{SCREEN_TAP}{source.endpoint}", flush=True)
         return InServerRecorder(source=source, counter_options=counter)
-    check_options(load_class(ADAPTERS, args.rig, "rig adapter"), options, f"rig adapter {args.rig!r}")
+    check_source(args.rig, options)   # name (built-in or plugin) and typed options, before the session folder
     return InServerRecorder(make_source=lambda: build_source(args.rig, options), counter_options=counter)
 
 
