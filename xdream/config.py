@@ -2,7 +2,9 @@
 
 Configs are TOML (or the JSON that a session folder holds as config.json).
 Unknown keys and wrong types are errors that name the key, so a typo in a
-config on a rig day fails before the animal is in the chair.
+config on a rig day fails before the animal is in the chair.  Types, choices
+(Literal) and ranges (msgspec.Meta) are declared on the fields and checked by
+xdream.typed; `Config.validate` adds the rules that tie fields together.
 """
 
 from __future__ import annotations
@@ -14,20 +16,26 @@ import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Annotated, Literal
 
+from msgspec import Meta
+
+from xdream import typed
 from xdream.errors import ConfigError
+
+NonNegative = Annotated[int, Meta(ge=0)]
 
 
 @dataclass
 class SessionConfig:
     name: str = "dry-run"
     seed: int = 0
-    generations: int = 20
+    generations: Annotated[int, Meta(ge=1)] = 20
     out_dir: str = "sessions"
     block_timeout_s: float = 60.0     # a block not complete by then: the rest is 'missing'
     wait_for_peers_s: float = 120.0   # how long to wait for a presenter and a recorder
-    abort_policy: str = "requeue"     # an aborted presentation: requeue (show again later in the block) | nan
-    max_requeues: int = 2             # then it is scored NaN
+    abort_policy: Literal["requeue", "nan"] = "requeue"   # an aborted presentation: requeue (show again
+    max_requeues: NonNegative = 2     # later in the block) | nan; after max_requeues it is scored NaN
 
 
 @dataclass
@@ -81,7 +89,7 @@ class OptimizerConfig:
 @dataclass
 class ThreadConfig:
     name: str = "a"
-    channel: int = 0           # recorder channel whose counts are this thread's score
+    channel: NonNegative = 0   # recorder channel whose counts are this thread's score
     seed: int = 0
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -95,22 +103,24 @@ class ReferenceConfig:
 
 @dataclass
 class PresentationConfig:
-    on_ms: float = 100.0
-    off_ms: float = 100.0
+    on_ms: Annotated[float, Meta(gt=0)] = 100.0
+    off_ms: Annotated[float, Meta(ge=0)] = 100.0
     image_size_px: int = 256   # images are sent and drawn at this size
     # The presenter's screen: `xdream dry-run` starts its presenter with these; a
     # presenter started by hand takes --window-size/--frame-rate and warns if the
     # refresh rate differs from frame_rate_hz.
-    window_size: list[int] = field(default_factory=lambda: [512, 512])
+    window_size: Annotated[list[int], Meta(min_length=2, max_length=2)] = field(default_factory=lambda: [512, 512])
     frame_rate_hz: float = 60.0
-    max_event_code: int = 255    # 8-bit parallel ports are common; 0 is never used
+    max_event_code: Annotated[int, Meta(ge=1, le=65535)] = 255  # 8-bit parallel ports are common; 0 is never
+    #                                                             used; the wire carries 16 bits
     shuffle: bool = True
 
 
 @dataclass
 class ResponseConfig:
-    window_ms: list[float] = field(default_factory=lambda: [50.0, 200.0])
-    baseline_ms: list[float] = field(default_factory=lambda: [0.0, 50.0])
+    window_ms: Annotated[list[float], Meta(min_length=2, max_length=2)] = field(default_factory=lambda: [50.0, 200.0])
+    baseline_ms: Annotated[list[float], Meta(min_length=2, max_length=2)] = field(
+        default_factory=lambda: [0.0, 50.0])
     subtract_baseline: bool = False
 
 
@@ -152,13 +162,9 @@ class Config:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
 
-    def validate(self) -> "Config":
-        if self.session.generations < 1:
-            raise ConfigError("session.generations must be >= 1")
-        if self.session.abort_policy not in ("requeue", "nan"):
-            raise ConfigError(f"session.abort_policy must be 'requeue' or 'nan', got {self.session.abort_policy!r}")
-        if self.session.max_requeues < 0:
-            raise ConfigError("session.max_requeues must be >= 0")
+    def validate(self) -> Config:
+        """The declared types and ranges (again: a config changed in code), then the rules across fields."""
+        typed.check(self, root="config", error=ConfigError)
         if not self.threads:
             raise ConfigError("the config names no [[threads]]")
         names = [t.name for t in self.threads]
@@ -168,17 +174,14 @@ class Config:
             if t.optimizer.kind not in OptimizerConfig.KINDS:
                 raise ConfigError(f"thread {t.name}: unknown optimizer kind {t.optimizer.kind!r}; "
                                   f"known: {', '.join(OptimizerConfig.KINDS)}")
-            if t.channel < 0:
-                raise ConfigError(f"thread {t.name}: channel must be >= 0")
         p = self.presentation
-        if p.on_ms <= 0 or p.off_ms < 0:
-            raise ConfigError("presentation.on_ms must be > 0 and off_ms >= 0")
-        if len(p.window_size) != 2 or min(p.window_size) < p.image_size_px:
-            raise ConfigError("presentation.window_size must be [width, height], each >= image_size_px")
+        if min(p.window_size) < p.image_size_px:
+            raise ConfigError(f"presentation.window_size must be [width, height], each >= image_size_px "
+                              f"= {p.image_size_px}, got {p.window_size}")
         for name in ("window_ms", "baseline_ms"):
             lo_hi = getattr(self.response, name)
-            if len(lo_hi) != 2 or not lo_hi[0] < lo_hi[1]:
-                raise ConfigError(f"response.{name} must be [start, end] with start < end")
+            if not lo_hi[0] < lo_hi[1]:
+                raise ConfigError(f"response.{name} must be [start, end] with start < end, got {lo_hi}")
         block = sum(t.optimizer.population for t in self.threads) + self.reference.count
         if block > p.max_event_code:
             raise ConfigError(f"a block of {block} presentations needs more event codes than "
@@ -204,7 +207,7 @@ def load(path: str | Path | None = None) -> Config:
 
 
 def from_dict(data: dict) -> Config:
-    return _build(Config, data, "config").validate()
+    return typed.convert(data, Config, root="config", error=ConfigError).validate()
 
 
 def to_dict(config: Config) -> dict:
@@ -213,29 +216,3 @@ def to_dict(config: Config) -> dict:
 
 def save_json(config: Config, path: Path) -> None:
     path.write_text(json.dumps(to_dict(config), indent=2) + "\n")
-
-
-def _build(cls, data, where: str):
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where} must be a table")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"{where} has unknown keys {unknown}; known: {sorted(known)}")
-    return cls(**{k: _convert(hints[k], v, f"{where}.{k}") for k, v in data.items()})
-
-
-def _convert(hint, value, where: str):
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where)
-    if typing.get_origin(hint) is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{where} must be a list")
-        (inner,) = typing.get_args(hint)
-        return [_convert(inner, v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is int and isinstance(value, bool) or not isinstance(value, hint):
-        raise ConfigError(f"{where} must be {hint.__name__}, got {value!r}")
-    return value

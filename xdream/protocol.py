@@ -10,22 +10,26 @@ A message is a ZeroMQ multipart message:
 
 The ROUTER side sees the peer's routing id in front of these frames.  Every
 message is checked on receipt by `decode`, which raises ProtocolError with a
-sentence a person can act on.
+sentence a person can act on: the types, choices and ranges declared on the
+body dataclasses below are checked by xdream.typed (msgspec), the rules that
+tie fields together by each body's `_cross_checks`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
+import numbers
 import time
-import types
 import typing
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Annotated, Literal
 
-import msgpack
+import msgspec
 import numpy as np
+from msgspec import Meta
 
+from xdream import typed
 from xdream.errors import ProtocolError
 
 PROTOCOL_VERSION = 1
@@ -47,63 +51,81 @@ class MsgType(str, Enum):
     SCREEN_FRAME = "screen_frame"  # presenter -> simulated rig: what was drawn
 
 
-ROLES = ("presenter", "recorder")
+Role = Literal["presenter", "recorder"]
+ShownStatus = Literal["shown", "aborted"]
+CountStatus = Literal["ok", "missing"]
+ROLES = typing.get_args(Role)
 HELLO_FIRST = "say hello first"   # in an ERROR's reason: this server does not know you (restarted?)
-SHOWN_STATUSES = ("shown", "aborted")
-COUNT_STATUSES = ("ok", "missing")
+SHOWN_STATUSES = typing.get_args(ShownStatus)
+COUNT_STATUSES = typing.get_args(CountStatus)
+NonNegative = Annotated[int, Meta(ge=0)]
+EventCode = Annotated[int, Meta(ge=1, le=65535)]
+ImageSide = Annotated[int, Meta(ge=0, le=8192)]   # 0: a SCREEN_FRAME of an idle screen; a BLOCK's are >= 1
 
 
 # --------------------------------------------------------------------- bodies
-@dataclass(frozen=True)
-class Hello:
-    role: str
-    name: str
-    channels: int = 0  # recorders: how many channels each COUNTS carries
+class _Body:
+    """What every body can do: `check` runs all of its rules on a body built in code.
+
+    `decode` has the declared ones (types, Literal choices, Meta ranges) checked
+    on the way in by xdream.typed and then runs only `_cross_checks`.
+    """
 
     def check(self) -> None:
-        if self.role not in ROLES:
-            raise ProtocolError(f"hello.role must be one of {ROLES}, got {self.role!r}")
+        typed.check(self, root=_ROOTS.get(type(self), type(self).__name__), error=ProtocolError)
+        self._cross_checks()
+
+    def _cross_checks(self) -> None:
+        """The rules that tie fields together (none unless a body says so)."""
+
+
+@dataclass(frozen=True)
+class Hello(_Body):
+    role: Role
+    name: str
+    channels: NonNegative = 0  # recorders: how many channels each COUNTS carries
+
+    def _cross_checks(self) -> None:
         if self.role == "recorder" and self.channels < 1:
             raise ProtocolError("hello from a recorder must say channels >= 1")
 
 
 @dataclass(frozen=True)
-class Welcome:
+class Welcome(_Body):
     peer_id: str
     heartbeat_s: float
     peer_timeout_s: float
-    settings: dict = field(default_factory=dict)
+    settings: dict[str, typing.Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
-class Heartbeat:
+class Heartbeat(_Body):
     pass
 
 
 @dataclass(frozen=True)
-class PresentationSpec:
-    pid: str          # presentation id, unique in the session
-    code: int         # event code sent to the rig at onset
+class PresentationSpec(_Body):
+    pid: Annotated[str, Meta(min_length=1)]   # presentation id, unique in the session
+    code: EventCode   # event code sent to the rig at onset
     image_id: str     # stable id of the image (thread/generation/index or ref name)
     height: int
     width: int
 
-    def check(self) -> None:
-        if not self.pid:
-            raise ProtocolError("presentation id is empty")
-        if not 0 < self.code < 65536:
-            raise ProtocolError(f"event code {self.code} of {self.pid} is outside 1..65535")
-        if not (0 < self.height <= 8192 and 0 < self.width <= 8192):
+    def _cross_checks(self) -> None:
+        if not (0 < self.height <= 8192 and 0 < self.width <= 8192):   # one rule on two fields
             raise ProtocolError(f"image of {self.pid} has an impossible size {self.height}x{self.width}")
 
 
 @dataclass(frozen=True)
-class Block:
+class Block(_Body):
     block_id: int
     generation: int
     presentations: list[PresentationSpec]
 
-    def check(self) -> None:
+    def _cross_checks(self) -> None:
+        for p in self.presentations:
+            if not (0 < p.height <= 8192 and 0 < p.width <= 8192):
+                p._cross_checks()   # raises, naming the image
         pids = [p.pid for p in self.presentations]
         if len(set(pids)) != len(pids):
             raise ProtocolError(f"block {self.block_id} repeats a presentation id")
@@ -118,66 +140,63 @@ class BlockInfo(Block):
 
 
 @dataclass(frozen=True)
-class Shown:
+class Shown(_Body):
     block_id: int
     pid: str
-    status: str
+    status: ShownStatus
     onset: float | None = None   # flip time of the first frame, presenter clock (s)
-    frames: int = 0              # frames the image was on screen
-    dropped: int = 0             # frames that took longer than 1.5 refresh periods
+    frames: NonNegative = 0      # frames the image was on screen
+    dropped: NonNegative = 0     # frames that took longer than 1.5 refresh periods
 
-    def check(self) -> None:
-        if self.status not in SHOWN_STATUSES:
-            raise ProtocolError(f"shown.status must be one of {SHOWN_STATUSES}, got {self.status!r}")
+    def _cross_checks(self) -> None:
         if self.status == "shown" and (self.onset is None or not math.isfinite(self.onset)):
             raise ProtocolError(f"presentation {self.pid} reported shown without a finite onset")
-        if self.frames < 0 or self.dropped < 0:
-            raise ProtocolError(f"presentation {self.pid} reports negative frame counts")
 
 
 @dataclass(frozen=True)
-class Counts:
+class Counts(_Body):
     block_id: int
     pid: str
-    status: str
+    status: CountStatus
     counts: list[float] = field(default_factory=list)     # spikes in the response window, per channel
     baseline: list[float] = field(default_factory=list)   # spikes in the baseline window, per channel
     onset: float | None = None                            # onset in the rig's clock (s)
 
-    def check(self) -> None:
-        if self.status not in COUNT_STATUSES:
-            raise ProtocolError(f"counts.status must be one of {COUNT_STATUSES}, got {self.status!r}")
+    def _cross_checks(self) -> None:
         if self.status == "ok" and not self.counts:
             raise ProtocolError(f"counts for {self.pid} are 'ok' but empty")
         for name, values in (("counts", self.counts), ("baseline", self.baseline)):
+            # sum and min in C first: NaN and inf make the sum non-finite (384 channels per message)
+            if values and math.isfinite(sum(values)) and min(values) >= 0:
+                continue
             bad = [v for v in values if not math.isfinite(v) or v < 0]
             if bad:
                 raise ProtocolError(f"{name} for {self.pid} hold values that are not finite and >= 0: {bad[:5]}")
 
 
 @dataclass(frozen=True)
-class Ack:
+class Ack(_Body):
     ref_seq: int
 
 
 @dataclass(frozen=True)
-class Error:
+class Error(_Body):
     reason: str
     ref_seq: int = -1
 
 
 @dataclass(frozen=True)
-class Bye:
+class Bye(_Body):
     reason: str = ""
 
 
 @dataclass(frozen=True)
-class End:
+class End(_Body):
     reason: str = ""
 
 
 @dataclass(frozen=True)
-class ScreenFrame:
+class ScreenFrame(_Body):
     """What the presenter drew on an onset frame, for a simulated rig's 'eye'.
 
     The rig's clock is the presenter's frame count times the nominal frame
@@ -188,8 +207,8 @@ class ScreenFrame:
     frame_index: int
     frame_period: float
     flip_time: float
-    height: int
-    width: int
+    height: ImageSide
+    width: ImageSide
 
 
 BODY_TYPES: dict[MsgType, type] = {
@@ -206,9 +225,35 @@ BODY_TYPES: dict[MsgType, type] = {
     MsgType.END: End,
     MsgType.SCREEN_FRAME: ScreenFrame,
 }
+_ROOTS = {cls: t.value for t, cls in BODY_TYPES.items()} | {PresentationSpec: "presentation"}
 
 
 # ------------------------------------------------------------------- envelope
+@dataclass(frozen=True)
+class _Envelope:
+    """Frame 0 as it travels; `decode` has checked v and type before it builds one."""
+    v: int
+    type: str
+    session: str
+    seq: NonNegative
+    t: float
+    body: typing.Any   # converted on its own, by the type that `type` names
+
+
+def _enc_hook(obj):
+    """Subclasses of the builtins (PsychoPy's float Timestamp of a flip, numpy scalars) as the builtins."""
+    if isinstance(obj, numbers.Integral):
+        return int(obj)
+    if isinstance(obj, numbers.Real):
+        return float(obj)
+    if isinstance(obj, str):
+        return str(obj)
+    raise TypeError(f"{type(obj).__name__} cannot travel in a message body")
+
+
+_ENCODER = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
+
+
 @dataclass(frozen=True)
 class Message:
     type: MsgType
@@ -234,8 +279,8 @@ def encode(msg_type: MsgType, body, *, session: str = "", seq: int = 0,
     if not isinstance(body, BODY_TYPES[msg_type]):
         raise TypeError(f"{msg_type.value} needs a {BODY_TYPES[msg_type].__name__} body")
     header = {"v": PROTOCOL_VERSION, "type": msg_type.value, "session": session,
-              "seq": seq, "t": time.time(), "body": dataclasses.asdict(body)}
-    frames = [msgpack.packb(header, use_bin_type=True)]
+              "seq": seq, "t": time.time(), "body": body}
+    frames: list = [_ENCODER.encode(header)]   # msgspec writes the dataclass body as a map, in C
     for img in images:
         img = np.ascontiguousarray(img)
         if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
@@ -252,8 +297,8 @@ def decode(frames: typing.Sequence) -> Message:
     if len(raw) > MAX_HEADER_BYTES:
         raise ProtocolError(f"header of {len(raw)} bytes exceeds {MAX_HEADER_BYTES}")
     try:
-        header = msgpack.unpackb(raw, raw=False, strict_map_key=True)
-    except Exception as exc:  # msgpack raises several unrelated types
+        header = msgspec.msgpack.decode(raw)   # untyped: the version and type decide what the body must be
+    except (msgspec.DecodeError, RecursionError) as exc:  # RecursionError: a bomb of nested arrays
         raise ProtocolError(f"header is not valid msgpack: {exc}") from None
     if not isinstance(header, dict):
         raise ProtocolError("header is not a map")
@@ -264,24 +309,17 @@ def decode(frames: typing.Sequence) -> Message:
         msg_type = MsgType(header.get("type"))
     except ValueError:
         raise ProtocolError(f"unknown message type {header.get('type')!r}") from None
-    session, seq, sent_at = header.get("session"), header.get("seq"), header.get("t")
-    if not isinstance(session, str):
-        raise ProtocolError("envelope.session must be a string")
-    if not _is_int(seq) or seq < 0:
-        raise ProtocolError("envelope.seq must be a non-negative integer")
-    if not isinstance(sent_at, (int, float)) or isinstance(sent_at, bool):
-        raise ProtocolError("envelope.t must be a number")
-    body = _build(BODY_TYPES[msg_type], header.get("body"), msg_type.value)
-    if hasattr(body, "check"):
-        body.check()
-    images = tuple(frames[1:])
+    envelope = typed.convert(header, _Envelope, root="envelope", error=ProtocolError)
+    body: typing.Any = typed.convert(envelope.body, BODY_TYPES[msg_type], root=msg_type.value, error=ProtocolError)
+    body._cross_checks()
+    images = tuple(_as_buffer(b) for b in frames[1:])
     expected = _expected_image_bytes(msg_type, body)
     if len(images) != len(expected):
         raise ProtocolError(f"{msg_type.value} carries {len(images)} image frames, expected {len(expected)}")
     for i, (buf, nbytes) in enumerate(zip(images, expected)):
-        if len(_as_buffer(buf)) != nbytes:
-            raise ProtocolError(f"image frame {i} has {len(_as_buffer(buf))} bytes, expected {nbytes}")
-    return Message(msg_type, body, session, seq, float(sent_at), tuple(_as_buffer(b) for b in images))
+        if buf.nbytes != nbytes:
+            raise ProtocolError(f"image frame {i} has {buf.nbytes} bytes, expected {nbytes}")
+    return Message(msg_type, body, envelope.session, envelope.seq, envelope.t, images)
 
 
 def _expected_image_bytes(msg_type: MsgType, body) -> list[int]:
@@ -290,64 +328,6 @@ def _expected_image_bytes(msg_type: MsgType, body) -> list[int]:
     if msg_type == MsgType.SCREEN_FRAME and body.height * body.width > 0:
         return [body.height * body.width * 3]
     return []  # a SCREEN_FRAME of size 0 marks the screen gone idle
-
-
-def _build(cls, data, where: str):
-    """Build dataclass `cls` from decoded msgpack `data`, checking every type."""
-    if not isinstance(data, dict):
-        raise ProtocolError(f"{where} must be a map")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - names
-    if unknown:
-        raise ProtocolError(f"{where} has unknown fields {sorted(unknown)}")
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in data:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ProtocolError(f"{where} is missing field {f.name!r}")
-            continue
-        kwargs[f.name] = _convert(hints[f.name], data[f.name], f"{where}.{f.name}")
-    return cls(**kwargs)
-
-
-def _convert(hint, value, where: str):
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _convert(inner, value, where)
-    if origin is list:
-        if not isinstance(value, list):
-            raise ProtocolError(f"{where} must be a list")
-        return [_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if dataclasses.is_dataclass(hint):
-        item = _build(hint, value, where)
-        if hasattr(item, "check"):
-            item.check()
-        return item
-    if hint is int:
-        if not _is_int(value):
-            raise ProtocolError(f"{where} must be an integer, got {type(value).__name__}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ProtocolError(f"{where} must be a number, got {type(value).__name__}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ProtocolError(f"{where} must be a string, got {type(value).__name__}")
-        return value
-    if hint is dict:
-        if not isinstance(value, dict):
-            raise ProtocolError(f"{where} must be a map")
-        return value
-    raise TypeError(f"no wire conversion for {hint}")  # a bug in this module, not bad input
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _as_bytes(frame) -> bytes:
