@@ -3,8 +3,12 @@ by the config's generator.kind."""
 
 from __future__ import annotations
 
-from server.generators.base import ImageGenerator
+from typing import TYPE_CHECKING
+
 from xdream.errors import ConfigError
+
+if TYPE_CHECKING:  # importing the package must not import torch: `xdream weights` runs without it
+    from server.generators.base import ImageGenerator
 
 
 def build_generator(cfg, image_size: int) -> ImageGenerator:

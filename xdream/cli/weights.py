@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 from pathlib import Path
 
-from server.generators.weights import (NOT_PUBLISHED, REGISTRY, TIMEOUT_S, WeightsEntry, download_many, listing,
-                                       weights_folder)
-
+if TYPE_CHECKING:
+    from server.generators.weights import WeightsEntry
 
 
 def add_parser(sub) -> None:
@@ -21,12 +21,15 @@ def add_parser(sub) -> None:
     w.set_defaults(func=run)
 
 
-def run(args, registry: Mapping[str, WeightsEntry] | None = None,
-                timeout: float = TIMEOUT_S) -> int:
+def run(args, registry: Mapping[str, WeightsEntry] | None = None, timeout: float | None = None) -> int:
     """`xdream weights [--dir D] [--download NAME...|all] [--json]`.
 
     Exit 0 when every requested download worked and no present file fails its
     checksum, else 1."""
+    # imported here, not at the top: `xdream present` imports this package and must not import torch
+    from server.generators.weights import TIMEOUT_S, REGISTRY, download_many, listing, weights_folder
+
+    timeout = TIMEOUT_S if timeout is None else timeout
     registry = REGISTRY if registry is None else registry
     folder = weights_folder(getattr(args, "dir", None))
     downloads = download_many(args.download, folder, registry, timeout) if args.download else []
@@ -45,6 +48,8 @@ def run(args, registry: Mapping[str, WeightsEntry] | None = None,
 
 
 def _listing_text(folder: Path, rows: list[dict]) -> str:
+    from server.generators.weights import NOT_PUBLISHED
+
     lines = [f"weights folder: {folder}", f"{'name':6} {'file':20} {'status':10} expected sha256"]
     for r in rows:
         status = {True: "verified", False: "MISMATCH", None: "unverified"}[r["verified"]] \
