@@ -36,6 +36,7 @@ import numpy as np
 from recording_adapters.events import RigEvents
 from recording_adapters.holdback import CodeHold
 from xdream.errors import ConfigError, SessionError
+from xdream.logs import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ class LslSource:
                                f"format {info.channel_format()}")
         self._handed = -math.inf       # the last watermark handed on
         self._next_search = 0.0
-        self._warned: dict[str, int] = {}
+        self._warn = RateLimitedLog(log, burst=3).warning   # per key: the first 3, then one line per 10 s
         self.rejected_markers = 0
         self.late_samples = 0
         log.info("lsl: markers from %r, spikes from %r (%d channels), latency %.2f s",
@@ -253,11 +254,6 @@ class LslSource:
                     if self.markers.inlet is not None and self.spikes.inlet is not None:
                         self.hold.close_gap(back)
                     log.warning("lsl: the %s stream %r is back", s.what, s.info.name())
-
-    def _warn(self, key: str, message: str, *args) -> None:
-        n = self._warned[key] = self._warned.get(key, 0) + 1
-        if n <= 3 or n % 100 == 0:
-            log.warning(message + (f" ({n} times so far)" if n > 3 else ""), *args)
 
     def close(self) -> None:
         for s in (self.markers, self.spikes):
