@@ -1,10 +1,17 @@
 """Image spaces behind one interface (see base.py); `build_generator` picks one
-by the config's generator.kind."""
+by the config's generator.kind.
+
+Nothing here imports torch at import time: `xdream weights` (weights.py) runs
+where torch is not installed."""
 
 from __future__ import annotations
 
-from server.generators.base import ImageGenerator
+from typing import TYPE_CHECKING
+
 from xdream.errors import ConfigError
+
+if TYPE_CHECKING:
+    from server.generators.base import ImageGenerator
 
 
 def build_generator(cfg, image_size: int) -> ImageGenerator:
