@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from server.generators.base import pick_device
 from server.generators.deepsim import DeePSiMFc6, random_init
 from server.generators.fast import accelerate, bf16_supported, tune_cpu_allocator
 
@@ -189,7 +190,7 @@ def bench_generators(batch: int = 40, repeats: int = 5, device: str | None = Non
 
     allocator: afterwards, call fast.tune_cpu_allocator() and time eager, fast and
     fast-bf16 again (suffix "+malloc"); CPU only, and it changes this process."""
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = pick_device(device or "auto")
     bf16 = bf16_supported(dev)
     t_start = time.perf_counter()
     kernels = matmul_kernels(dev)

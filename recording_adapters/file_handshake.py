@@ -26,7 +26,6 @@ numpy + zlib here; scipy and h5py are imported only when an answer is read.
 
 from __future__ import annotations
 
-import os
 import re
 import struct
 import time
@@ -37,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from xdream.errors import XdreamError
+from xdream.files import write_atomic
 
 IMAGE_FORMATS = ("png", "bmp")
 ANSWER_FORMATS = ("mat", "h5")
@@ -99,12 +99,10 @@ def encode_bmp(image: np.ndarray) -> bytes:
     return head + info + pixels.tobytes()
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write under a name the rig ignores, then rename: the rig sees all of it or nothing."""
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+def write_for_rig(path: Path, data: bytes) -> None:
+    """Write under a name the rig ignores, then rename: the rig sees all of it or nothing
+    (not fsynced: the rig needs all-or-nothing, and an fsync a file would cost the presenter's time)."""
+    write_atomic(path, lambda f: f.write(data), durable=False)
 
 
 def write_block_images(folder: Path, block: int, items: list[tuple[str, np.ndarray]], fmt: str) -> list[str]:
@@ -115,9 +113,9 @@ def write_block_images(folder: Path, block: int, items: list[tuple[str, np.ndarr
     names = []
     for i, (image_id, pixels) in enumerate(items):
         name = image_file_name(block, i, image_id, fmt)
-        write_atomic(folder / name, encode(pixels))
+        write_for_rig(folder / name, encode(pixels))
         names.append(name)
-    write_atomic(folder / manifest_name(block), ("\n".join(names) + "\n").encode())
+    write_for_rig(folder / manifest_name(block), ("\n".join(names) + "\n").encode())
     return names
 
 

@@ -51,6 +51,7 @@ from recording_adapters.options import (
     SourceOptions,
 )
 from xdream.errors import SessionError
+from xdream.logs import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,7 @@ class IntanSource(RigSource):
         self._stalled = False
         self._next_reconnect = 0.0
         self._gap_until_reconnect = False
-        self._errors: dict[str, int] = {}
+        self._errors = RateLimitedLog(log)   # per key: the first, then one line per 10 s
         self.unknown_spikes = 0
         self.artifacts = 0
         self._connect()
@@ -385,9 +386,7 @@ class IntanSource(RigSource):
             self._reopen_pending = True
 
     def _error(self, key: str, message: str, *args) -> None:
-        n = self._errors[key] = self._errors.get(key, 0) + 1
-        if n == 1 or n % 100 == 0:
-            log.error("intan: " + message + (f" ({n} times so far)" if n > 1 else ""), *args)
+        self._errors.error(key, "intan: " + message, *args)
 
     def _parse_waveform(self, events: RigEvents) -> float | None:
         """Decode whole blocks; codes go to the hold.  Returns the old clock's end at a jump back."""

@@ -40,6 +40,7 @@ from recording_adapters.events import RigEvents
 from recording_adapters.holdback import CodeHold
 from recording_adapters.options import OptionError, Range, Seconds, SourceOptions
 from xdream.errors import SessionError
+from xdream.logs import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ class LslSource(RigSource):
                                f"format {info.channel_format()}")
         self._handed = -math.inf       # the last watermark handed on
         self._next_search = 0.0
-        self._warned: dict[str, int] = {}
+        self._warn = RateLimitedLog(log, burst=3).warning   # per key: the first 3, then one line per 10 s
         self.rejected_markers = 0
         self.late_samples = 0
         log.info("lsl: markers from %r, spikes from %r (%d channels), latency %.2f s",
@@ -275,11 +276,6 @@ class LslSource(RigSource):
                     if self.markers.inlet is not None and self.spikes.inlet is not None:
                         self.hold.close_gap(back)
                     log.warning("lsl: the %s stream %r is back", s.what, s.info.name())
-
-    def _warn(self, key: str, message: str, *args) -> None:
-        n = self._warned[key] = self._warned.get(key, 0) + 1
-        if n <= 3 or n % 100 == 0:
-            log.warning(message + (f" ({n} times so far)" if n > 3 else ""), *args)
 
     def _close(self) -> None:
         # after a failed start, the streams found so far

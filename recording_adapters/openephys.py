@@ -66,6 +66,7 @@ except ImportError:   # the `record` extra pins it; without it, json does the sa
 from recording_adapters.base import RigSource
 from recording_adapters.events import RigEvents
 from recording_adapters.options import Hertz, OptionError, Port, Range, SourceOptions
+from xdream.logs import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,7 @@ class OpenEphysSource(RigSource):
         self.rate: float | None = self.fixed_rate
         self._rate_wait_since: float | None = None   # events waiting for the rate since (ZMQ Interface)
         self.bad_packets = 0
+        self._bad_log = RateLimitedLog(log, burst=20)   # the first 20, then one line per 10 s
         self.dropped_spikes = 0
         self.clock_jumps = 0
         self._unknown_electrodes: set = set()
@@ -448,8 +450,7 @@ class OpenEphysSource(RigSource):
 
     def _bad(self, why: str) -> None:
         self.bad_packets += 1
-        if self.bad_packets <= 20 or self.bad_packets % 1000 == 0:
-            log.warning("openephys: bad message #%d skipped: %s", self.bad_packets, why)
+        self._bad_log.warning("bad", "openephys: bad message #%d skipped: %s", self.bad_packets, why)
 
     def _heartbeat(self) -> None:
         if self._hb is None:

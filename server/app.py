@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -26,7 +25,7 @@ from server.references import load_references
 from server.resume import Recovery, checkpoint_arrays, last_endpoint, restore_checkpoint
 from server.scheduler import BlockProgress, Presentation, ScheduledBlock, Scheduler
 from server.threads import EvolutionThread, build_threads
-from xdream import protocol
+from xdream import protocol, scoring
 from xdream.errors import ProtocolError, SessionError
 from xdream.protocol import MsgType
 
@@ -293,12 +292,9 @@ class EvolutionServer:
     def _score_thread(self, t: EvolutionThread, progress: BlockProgress, asked, images,
                       generation: int, seconds: float) -> dict:
         subtract = self.cfg.response.subtract_baseline
-        by_image: dict[str, list[float]] = {}
-        for p in progress.block.presentations:
-            by_image.setdefault(p.image_id, []).append(progress.response(p.pid, t.channel, subtract))
-        # a score is the mean over repeats that were measured; NaN if none was
-        scores = np.array([_nanmean(by_image.get(cid, [])) for cid in asked.ids])
-        refs = [_nanmean(v) for k, v in by_image.items() if k.startswith("ref/")]
+        responses = scoring.by_image((p.image_id, progress.response(p.pid, t.channel, subtract))
+                                     for p in progress.block.presentations)
+        scores = scoring.image_scores(responses, asked.ids)   # NaN where no repeat was measured
         recovery = self._recovery if self._recovery and self._recovery.generation == generation else None
         same = recovery.same_scores(t.name, scores) if recovery else None
         if same is False:
@@ -308,14 +304,12 @@ class EvolutionServer:
             self.journal.write("scores", generation=generation, thread=t.name, ids=asked.ids,
                                scores=scores.tolist())
         t.optimizer.tell(asked.ids, scores)
-        measured = scores[~np.isnan(scores)]
-        record = {"generation": generation, "thread": t.name,
-                  "mean": float(measured.mean()) if len(measured) else math.nan,
-                  "max": float(measured.max()) if len(measured) else math.nan,
-                  "ref_mean": _nanmean(refs), "n_missing": int(np.isnan(scores).sum()),
+        stats = scoring.GenerationStats.of(scores)
+        record = {"generation": generation, "thread": t.name, "mean": stats.mean, "max": stats.max,
+                  "ref_mean": scoring.reference_mean(responses), "n_missing": stats.n_missing,
                   "seconds": round(seconds, 3)}
-        if len(measured):
-            best = int(np.nanargmax(scores))
+        if stats.best >= 0:
+            best = stats.best
             self.journal.save_image_later(f"best/gen{generation:03d}_{t.name}.png", images[best])
             if scores[best] > t.best_score:
                 t.best_score = float(scores[best])
@@ -520,11 +514,6 @@ class EvolutionServer:
 
 
 _SENDER_ROLE = {MsgType.SHOWN: "presenter", MsgType.COUNTS: "recorder"}
-
-
-def _nanmean(values) -> float:
-    values = [v for v in values if not math.isnan(v)]
-    return float(np.mean(values)) if values else math.nan
 
 
 def _header_for_journal(frames) -> dict | str:

@@ -37,7 +37,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from xdream.session_reader import Presentation, SessionRecord, load_session
+from xdream.scoring import GenerationStats
+from xdream.session_reader import Presentation, SessionRecord
 from xdream.errors import SessionError
 
 log = logging.getLogger(__name__)
@@ -143,15 +144,14 @@ def _generation_rows(session: SessionRecord, rows: list[dict]) -> list[dict]:
     out = []
     for (g, thread), rec in sorted(session.scores.items()):
         channel = next(t.channel for t in session.cfg.threads if t.name == thread)
-        measured = rec.scores[~np.isnan(rec.scores)]
+        stats = GenerationStats.of(rec.scores)
         times = [(r["time"], r["time"] + r["duration"]) for r in rows
                  if r["generation"] == g and not math.isnan(r["time"])]
-        best = int(np.nanargmax(rec.scores)) if len(measured) else -1
+        best = stats.best
         out.append({"generation": g, "thread": thread, "n_images": len(rec.ids),
-                    "mean": float(measured.mean()) if len(measured) else math.nan,
-                    "max": float(measured.max()) if len(measured) else math.nan,
+                    "mean": stats.mean, "max": stats.max,
                     "ref_mean": session.reference_mean(g, channel),
-                    "n_missing": int(np.isnan(rec.scores).sum()),
+                    "n_missing": stats.n_missing,
                     "best_image_id": rec.ids[best] if best >= 0 else "",
                     "best_score": float(rec.scores[best]) if best >= 0 else math.nan,
                     "start_time": min((a for a, _ in times), default=math.nan),
@@ -189,23 +189,19 @@ def _csv_value(v):
 # ---------------------------------------------------------------------- NWB
 def images_of(session: SessionRecord) -> tuple[dict[str, np.ndarray], list[str]]:
     """image_id -> pixels: generated ones regenerated from the codes, references as stored."""
-    from server.threads import build_threads
+    from server.regenerate import Regenerator, stored_references
 
     notes = []
-    threads, _ = build_threads(session.cfg)
+    regenerator = Regenerator(session)
     pixels: dict[str, np.ndarray] = {}
     for (g, name), rec in sorted(session.scores.items()):
-        gen = next(t.generator for t in threads if t.name == name)
-        ids, codes = session.codes(g, name)
-        for cid, img in zip(ids, gen.generate(codes)):
-            pixels[cid] = img
+        pixels.update(regenerator.images(g, [name]))
         if not np.isnan(rec.scores).all():
             best = rec.ids[int(np.nanargmax(rec.scores))]
             stored = session.folder / "best" / f"gen{g:03d}_{name}.png"
             if stored.is_file() and not np.array_equal(np.asarray(Image.open(stored).convert("RGB")), pixels[best]):
                 notes.append(f"generation {g}, thread {name}: the regenerated best image differs from {stored.name}")
-    for path in sorted((session.folder / "references").glob("*.png")):
-        pixels[f"ref/{path.stem}"] = np.asarray(Image.open(path).convert("RGB"))
+    pixels.update(stored_references(session))
     return pixels, notes
 
 

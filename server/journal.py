@@ -26,7 +26,6 @@ import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +33,7 @@ from PIL import Image
 
 from server import faults
 from xdream.files import fsync_dir, fsync_file, write_atomic
+from xdream.session_reader import codes_path
 from xdream.journal_file import JOURNAL, JournalRead, read_journal, read_records  # noqa: F401 (re-exported)
 from xdream import config as config_mod
 from xdream.errors import SessionError
@@ -77,8 +77,7 @@ class Journal:
         if read.dropped_bytes:
             with open(path, "r+b") as f:   # cut the torn tail; a record below says so
                 f.truncate(read.good_bytes)
-                f.flush()
-                os.fsync(f.fileno())
+            fsync_file(path)
         self._file = open(path, "ab")
         if read.needs_newline:
             self._file.write(b"\n")
@@ -119,7 +118,7 @@ class Journal:
         fsync_file(path)
 
     def save_codes(self, generation: int, thread: str, ids: list[str], codes: np.ndarray) -> Path:
-        path = self.folder / "codes" / f"gen{generation:03d}_{thread}.npz"
+        path = codes_path(self.folder, generation, thread)
         self._atomic(path, lambda f: np.savez(f, ids=np.array(ids), codes=codes))
         return path
 

@@ -39,7 +39,6 @@ from pathlib import Path
 
 import numpy as np
 import zmq
-from PIL import Image
 
 from server.journal import nan_to_null
 from xdream.session_reader import Presentation, SessionRecord, load_session
@@ -351,13 +350,10 @@ class _Images:
     """Each generation's images, regenerated from its codes off the loop, plus the references."""
 
     def __init__(self, session: SessionRecord):
-        from server.threads import build_threads
+        from server.regenerate import Regenerator, stored_references
 
-        self.s = session
-        threads, _ = build_threads(session.cfg)
-        self.generators = {t.name: t.generator for t in threads}
-        self.references = {f"ref/{p.stem}": np.asarray(Image.open(p).convert("RGB"))
-                           for p in sorted((session.folder / "references").glob("*.png"))}
+        self.regenerator = Regenerator(session)
+        self.references = stored_references(session)
         size = session.cfg.presentation.image_size_px
         self.shape = (size, size)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="replay-generate")
@@ -374,13 +370,7 @@ class _Images:
         return self._futures[generation].result()
 
     def _generate(self, generation: int) -> dict[str, np.ndarray]:
-        images = dict(self.references)
-        for name, gen in self.generators.items():
-            path = self.s.folder / "codes" / f"gen{generation:03d}_{name}.npz"
-            if path.is_file():
-                ids, codes = self.s.codes(generation, name)
-                images.update(zip(ids, gen.generate(codes)))
-        return images
+        return self.references | self.regenerator.images(generation)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)

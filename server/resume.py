@@ -25,6 +25,7 @@ from server.optimizers.base import from_arrays, to_arrays
 from server.scheduler import BlockProgress, ScheduledBlock, Scheduler
 from xdream import protocol
 from xdream.errors import SessionError
+from xdream.session_reader import codes_path
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class Recovery:
                 self.scores[r["thread"]] = r["scores"]
 
     def check_codes(self, folder: Path, thread: str, ids: list[str], codes: np.ndarray) -> None:
-        path = Path(folder) / "codes" / f"gen{self.generation:03d}_{thread}.npz"
+        path = codes_path(folder, self.generation, thread)
         if not path.is_file():
             return
         with np.load(path, allow_pickle=False) as saved:

@@ -8,14 +8,13 @@ block is complete.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from server.optimizers.base import rng_state, set_rng_state
 from server.references import ReferenceImage
-from xdream import protocol
+from xdream import protocol, scoring
 from xdream.errors import ProtocolError
 
 
@@ -152,21 +151,11 @@ class BlockProgress:
         return pids
 
     def status(self, pid: str) -> str:
-        if pid in self.shown:
-            if self.shown[pid].status == "aborted":
-                return "aborted"
-            counts = self.counts.get(pid)
-            return "shown" if counts is not None and counts.status == "ok" else "missing"
-        return "missing"
+        shown, counts = self.shown.get(pid), self.counts.get(pid)
+        return scoring.status(shown.status if shown else None, counts.status if counts else None)
 
     def response(self, pid: str, channel: int, subtract_baseline: bool) -> float:
-        """Spike count of one presentation on one channel; NaN when not measured."""
-        if self.status(pid) != "shown":
-            return math.nan
-        counts = self.counts[pid]
-        if channel >= len(counts.counts):
-            return math.nan
-        value = counts.counts[channel]
-        if subtract_baseline and channel < len(counts.baseline):
-            value -= counts.baseline[channel]
-        return float(value)
+        """Spike count of one presentation on one channel; NaN when not measured (xdream.scoring)."""
+        counts = self.counts.get(pid)
+        return scoring.response(self.status(pid), counts.counts if counts else None,
+                                counts.baseline if counts else None, channel, subtract_baseline)

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from server.generators import build_generator
 from server.optimizers import Optimizer, build_optimizer
+
+if TYPE_CHECKING:
+    from server.generators.base import ImageGenerator
 
 
 @dataclass
@@ -20,7 +24,7 @@ class EvolutionThread:
     name: str
     channel: int
     optimizer: Optimizer
-    generator: object
+    generator: ImageGenerator
     best_score: float = -math.inf
 
 
@@ -30,7 +34,7 @@ def build_threads(cfg) -> tuple[list[EvolutionThread], np.random.Generator]:
     size = cfg.presentation.image_size_px
     root = np.random.SeedSequence(cfg.session.seed)
     sched_seed, *thread_seeds = root.spawn(1 + len(cfg.threads))
-    generators: dict[str, object] = {}
+    generators: dict[str, ImageGenerator] = {}
     threads = []
     for tcfg, seed in zip(cfg.threads, thread_seeds):
         key = repr(tcfg.generator)

@@ -11,15 +11,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from server.generators.base import pick_device
 from simulators.alexnet import preprocess, seeded_alexnet
 
 
 class ConvNetUnits:
     def __init__(self, cfg, device: str = "auto"):
         self.cfg = cfg
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = pick_device(device)
         self.net = seeded_alexnet(cfg.seed).to(self.device)
         self.units = cfg.units
         self.deepest = max((u.layer for u in self.units), key=_layer_depth)

@@ -40,6 +40,7 @@ from stimulus_client.markers import MarkerOutput
 from stimulus_client.session_log import SessionLog
 from xdream import protocol
 from xdream.errors import ConfigError, SessionError
+from xdream.logs import RateLimitedLog
 from xdream.protocol import MsgType
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,7 @@ class Presenter:
         self._open: list[Record] = []             # on screen, or waiting for the flip that ends them
         self._marker_high = False
         self._marker_errors = 0
+        self._marker_log = RateLimitedLog(log, burst=10)   # the first 10, then one line per 10 s
         self._quit: str | None = None
         self._idle_drawn = False
 
@@ -294,8 +296,8 @@ class Presenter:
 
     def _marker_error(self, exc: Exception, code: int) -> None:
         self._marker_errors += 1
-        if self._marker_errors <= 10 or self._marker_errors % 1000 == 0:
-            log.error("event marker %d not sent (%d failures so far): %r", code, self._marker_errors, exc)
+        self._marker_log.error("marker", "event marker %d not sent (%d failures so far): %r", code,
+                               self._marker_errors, exc)
         if self.log:
             self.log.write("marker_error", code=code, error=repr(exc))
 

@@ -11,17 +11,14 @@ import json
 import time
 from pathlib import Path
 
+from xdream.files import time_stamp, unused_path
+
 
 class SessionLog:
     def __init__(self, folder: str | Path, name: str):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        path = folder / f"presenter-{stamp}-{name}.jsonl"
-        n = 1
-        while path.exists():
-            n += 1
-            path = folder / f"presenter-{stamp}-{name}-{n}.jsonl"
+        path = unused_path(folder, f"presenter-{time_stamp()}-{name}", ".jsonl")
         self.path = path
         self._file = path.open("x", encoding="utf-8")
         self._lines: list[str] = []

@@ -195,6 +195,7 @@ def test_cli_writes_the_state_dict_and_its_checksum(cli_out, fc6_state):
     sha = hashlib.sha256(out.read_bytes()).hexdigest()
     assert str(out) in proc.stdout and "24 tensors" in proc.stdout and sha in proc.stdout
     assert not out.with_name(out.name + ".part").exists()
+    assert not list(out.parent.glob(f".{out.name}.*"))    # xdream.files.write_atomic's temp file
     assert_same(torch.load(out, weights_only=True), fc6_state)
 
 

@@ -9,18 +9,18 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from server.optimizers import (OPTIMIZER_KINDS, Candidates, GeneticOptimizer, Optimizer, build_optimizer,
+from server.optimizers import (OPTIMIZERS, Candidates, GeneticOptimizer, Optimizer, build_optimizer,
                                from_arrays, make_optimizer, to_arrays)
 from xdream.config import OptimizerConfig
 from xdream.errors import OptimizerError
 
-KINDS = sorted(OPTIMIZER_KINDS)
+KINDS = sorted(OPTIMIZERS)
 DIM = 8
 POP = 12
 GENERATIONS = 60   # enough for every kind to gain under 50% noise (the GA is the slowest)
-# the optimizers' own scale: sphere-cma's literature norm (300) and ours's norm floor (3 x the
+# the optimizers' own scale: sphere-cma's literature norm (300) and sphere-es's norm floor (3 x the
 # first codes') are for DeePSiM fc6 codes drawn N(0, 1), not for a quadratic around such codes
-SMALL = {"sphere-cma": {"sphere_norm": 0.0}, "ours": {"init_norm_factor": 1.0, "min_norm_factor": 0.5}}
+SMALL = {"sphere-cma": {"sphere_norm": 0.0}, "sphere-es": {"init_norm_factor": 1.0, "min_norm_factor": 0.5}}
 
 
 def make(kind, seed=0, shape=(DIM,), pop=POP, **kw):
@@ -184,7 +184,7 @@ def test_code_shapes(kind, shape):
         opt.tell(c.ids, -np.sum(c.codes.reshape(len(c.ids), -1) ** 2, axis=1))
 
 
-@pytest.mark.parametrize("kind", ["ga", "cmaes", "sphere-cma", "pycma-diag", "ours"])
+@pytest.mark.parametrize("kind", ["ga", "cmaes", "sphere-cma", "pycma-diag", "sphere-es"])
 @pytest.mark.parametrize("shape", [(96, 27, 27), (2391,), (100,)])
 def test_large_and_odd_code_shapes(kind, shape):
     opt = make(kind, shape=shape, pop=8)
@@ -206,7 +206,7 @@ def test_initial_codes_are_used(kind):
     opt = make(kind, init_codes=init)
     codes = opt.ask().codes
     # the first generation is the initial codes, or is drawn around their centre
-    if kind in ("ga", "cmaes", "ours"):
+    if kind in ("ga", "cmaes", "sphere-es"):
         np.testing.assert_array_equal(codes, init)
     elif kind == "sphere-cma":
         np.testing.assert_allclose(codes / np.linalg.norm(codes, axis=1, keepdims=True),
@@ -221,7 +221,7 @@ def test_make_optimizer_names_what_is_wrong():
     with pytest.raises(OptimizerError, match="no parameters \\['mutation_rate'\\]"):
         make_optimizer("cmaes", (4,), np.random.default_rng(0), mutation_rate=0.1)
     assert isinstance(make_optimizer("ga", (4,), np.random.default_rng(0)), GeneticOptimizer)
-    assert all(issubclass(cls, Optimizer) for cls in OPTIMIZER_KINDS.values())
+    assert all(issubclass(cls, Optimizer) for cls in OPTIMIZERS.values())
     assert Candidates is not None
 
 
@@ -262,8 +262,8 @@ def test_the_config_knows_every_kind_and_every_parameter_it_passes():
     import dataclasses
     import inspect
     from server.optimizers import CONFIG_PARAMS
-    assert set(OptimizerConfig.KINDS) == set(OPTIMIZER_KINDS) == set(CONFIG_PARAMS)
+    assert set(OptimizerConfig.KINDS) == set(OPTIMIZERS) == set(CONFIG_PARAMS)
     fields = {f.name for f in dataclasses.fields(OptimizerConfig)}
     for kind, keys in CONFIG_PARAMS.items():
-        accepted = set(inspect.signature(OPTIMIZER_KINDS[kind].__init__).parameters)
+        accepted = set(inspect.signature(OPTIMIZERS[kind].__init__).parameters)
         assert set(keys) <= fields & accepted, kind

@@ -41,6 +41,15 @@ def test_seeded_network_is_deterministic_and_leaves_global_rng_alone():
     assert not torch.equal(a.conv3.weight, seeded_alexnet(8).conv3.weight)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA case")
+def test_units_pick_their_device_by_the_generators_rule(sim_cfg):
+    """server.generators.base.pick_device: 'cuda' without a CUDA device is a clear error, not torch's."""
+    from xdream.errors import GeneratorError
+    with pytest.raises(GeneratorError, match="no CUDA device"):
+        ConvNetUnits(sim_cfg, "cuda")
+    assert ConvNetUnits(sim_cfg, "auto").device == torch.device("cpu")
+
+
 def test_units_rates_are_capped_and_z_scored(sim_cfg):
     units = ConvNetUnits(sim_cfg, "cpu")
     rng = np.random.default_rng(0)

@@ -11,7 +11,7 @@ from tests.conftest import small_config
 def test_step_schedule_spans_the_session_unless_set(tmp_path):
     cfg = small_config(tmp_path)
     cfg.session.generations = 9
-    cfg.threads[0].optimizer.kind = "ours"
+    cfg.threads[0].optimizer.kind = "sphere-es"
     threads, _ = build_threads(cfg)
     assert threads[0].optimizer.decay_generations == 9
     cfg.threads[0].optimizer.decay_generations = 75
@@ -34,7 +34,7 @@ def test_same_config_same_first_codes(tmp_path):
 def test_build_optimizer_outside_a_session_takes_the_published_75(tmp_path):
     from server.optimizers import build_optimizer
     cfg = small_config(tmp_path)
-    cfg.threads[0].optimizer.kind = "ours"
+    cfg.threads[0].optimizer.kind = "sphere-es"
     threads, _ = build_threads(cfg)
     opt = build_optimizer(cfg.threads[0].optimizer, threads[0].generator, np.random.default_rng(0), "t")
     assert opt.decay_generations == 75

@@ -22,6 +22,7 @@ from msgspec import Meta
 
 from xdream import typed
 from xdream.errors import ConfigError
+from xdream.optimizer_kinds import OPTIMIZER_KINDS, canonical_kind
 
 NonNegative = Annotated[int, Meta(ge=0)]
 
@@ -55,8 +56,7 @@ class GeneratorConfig:
 @dataclass
 class OptimizerConfig:
     """One table for every kind; each kind reads its own keys (server.optimizers.CONFIG_PARAMS)."""
-    KINDS: typing.ClassVar[tuple[str, ...]] = ("ga", "cmaes", "sphere-cma", "pycma", "pycma-diag",
-                                               "nevergrad-cma", "ours")
+    KINDS: typing.ClassVar[tuple[str, ...]] = OPTIMIZER_KINDS   # xdream/optimizer_kinds.py
     kind: str = "ga"
     population: int = 20
     # ga: XDream's defaults (willwx/XDream)
@@ -84,6 +84,9 @@ class OptimizerConfig:
     init_norm_factor: float = 3.0    # the code norm starts at this times the first codes' norm ...
     min_norm_factor: float = 3.0     # ... and stays within min .. max times it (3, 3, 10: for DeePSiM
     max_norm_factor: float = 10.0    # fc6 codes drawn N(0, 1); 1, 0.5, 10 for a Gaussian-prior GAN)
+
+    def __post_init__(self) -> None:
+        self.kind = canonical_kind(self.kind)   # an old name ("ours") loads as the kind it names
 
 
 @dataclass

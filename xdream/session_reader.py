@@ -9,10 +9,11 @@ would never have written (a report for a presentation never sent, a second
 report that differs from the first) are collected in `problems`, each naming
 its journal record, rather than raised: a replay lists them, an export warns.
 
-A presentation's status follows the server's own rule (BlockProgress.status):
-'aborted' if the presenter said so, 'shown' if shown and counted 'ok',
-'missing' otherwise.  Late and orphan reports (after their block was closed)
-are kept in `late` but never scored, as the server never scored them.
+A presentation's status, response and score follow the server's own rule,
+xdream.scoring: 'aborted' if the presenter said so, 'shown' if shown and
+counted 'ok', 'missing' otherwise.  Late and orphan reports (after their
+block was closed) are kept in `late` but never scored, as the server never
+scored them.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from xdream.journal_file import read_records
-from xdream import config as config_mod
+from xdream import config as config_mod, scoring
 from xdream.errors import SessionError
 
 SHOWN_FIELDS = ("status", "onset", "frames", "dropped")
@@ -49,23 +50,14 @@ class Presentation:
 
     @property
     def status(self) -> str:
-        if self.shown is not None and self.shown["status"] == "aborted":
-            return "aborted"
-        if self.shown is not None and self.counts is not None and self.counts["status"] == "ok":
-            return "shown"
-        return "missing"
+        return scoring.status(self.shown["status"] if self.shown is not None else None,
+                              self.counts["status"] if self.counts is not None else None)
 
     def response(self, channel: int, subtract_baseline: bool) -> float:
-        """The server's rule (BlockProgress.response): the count on one channel, NaN if not measured."""
-        if self.status != "shown":
-            return math.nan
-        counts, baseline = self.counts["counts"], self.counts.get("baseline") or []
-        if channel >= len(counts):
-            return math.nan
-        value = counts[channel]
-        if subtract_baseline and channel < len(baseline):
-            value -= baseline[channel]
-        return float(value)
+        """The server's rule (xdream.scoring): the count on one channel, NaN if not measured."""
+        counts = self.counts or {}
+        return scoring.response(self.status, counts.get("counts"), counts.get("baseline"), channel,
+                                subtract_baseline)
 
 
 @dataclass
@@ -103,7 +95,7 @@ class SessionRecord:
         return sorted({p.generation for p in self.presentations} | {g for g, _ in self.scores})
 
     def codes(self, generation: int, thread: str) -> tuple[list[str], np.ndarray]:
-        path = self.folder / "codes" / f"gen{generation:03d}_{thread}.npz"
+        path = codes_path(self.folder, generation, thread)
         if not path.is_file():
             raise SessionError(f"{path} is missing")
         try:
@@ -116,21 +108,21 @@ class SessionRecord:
         return [p for p in self.presentations if p.generation == generation]
 
     def image_scores(self, generation: int, channel: int, ids: list[str]) -> np.ndarray:
-        """The server's score of each image: the mean over its measured repeats, NaN if none
-        (server/app.py _score_thread), recomputed from the journaled counts."""
-        by_image = self._responses(generation, channel)
-        return np.array([_nanmean(by_image.get(i, [])) for i in ids])
+        """The server's score of each image (xdream.scoring: the mean over its measured
+        repeats, NaN if none), recomputed from the journaled counts."""
+        return scoring.image_scores(self._responses(generation, channel), ids)
 
     def reference_mean(self, generation: int, channel: int) -> float:
-        by_image = self._responses(generation, channel)
-        return _nanmean([_nanmean(v) for k, v in by_image.items() if k.startswith("ref/")])
+        return scoring.reference_mean(self._responses(generation, channel))
 
     def _responses(self, generation: int, channel: int) -> dict[str, list[float]]:
         subtract = self.cfg.response.subtract_baseline
-        by_image: dict[str, list[float]] = {}
-        for p in self.of_generation(generation):
-            by_image.setdefault(p.image_id, []).append(p.response(channel, subtract))
-        return by_image
+        return scoring.by_image((p.image_id, p.response(channel, subtract)) for p in self.of_generation(generation))
+
+
+def codes_path(folder: Path, generation: int, thread: str) -> Path:
+    """Where a session keeps a generation's codes of one thread (ids and codes, npz)."""
+    return Path(folder) / "codes" / f"gen{generation:03d}_{thread}.npz"
 
 
 def load_session(folder) -> SessionRecord:
@@ -198,8 +190,3 @@ def _fold(s: SessionRecord, r: dict) -> None:
     elif kind.startswith(("late_", "orphan_")):
         s.late.append(r)
 
-
-def _nanmean(values) -> float:
-    """As server/app.py: the plain mean of the measured values, in order."""
-    values = [v for v in values if not math.isnan(v)]
-    return float(np.mean(values)) if values else math.nan

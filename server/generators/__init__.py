@@ -1,5 +1,8 @@
 """Image spaces behind one interface (see base.py); `build_generator` picks one
-by the config's generator.kind."""
+by the config's generator.kind.
+
+Nothing here imports torch at import time: `xdream weights` (weights.py) runs
+where torch is not installed."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from xdream.errors import ConfigError
 
-if TYPE_CHECKING:  # importing the package must not import torch: `xdream weights` runs without it
+if TYPE_CHECKING:
     from server.generators.base import ImageGenerator
 
 

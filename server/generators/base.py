@@ -19,7 +19,10 @@ from xdream.errors import ConfigError, GeneratorError
 FITS = ("resize", "crop")
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str | torch.device) -> torch.device:
+    """'auto': CUDA when torch sees a device, else the CPU; 'cuda' without one is an error,
+    not a silent fall-back.  The one device rule of generators, simulators and benchmarks."""
+    name = str(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():

@@ -30,10 +30,8 @@ to `<name>.weight` (blob 0) and `<name>.bias` (blob 1) without reordering.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +39,7 @@ import numpy as np
 import torch
 
 from xdream.errors import GeneratorError
+from xdream.files import sha256_file, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -450,15 +449,11 @@ def caffe_to_state_dict(path: Path, layer: str) -> dict[str, torch.Tensor]:
 # --- the CLI ---------------------------------------------------------------
 
 def save_state_dict(state: dict[str, torch.Tensor], out: Path) -> str:
-    """Write via a temporary file and rename, so a failed write never leaves
+    """Write atomically (xdream.files.write_atomic), so a failed write never leaves
     a half file under the final name; return the file's SHA-256."""
-    part = out.with_name(out.name + ".part")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(state, part)
-        os.replace(part, out)
-        with open(out, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
+        write_atomic(out, lambda f: torch.save(state, f))
+        return sha256_file(out)
     except OSError as exc:
-        part.unlink(missing_ok=True)
         raise GeneratorError(f"cannot write {out}: {exc.strerror or exc}") from None

@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import json
 import logging
 import os
 import socket
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -29,7 +27,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from xdream.errors import ConfigError, GeneratorError
-from xdream.files import sha256_file
+from xdream.files import publish, sha256_file, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +161,8 @@ def recorded_sha256(folder: Path, entry: WeightsEntry) -> str | None:
 
 
 def _record_sha256(folder: Path, entry: WeightsEntry, sha: str) -> None:
-    _record_path(folder, entry).write_text(f"{sha}  {entry.filename}\n")
+    line = f"{sha}  {entry.filename}\n".encode()
+    write_atomic(_record_path(folder, entry), lambda f: f.write(line))   # a torn checksum would fail later
     log.info("recorded sha256 %s for %s (none published)", sha, entry.filename)
 
 
@@ -217,8 +216,6 @@ def _fetch(url: str, part: Path, timeout: float) -> tuple[str, int]:
                 digest.update(chunk)
                 out.write(chunk)
                 done += len(chunk)
-            out.flush()
-            os.fsync(out.fileno())   # the rename must not publish a half-written file
     except urllib.error.HTTPError as exc:
         raise GeneratorError(f"HTTP {exc.code} {exc.reason} from {url}") from None
     except urllib.error.URLError as exc:
@@ -291,7 +288,7 @@ def _verify_and_place(entry: WeightsEntry, folder: Path, part: Path, final: Path
         part.unlink(missing_ok=True)
         return _result(entry, folder, "size-mismatch", url=url, errors=[
             f"{url} sent {size} bytes, expected {entry.size}; the .part file was deleted"])
-    os.replace(part, final)          # atomic within one folder
+    publish(part, final)             # fsynced, then renamed: never a half-written file under its name
     if not entry.sha256:
         _record_sha256(folder, entry, actual)
     log.info("placed %s (sha256 %s)", final, actual)

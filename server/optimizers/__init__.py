@@ -13,7 +13,12 @@ I/O, an injected np.random.Generator, and they maximise.  The public
     pycma           PycmaOptimizer           external.py    pycma, full covariance
     pycma-diag      PycmaDiagonal            external.py    pycma, CMA_diagonal
     nevergrad-cma   NevergradCMA             external.py    nevergrad's CMA
-    ours            OursOptimizer            ours.py        our default
+    sphere-es       SphereES                 sphere_es.py   the default config's (formerly "ours")
+
+The kinds' names live in the core (xdream/optimizer_kinds.py: the config checks
+them without importing server/); `OPTIMIZERS` is built from these classes and
+checked against those names at import, so a kind added in one place only
+fails loudly.  Old names (aliases) are resolved by `canonical_kind`.
 """
 
 from __future__ import annotations
@@ -26,19 +31,25 @@ from server.optimizers.base import Candidates, Optimizer, from_arrays, to_arrays
 from server.optimizers.cmaes import CholeskyCMAES
 from server.optimizers.external import NevergradCMA, PycmaDiagonal, PycmaOptimizer
 from server.optimizers.ga import GeneticOptimizer
-from server.optimizers.ours import OursOptimizer
 from server.optimizers.sphere_cma import SphereCMA
+from server.optimizers.sphere_es import SphereES
 from xdream.errors import OptimizerError
+from xdream.optimizer_kinds import OPTIMIZER_KINDS, canonical_kind
 
-OPTIMIZER_KINDS: dict[str, type[Optimizer]] = {
-    "ga": GeneticOptimizer,
-    "cmaes": CholeskyCMAES,
-    "sphere-cma": SphereCMA,
-    "pycma": PycmaOptimizer,
-    "pycma-diag": PycmaDiagonal,
-    "nevergrad-cma": NevergradCMA,
-    "ours": OursOptimizer,
-}
+
+def registry(classes, kinds=OPTIMIZER_KINDS) -> dict[str, type[Optimizer]]:
+    """kind -> class, in the order of `kinds`; OptimizerError unless the classes' kinds are
+    exactly those names (a kind known to the config but not to the server, or the reverse)."""
+    by_kind = {cls.kind: cls for cls in classes}
+    missing, extra = sorted(set(kinds) - set(by_kind)), sorted(set(by_kind) - set(kinds))
+    if missing or extra or len(by_kind) != len(classes):
+        raise OptimizerError(f"optimizer registry and xdream/optimizer_kinds.py differ: no class for {missing}, "
+                             f"no name for {extra}, {len(classes) - len(by_kind)} classes share a kind")
+    return {kind: by_kind[kind] for kind in kinds}
+
+
+OPTIMIZERS: dict[str, type[Optimizer]] = registry(
+    (GeneticOptimizer, CholeskyCMAES, SphereCMA, PycmaOptimizer, PycmaDiagonal, NevergradCMA, SphereES))
 
 # OptimizerConfig field -> keyword of the optimizer, per kind (population and
 # the first codes are passed to every kind)
@@ -50,22 +61,25 @@ CONFIG_PARAMS: dict[str, tuple[str, ...]] = {
     "pycma": ("sigma0",),
     "pycma-diag": ("sigma0",),
     "nevergrad-cma": ("sigma0",),
-    "ours": ("angle_init_deg", "angle_final_deg", "decay_generations", "step_ratio", "norm_rate",
-             "init_norm_factor", "min_norm_factor", "max_norm_factor"),
+    "sphere-es": ("angle_init_deg", "angle_final_deg", "decay_generations", "step_ratio", "norm_rate",
+                  "init_norm_factor", "min_norm_factor", "max_norm_factor"),
 }
+if list(CONFIG_PARAMS) != list(OPTIMIZERS):
+    raise OptimizerError(f"CONFIG_PARAMS names kinds {list(CONFIG_PARAMS)}, the registry {list(OPTIMIZERS)}")
 
 __all__ = ["CONFIG_PARAMS", "Candidates", "Optimizer", "GeneticOptimizer", "CholeskyCMAES", "SphereCMA",
-           "PycmaOptimizer", "PycmaDiagonal", "NevergradCMA", "OursOptimizer", "OPTIMIZER_KINDS", "make_optimizer",
-           "build_optimizer", "to_arrays", "from_arrays"]
+           "PycmaOptimizer", "PycmaDiagonal", "NevergradCMA", "SphereES", "OPTIMIZERS", "make_optimizer",
+           "build_optimizer", "canonical_kind", "to_arrays", "from_arrays"]
 
 
 def make_optimizer(kind: str, code_shape, rng: np.random.Generator, *, population: int = 40,
                    init_codes: np.ndarray | None = None, name: str = "opt", **params) -> Optimizer:
-    """An optimizer of a registered kind; `params` are that kind's keywords."""
+    """An optimizer of a registered kind (or an old name of one); `params` are that kind's keywords."""
+    kind = canonical_kind(kind)
     try:
-        cls = OPTIMIZER_KINDS[kind]
+        cls = OPTIMIZERS[kind]
     except KeyError:
-        raise OptimizerError(f"unknown optimizer kind {kind!r}; known: {sorted(OPTIMIZER_KINDS)}") from None
+        raise OptimizerError(f"unknown optimizer kind {kind!r}; known: {sorted(OPTIMIZERS)}") from None
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "code_shape", "rng"}
     unknown = sorted(set(params) - accepted)
     if unknown:
@@ -77,11 +91,12 @@ def make_optimizer(kind: str, code_shape, rng: np.random.Generator, *, populatio
 def build_optimizer(cfg, generator, rng: np.random.Generator, name: str, *, generations: int = 75) -> Optimizer:
     """From an OptimizerConfig; the generator supplies the first codes. `generations`, the
     session's length, is what decay_generations = 0 stands for (75: GECCO 2022's)."""
-    if cfg.kind not in OPTIMIZER_KINDS:
-        raise OptimizerError(f"unknown optimizer kind {cfg.kind!r}; known: {sorted(OPTIMIZER_KINDS)}")
-    params = {key: getattr(cfg, key) for key in CONFIG_PARAMS[cfg.kind]}
+    kind = canonical_kind(cfg.kind)
+    if kind not in OPTIMIZERS:
+        raise OptimizerError(f"unknown optimizer kind {cfg.kind!r}; known: {sorted(OPTIMIZERS)}")
+    params = {key: getattr(cfg, key) for key in CONFIG_PARAMS[kind]}
     if params.get("decay_generations") == 0:  # the step-size schedule spans the session
         params["decay_generations"] = generations
     init_codes = generator.initial_codes(cfg.population, rng)
-    return make_optimizer(cfg.kind, generator.code_shape, rng, population=cfg.population,
+    return make_optimizer(kind, generator.code_shape, rng, population=cfg.population,
                           init_codes=init_codes, name=name, **params)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from xdream.errors import OptimizerError
+from xdream.optimizer_kinds import canonical_kind
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ class Optimizer:
         }
 
     def load_state_dict(self, d: dict) -> None:
-        kind = str(plain(d["kind"]))
+        kind = canonical_kind(str(plain(d["kind"])))   # a checkpoint of "ours" loads into "sphere-es"
         if kind != self.kind:
             raise OptimizerError(f"{self.name}: a saved {kind!r} optimizer cannot load into a {self.kind!r} one")
         shape = tuple(int(s) for s in np.atleast_1d(d["code_shape"]))

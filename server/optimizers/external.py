@@ -53,7 +53,7 @@ class _Replayed(Optimizer):
         if self.full_covariance and self.dim > MAX_FULL_DIM:
             gb = 3 * 8 * self.dim ** 2 / 1e9
             raise OptimizerError(f"{self.kind}: a full covariance of {self.dim}-d codes needs about {gb:.0f} GB; "
-                                 f"use pycma-diag, cmaes or ours")
+                                 f"use pycma-diag, cmaes or sphere-es")
         self.population = int(population)
         self.sigma0 = float(sigma0) or self.default_sigma0
         if init_codes is None:

@@ -1,4 +1,4 @@
-"""Geometry on the sphere, for the optimizers that search directions (sphere_cma.py, ours.py);
+"""Geometry on the sphere, for the optimizers that search directions (sphere_cma.py, sphere_es.py);
 after Animadversio/ActMax-Optimizer-Dev core/geometry_utils.py (ExpMap, SLERP, renormalize)."""
 
 from __future__ import annotations

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from xdream import config as config_mod
 from xdream.cli.common import load_config
 from xdream.errors import ConfigError
+from xdream.files import time_stamp, unused_path
 from xdream.stdout_lines import LISTENING, SCREEN_TAP, SESSION_FOLDER
 
 
@@ -64,7 +64,7 @@ def run(args) -> int:
         if args.bind:
             cfg.network.bind = args.bind
         cfg.validate()
-        folder = _new_session_folder(Path(cfg.session.out_dir), cfg.session.name)
+        folder = unused_path(Path(cfg.session.out_dir), f"{cfg.session.name}-{time_stamp()}")
         server_options = {}
     recorder = _in_server_recorder(args, cfg)   # first: a wrong rig option leaves no session folder behind
     try:
@@ -117,13 +117,3 @@ def _in_server_recorder(args, cfg):
         return InServerRecorder(source=source, counter_options=counter)
     check_source(args.rig, options)   # name (built-in or plugin) and typed options, before the session folder
     return InServerRecorder(make_source=lambda: build_source(args.rig, options), counter_options=counter)
-
-
-def _new_session_folder(out_dir: Path, name: str) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    folder = out_dir / f"{name}-{stamp}"
-    n = 1
-    while folder.exists():
-        n += 1
-        folder = out_dir / f"{name}-{stamp}-{n}"
-    return folder

@@ -1,7 +1,7 @@
-"""Our default optimizer: its geometry, its norm learning, and the toy problems it
-was tuned on.  `benchmark(...)` with the defaults of `toy_run` (4096-d, 40 a
-generation, 75 generations) reproduces the numbers in server/optimizers/ours.py;
-the tests run it small."""
+"""SphereES (kind "sphere-es", formerly "ours"), the default config's optimizer: its
+geometry, its norm learning, and the toy problems it was tuned on.  `benchmark(...)`
+with the defaults of `toy_run` (4096-d, 40 a generation, 75 generations) reproduces
+the numbers in server/optimizers/sphere_es.py; the tests run it small."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from server.optimizers import make_optimizer
-from server.optimizers.ours import centred_ranks
+from server.optimizers.sphere_es import centred_ranks
 from xdream.errors import OptimizerError
 
 
@@ -93,12 +93,12 @@ def test_centred_ranks_share_ties_and_span_minus_to_plus_a_half():
     np.testing.assert_array_equal(centred_ranks(np.array([5.0])), [0.0])
 
 
-def ours(seed=0, dim=4096, population=40, **kw):
-    return make_optimizer("ours", (dim,), np.random.default_rng(seed), population=population, **kw)
+def sphere_es(seed=0, dim=4096, population=40, **kw):
+    return make_optimizer("sphere-es", (dim,), np.random.default_rng(seed), population=population, **kw)
 
 
 def test_pairs_are_mirrored_around_the_centre_at_the_scheduled_angle_and_share_a_norm():
-    opt = ours()
+    opt = sphere_es()
     c = opt.ask()
     opt.tell(c.ids, np.arange(40.0))
     codes = opt.ask().codes
@@ -117,7 +117,7 @@ def test_pairs_are_mirrored_around_the_centre_at_the_scheduled_angle_and_share_a
 
 
 def test_an_odd_population_also_shows_the_centre():
-    opt = ours(dim=50, population=9)
+    opt = sphere_es(dim=50, population=9)
     c = opt.ask()
     opt.tell(c.ids, np.arange(9.0))
     codes = opt.ask().codes
@@ -128,7 +128,7 @@ def test_an_odd_population_also_shows_the_centre():
 @pytest.mark.parametrize("sign", [+1, -1])
 def test_the_norm_follows_the_scores(sign):
     """A score that grows (falls) with the code norm: the norm goes up (down), within its bounds."""
-    opt = ours(dim=200, population=20, init_norm_factor=1.0, max_norm_factor=4.0, min_norm_factor=0.25)
+    opt = sphere_es(dim=200, population=20, init_norm_factor=1.0, max_norm_factor=4.0, min_norm_factor=0.25)
     start = opt.norm
     rng = np.random.default_rng(3)
     for _ in range(40):
@@ -141,7 +141,7 @@ def test_the_norm_follows_the_scores(sign):
 
 
 def test_a_fixed_norm_when_norm_rate_is_zero():
-    opt = ours(dim=100, population=10, norm_rate=0.0, min_norm_factor=1.0)
+    opt = sphere_es(dim=100, population=10, norm_rate=0.0, min_norm_factor=1.0)
     start = opt.norm
     assert start == pytest.approx(3 * np.exp(opt.log_norm0))
     for _ in range(5):
@@ -151,7 +151,7 @@ def test_a_fixed_norm_when_norm_rate_is_zero():
 
 
 def test_equal_scores_move_nothing():
-    opt = ours(dim=100, population=10)
+    opt = sphere_es(dim=100, population=10)
     c = opt.ask()
     opt.tell(c.ids, np.arange(10.0))
     center, step = opt.center.copy(), opt.step
@@ -162,7 +162,7 @@ def test_equal_scores_move_nothing():
 
 
 def test_pairs_with_a_nan_member_are_left_out():
-    a, b = ours(dim=100, population=10, seed=1), ours(dim=100, population=10, seed=1)
+    a, b = sphere_es(dim=100, population=10, seed=1), sphere_es(dim=100, population=10, seed=1)
     for opt in (a, b):
         c = opt.ask()
         opt.tell(c.ids, np.arange(10.0))
@@ -179,14 +179,14 @@ def test_pairs_with_a_nan_member_are_left_out():
 
 @pytest.mark.parametrize("noise", [0.0, 0.2])
 def test_beats_the_ponce_lab_optimizers_and_the_ga_on_a_small_toy_neuron(noise):
-    """Small and deterministic (seeded); the 4096-d numbers are in ours.py's docstring.
+    """Small and deterministic (seeded); the 4096-d numbers are in sphere_es.py's docstring.
     (At this size and 50% noise the Cholesky CMA-ES is as good: 7.9 vs 7.6.)"""
-    kinds = {"ours": ("ours", {}), "cmaes": ("cmaes", {}), "sphere-cma": ("sphere-cma", {"sphere_norm": 0.0}),
+    kinds = {"sphere-es": ("sphere-es", {}), "cmaes": ("cmaes", {}), "sphere-cma": ("sphere-cma", {"sphere_norm": 0.0}),
              "ga": ("ga", {})}
     res = benchmark(kinds, units=[0, 1], noises=[noise], dim=512, problem_kw={"pixels": 256, "hidden": 64},
                     generations=40, population=40)
     for other in ("cmaes", "sphere-cma", "ga"):
-        assert res[("ours", noise)] > 1.05 * res[(other, noise)], res
+        assert res[("sphere-es", noise)] > 1.05 * res[(other, noise)], res
 
 
 @pytest.mark.parametrize("kw", [{"min_norm_factor": 4.0}, {"init_norm_factor": 20.0}, {"step_ratio": 0.0},
@@ -195,7 +195,7 @@ def test_beats_the_ponce_lab_optimizers_and_the_ga_on_a_small_toy_neuron(noise):
                                 {"elite_check": True}])
 def test_bad_parameters_are_refused(kw):
     with pytest.raises(OptimizerError):
-        ours(dim=10, **kw)
+        sphere_es(dim=10, **kw)
 
 
 NOISE_OPTIONS = {"centre_repeats": 4, "noise_step": "repeats", "elite_check": True}
@@ -212,12 +212,12 @@ def noisy_quadratic_run(opt, generations, seed=1):
 
 def test_the_noise_options_are_off_by_default_and_absent_from_saved_parameters():
     """So that states saved before the options existed still load."""
-    assert not {"centre_repeats", "noise_step", "elite_check"} & set(ours(dim=10).params())
-    assert {"centre_repeats", "noise_step", "elite_check"} <= set(ours(dim=10, centre_repeats=2).params())
+    assert not {"centre_repeats", "noise_step", "elite_check"} & set(sphere_es(dim=10).params())
+    assert {"centre_repeats", "noise_step", "elite_check"} <= set(sphere_es(dim=10, centre_repeats=2).params())
 
 
 def test_centre_repeats_show_the_centre_that_many_times():
-    opt = ours(dim=50, population=20, centre_repeats=4)
+    opt = sphere_es(dim=50, population=20, centre_repeats=4)
     c = opt.ask()
     opt.tell(c.ids, np.arange(20.0))
     codes = opt.ask().codes
@@ -227,14 +227,14 @@ def test_centre_repeats_show_the_centre_that_many_times():
 
 def test_the_noise_options_are_deterministic_and_save_and_restore_exactly():
     from tests.test_optimizers_contract import roundtrip
-    runs = [ours(dim=200, population=20, seed=3, init_norm_factor=1.0, min_norm_factor=0.5, **NOISE_OPTIONS)
+    runs = [sphere_es(dim=200, population=20, seed=3, init_norm_factor=1.0, min_norm_factor=0.5, **NOISE_OPTIONS)
             for _ in range(2)]
     for opt in runs:
         noisy_quadratic_run(opt, 6)
     np.testing.assert_array_equal(runs[0].center, runs[1].center)
     assert runs[0].noise_cv2 == runs[1].noise_cv2 and runs[0].noise_cv2 > 0   # it measured the noise
     assert len(runs[0].elite) == 200
-    restored = ours(dim=200, population=20, seed=99, init_norm_factor=1.0, min_norm_factor=0.5, **NOISE_OPTIONS)
+    restored = sphere_es(dim=200, population=20, seed=99, init_norm_factor=1.0, min_norm_factor=0.5, **NOISE_OPTIONS)
     restored.load_state_dict(roundtrip(runs[0].state_dict()))
     for opt in (runs[0], restored):
         noisy_quadratic_run(opt, 4, seed=2)
@@ -242,12 +242,12 @@ def test_the_noise_options_are_deterministic_and_save_and_restore_exactly():
     np.testing.assert_array_equal(runs[0].elite_stats, restored.elite_stats)
     assert runs[0].log_norm == restored.log_norm and runs[0].noise_cv2 == restored.noise_cv2
     with pytest.raises(OptimizerError):      # a state only loads with the same options
-        ours(dim=200, population=20, init_norm_factor=1.0, min_norm_factor=0.5).load_state_dict(
+        sphere_es(dim=200, population=20, init_norm_factor=1.0, min_norm_factor=0.5).load_state_dict(
             runs[0].state_dict())
 
 
 def test_elite_check_goes_back_when_the_centre_scores_worse():
-    opt = ours(dim=100, population=12, centre_repeats=2, elite_check=True)
+    opt = sphere_es(dim=100, population=12, centre_repeats=2, elite_check=True)
     c = opt.ask()
     opt.tell(c.ids, np.arange(12.0))
     c = opt.ask()
@@ -266,7 +266,7 @@ def test_elite_check_goes_back_when_the_centre_scores_worse():
 def test_a_noise_estimate_shrinks_the_step_when_the_scores_are_noise():
     rng = np.random.default_rng(0)
     plus, minus = rng.uniform(1, 2, 20), rng.uniform(1, 2, 20)
-    opt = ours(dim=10, population=44, centre_repeats=4, noise_step="repeats")
+    opt = sphere_es(dim=10, population=44, centre_repeats=4, noise_step="repeats")
     assert opt._signal_fraction(plus, minus, np.array([1.5, 1.5, 1.5, 1.5])) == 1.0   # no noise measured
     assert opt._signal_fraction(plus, minus, np.array([1.0, 2.0, 1.0, 2.0])) < 0.5
-    assert ours(dim=10, noise_step="pairs")._signal_fraction(plus, minus, np.zeros(0)) < 0.5
+    assert sphere_es(dim=10, noise_step="pairs")._signal_fraction(plus, minus, np.zeros(0)) < 0.5

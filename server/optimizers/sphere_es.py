@@ -1,4 +1,12 @@
-"""Our default: a mirrored evolution strategy on the sphere that also learns the code norm.
+"""SphereES (kind "sphere-es", formerly "ours"; the default config's optimizer): a
+mirrored evolution strategy on the sphere that also learns the code norm.
+
+The name says what it is and where it sits: like SphereCMA ("sphere-cma",
+GECCO 2022) it searches directions on a sphere around one centre with a
+decaying angle; unlike it, it is a plain evolution strategy (mirrored pairs,
+rank weights, no covariance) and the sphere's radius, the code norm, is
+learned.  "ours" stays accepted in configs and checkpoints
+(xdream/optimizer_kinds.py).
 
 Written for this problem: 4096-d codes, 40 presentations a generation, about 75
 generations, scores with multiplicative noise of up to 50%.  It keeps the two
@@ -38,7 +46,7 @@ NaN scores: a pair with a NaN member is left out of both estimates; with fewer
 than two complete pairs (or no ranking information at all, e.g. all scores
 equal) nothing moves and the schedule does not advance.
 
-Toy problems (tests/test_optimizers_ours.py holds them; 4096-d, population 40,
+Toy problems (tests/test_optimizers_sphere_es.py holds them; 4096-d, population 40,
 75 generations, multiplicative noise score * max(0, 1 + sigma N(0,1)), one
 run per unit with seed = unit; numbers: the best clean score reached, mean
 over units):
@@ -135,26 +143,26 @@ about a minute a run here, units 0-3 only): best clean score / mean clean
 score of the last generation; in brackets the best score over the best any
 optimizer reached on that unit (the GECCO normalisation):
                     sigma 0               0.2                  0.5
-  ours          23.7 (1.00) / 23.2   14.1 (0.59) / 13.3   10.7 (0.45) / 9.4
+  sphere-es     23.7 (1.00) / 23.2   14.1 (0.59) / 13.3   10.7 (0.45) / 9.4
   cmaes         20.2 (0.85) / 18.8   12.6 (0.53) / 10.8    9.9 (0.42) / 8.1
   pycma-diag    20.7 (0.88) / 19.4   13.3 (0.56) / 11.4   10.0 (0.42) / 8.2
   sphere-cma    21.3 (0.90) / 20.9   11.3 (0.48) / 10.5    8.7 (0.37) / 7.6
   ga            15.2 (0.64) / 14.6    9.4 (0.40) /  8.4    7.7 (0.32) / 6.5
-  units 0-3:    ours 23.4 / 11.1, pycma 21.0 / 10.0, nevergrad-cma 20.4 / 9.2,
+  units 0-3:    sphere-es 23.4 / 11.1, pycma 21.0 / 10.0, nevergrad-cma 20.4 / 9.2,
                 cmaes 20.1 / 9.9, pycma-diag 20.8 / 9.7 (best, sigma 0 / 0.5)
 (GECCO 2022 on AlexNet: GA 0.37 / 0.34 / 0.29, CMA-ES 0.72 / 0.51 / 0.41,
 diagonal 0.70 / 0.56 / 0.43, SphereCMA 0.86 / 0.53 / 0.40: the toy ranks the
 baselines much as the paper does - SphereCMA first without noise and behind
 under it, diagonal CMA the best baseline under noise, the GA last.)
-Population 20, 4 units, sigma 0 / 0.5: ours 18.6 / 8.6, pycma-diag 17.9 /
+Population 20, 4 units, sigma 0 / 0.5: sphere-es 18.6 / 8.6, pycma-diag 17.9 /
 8.6, cmaes 16.7 / 8.3.
-Harness (as above; one seed, raw activations, sigma 0 / 0.5): conv3 ours
+Harness (as above; one seed, raw activations, sigma 0 / 0.5): conv3 sphere-es
 26.8 / 25.2 and 12.3 / 10.9, sphere-cma 24.2 / 22.2 and 9.8 / 8.8, cmaes
-17.4 / 15.6 and 10.5 / 7.6; fc8 ours 36.0 / 33.6 and 15.7 / 12.6,
+17.4 / 15.6 and 10.5 / 7.6; fc8 sphere-es 36.0 / 33.6 and 15.7 / 12.6,
 sphere-cma 33.8 / 29.7 and 15.2 / 10.2, cmaes 15.4 / 9.3 and 11.0 / 5.9;
 conv3 sigma 0 also pycma 19.9, nevergrad-cma 17.9, pycma-diag 15.1, GA 13.8
 (best; the baselines are the harness owner's runs).
-Quadratic, 4 units, best / last-generation mean, sigma 0 / 0.2 / 0.5: ours
+Quadratic, 4 units, best / last-generation mean, sigma 0 / 0.2 / 0.5: sphere-es
 0.58 / 0.51, 0.52 / 0.29, 0.52 / 0.29 - its optimum has norm ~128, under
 the fc6 floor of 192; with 1, 0.5, 10 (the GAN setting) 0.67 / 0.67, 0.56 /
 0.54, 0.56 / 0.54; sphere-cma at the first codes' norm 0.69 / 0.69, 0.52 /
@@ -188,13 +196,13 @@ def centred_ranks(x: np.ndarray) -> np.ndarray:
     return mean_rank[inverse] / (len(x) - 1) - 0.5
 
 
-class OursOptimizer(Optimizer):
-    kind = "ours"
+class SphereES(Optimizer):
+    kind = "sphere-es"
 
     def __init__(self, code_shape, rng, *, population=40, angle_init_deg=50.0, angle_final_deg=7.33,
                  decay_generations=75, step_ratio=0.33, smoothing=0.5, norm_rate=1.0, norm_coupling=0.6,
                  init_norm_factor=3.0, max_norm_factor=10.0, min_norm_factor=3.0, centre_repeats=0,
-                 noise_step="off", elite_check=False, init_codes=None, name="ours"):
+                 noise_step="off", elite_check=False, init_codes=None, name="sphere-es"):
         super().__init__(code_shape, rng, name)
         if population < 4:
             raise OptimizerError("population must be >= 4 (two mirrored pairs)")
