@@ -247,7 +247,7 @@ class IntanSource(RigSource):
         while not re.search(pattern + "$", text):
             try:
                 data = self.cmd.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 data = None
             if data == b"":
                 raise SessionError("intan: RHX closed the command connection. " + ONE_CLIENT_HELP)
@@ -422,7 +422,8 @@ class IntanSource(RigSource):
         # a clock that goes back: hand on what came before, keep the rest for the next poll
         jump_at = None
         starts = ts[::FRAMES_PER_BLOCK]
-        prev = np.concatenate([[self._last_ts if self._last_ts is not None else starts[0] - 1], ts[FRAMES_PER_BLOCK - 1:-1:FRAMES_PER_BLOCK]])
+        first_prev = self._last_ts if self._last_ts is not None else starts[0] - 1
+        prev = np.concatenate([[first_prev], ts[FRAMES_PER_BLOCK - 1:-1:FRAMES_PER_BLOCK]])
         back = np.nonzero(starts <= prev)[0]
         if back.size:
             jump_at = int(back[0])

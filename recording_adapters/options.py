@@ -119,7 +119,8 @@ class SourceOptions:
             try:
                 fixed = _coerce(value, hints[f.name])
             except _Mismatch:
-                hint = " (given as text: command-line strings go through from_strings)" if isinstance(value, str) else ""
+                text = isinstance(value, str)
+                hint = " (given as text: command-line strings go through from_strings)" if text else ""
                 raise OptionError(f.name, value, describe(hints[f.name]) + hint) from None
             if fixed is not value:
                 object.__setattr__(self, f.name, fixed)    # a list given for a tuple, an int for a float

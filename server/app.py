@@ -13,7 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import zmq
@@ -242,7 +242,7 @@ class EvolutionServer:
             self._changed.clear()
             try:
                 await asyncio.wait_for(self._changed.wait(), timeout=min(left, 1.0))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         self._aborted.clear()
         self.past_blocks[block.block_id] = progress
@@ -331,7 +331,7 @@ class EvolutionServer:
             self._changed.clear()
             try:
                 await asyncio.wait_for(self._changed.wait(), timeout=1.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     def _have_peers(self) -> bool:

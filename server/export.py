@@ -109,7 +109,7 @@ def tables(session: SessionRecord) -> Tables:
         rows.append(row)
     first_block = next((r for r in session.records if r["kind"] == "block"), None) \
         or session.first("session_start") or {"t": 0.0}
-    start = dt.datetime.fromtimestamp(float(first_block["t"]), tz=dt.timezone.utc)
+    start = dt.datetime.fromtimestamp(float(first_block["t"]), tz=dt.UTC)
     return Tables(rows, _generation_rows(session, rows), channels, zero, start)
 
 

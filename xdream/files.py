@@ -12,7 +12,8 @@ import hashlib
 import os
 import time
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
+from collections.abc import Callable
 
 CHUNK = 1 << 20   # sha256_file reads this much at a time: weights files run to hundreds of MB
 

@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 INTERVAL_S = 10.0   # a flood costs one line per key per 10 s
 

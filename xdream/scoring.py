@@ -81,7 +81,7 @@ class GenerationStats:
     best: int            # index of the best score; -1 if none was measured
 
     @classmethod
-    def of(cls, scores: np.ndarray) -> "GenerationStats":
+    def of(cls, scores: np.ndarray) -> GenerationStats:
         measured = scores[~np.isnan(scores)]
         if not len(measured):
             return cls(math.nan, math.nan, int(np.isnan(scores).sum()), -1)

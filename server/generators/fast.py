@@ -74,7 +74,7 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cpu_bf16_native() -> bool:
     if not torch.backends.mkldnn.is_available():
         return False
@@ -97,7 +97,7 @@ def bf16_supported(device: torch.device | str = "cpu") -> bool:
     return False
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _mkldnn_fused_ok(dtype: torch.dtype) -> bool:
     """Whether oneDNN's fused (conv / deconv / linear + post-op) CPU ops exist in this
     torch build and agree with the plain ops; they are private torch API, so check."""
@@ -213,7 +213,7 @@ class FastConv2d(_Fast):
             self.weight.data = self.weight.data.contiguous(memory_format=CL)
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, channels_last: bool = True) -> "FastConv2d":
+    def from_conv(cls, conv: nn.Conv2d, channels_last: bool = True) -> FastConv2d:
         return cls(conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups,
                    channels_last)
 
@@ -323,7 +323,7 @@ class SubPixelConvTranspose2d(_Fast):
         return self.conv.weight
 
     @classmethod
-    def from_deconv(cls, deconv: nn.ConvTranspose2d, channels_last: bool = True) -> "SubPixelConvTranspose2d | None":
+    def from_deconv(cls, deconv: nn.ConvTranspose2d, channels_last: bool = True) -> SubPixelConvTranspose2d | None:
         s = _plain_stride(deconv)
         if s is None:
             return None
@@ -391,7 +391,7 @@ class PhaseConvTranspose2d(_Fast):
         return self.conv.weight
 
     @classmethod
-    def from_deconv(cls, deconv: nn.ConvTranspose2d, channels_last: bool = True) -> "PhaseConvTranspose2d | None":
+    def from_deconv(cls, deconv: nn.ConvTranspose2d, channels_last: bool = True) -> PhaseConvTranspose2d | None:
         s = _plain_stride(deconv)
         if s is None:
             return None

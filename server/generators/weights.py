@@ -18,7 +18,6 @@ import hashlib
 import http.client
 import logging
 import os
-import socket
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -220,7 +219,7 @@ def _fetch(url: str, part: Path, timeout: float) -> tuple[str, int]:
         raise GeneratorError(f"HTTP {exc.code} {exc.reason} from {url}") from None
     except urllib.error.URLError as exc:
         raise _Unreachable(f"cannot reach {urlsplit(url).netloc}: {exc.reason}") from None
-    except (TimeoutError, socket.timeout, ConnectionError) as exc:
+    except (TimeoutError, ConnectionError) as exc:
         raise _Unreachable(f"{urlsplit(url).netloc} stopped answering: {exc or type(exc).__name__}") from None
     except http.client.HTTPException as exc:    # e.g. IncompleteRead: not an OSError
         raise GeneratorError(f"broken HTTP response from {url}: {exc!r}") from None
