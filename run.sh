@@ -2,10 +2,13 @@
 # One entry point that sets everything up, then runs:
 #   ./run.sh dry-run [ARGS]   a dry-run session against a simulated neuron (xdream dry-run ARGS)
 #   ./run.sh test [ARGS]      the test suite (pytest ARGS), PsychoPy windows under Xvfb
+#   ./run.sh lint             ruff and mypy on the runtime packages
 #   ./run.sh xdream ARGS      any xdream command, inside the project's environment
-# Set-up is idempotent: a virtual environment in .venv, torch pinned to the
-# 2.13.0 CPU build (an unpinned torch pulls a multi-GB CUDA build), PsychoPy
-# and Xvfb only for the tests.
+# Set-up is idempotent: a virtual environment in .venv, torch pinned to 2.13.0
+# (the tested version), PsychoPy and Xvfb only for the tests.  The pin does not
+# choose CPU or CUDA: pip takes whatever build its index serves (PyPI's Linux
+# wheels are CUDA builds).  TORCH_INDEX_URL=<PyTorch's CPU or CUDA index> picks
+# one on purpose (README, "Installing a role").
 set -euo pipefail
 cd "$(dirname "$0")"
 here=$(pwd)
@@ -18,6 +21,9 @@ ensure_venv() {  # $1: the project's extras
   [ -f "$stamp" ] && return 0
   [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
   "$venv/bin/python" -m pip install -q --upgrade pip
+  if [ -n "${TORCH_INDEX_URL:-}" ]; then
+    "$venv/bin/python" -m pip install -q "torch==2.13.0" --index-url "$TORCH_INDEX_URL"
+  fi
   "$venv/bin/python" -m pip install -q "torch==2.13.0" -e ".[$extras]"
   # the pretrained DCGAN face generator's weights; --no-deps: its declared
   # dependencies pull torchvision and an unpinned torch
@@ -46,10 +52,14 @@ case "$cmd" in
     ensure_venv server,present,record,export,test
     ensure_xvfb
     exec "$venv/bin/python" -m pytest "$@" ;;
+  lint)
+    ensure_venv server,present,record,export,test
+    "$venv/bin/ruff" check xdream server recording_adapters stimulus_client
+    exec "$venv/bin/mypy" xdream server recording_adapters stimulus_client ;;
   xdream)
     ensure_venv server,present,record,export
     exec "$venv/bin/xdream" "$@" ;;
   *)
-    sed -n '2,5p' "$0" | sed 's/^# //'
+    sed -n '2,6p' "$0" | sed 's/^# //'
     exit 2 ;;
 esac
