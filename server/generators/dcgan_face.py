@@ -72,7 +72,7 @@ def packaged_weights() -> Path:
                              f"weights: {PIP_INSTALL}  (or set generator.weights to the file)") from None
     if dist.version != VERSION:
         log.warning("%s %s is installed; weights were checked with %s", DISTRIBUTION, dist.version, VERSION)
-    path = Path(dist.locate_file(WEIGHTS_IN_PACKAGE))
+    path = Path(str(dist.locate_file(WEIGHTS_IN_PACKAGE)))   # a SimplePath to the type checker
     if not path.is_file():
         raise GeneratorError(f"{DISTRIBUTION} {dist.version} is installed but has no {WEIGHTS_IN_PACKAGE} "
                              f"(looked at {path}); reinstall with {PIP_INSTALL}")

@@ -24,6 +24,7 @@ fails loudly.  Old names (aliases) are resolved by `canonical_kind`.
 from __future__ import annotations
 
 import inspect
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -37,7 +38,18 @@ from xdream.errors import OptimizerError
 from xdream.optimizer_kinds import OPTIMIZER_KINDS, canonical_kind
 
 
-def registry(classes, kinds=OPTIMIZER_KINDS) -> dict[str, type[Optimizer]]:
+class OptimizerClass(Protocol):
+    """A registered kind: an Optimizer subclass whose constructor also takes the population
+    and the first codes (the base class's does not), plus that kind's own keywords."""
+
+    kind: str
+
+    def __call__(self, code_shape: tuple[int, ...], rng: np.random.Generator, *, population: int,
+                 init_codes: np.ndarray | None, name: str) -> Optimizer: ...
+
+
+def registry(classes: tuple[OptimizerClass, ...],
+             kinds: tuple[str, ...] = OPTIMIZER_KINDS) -> dict[str, OptimizerClass]:
     """kind -> class, in the order of `kinds`; OptimizerError unless the classes' kinds are
     exactly those names (a kind known to the config but not to the server, or the reverse)."""
     by_kind = {cls.kind: cls for cls in classes}
@@ -48,7 +60,7 @@ def registry(classes, kinds=OPTIMIZER_KINDS) -> dict[str, type[Optimizer]]:
     return {kind: by_kind[kind] for kind in kinds}
 
 
-OPTIMIZERS: dict[str, type[Optimizer]] = registry(
+OPTIMIZERS: dict[str, OptimizerClass] = registry(
     (GeneticOptimizer, CholeskyCMAES, SphereCMA, PycmaOptimizer, PycmaDiagonal, NevergradCMA, SphereES))
 
 # OptimizerConfig field -> keyword of the optimizer, per kind (population and
@@ -73,14 +85,14 @@ __all__ = ["CONFIG_PARAMS", "Candidates", "Optimizer", "GeneticOptimizer", "Chol
 
 
 def make_optimizer(kind: str, code_shape, rng: np.random.Generator, *, population: int = 40,
-                   init_codes: np.ndarray | None = None, name: str = "opt", **params) -> Optimizer:
+                   init_codes: np.ndarray | None = None, name: str = "opt", **params: Any) -> Optimizer:
     """An optimizer of a registered kind (or an old name of one); `params` are that kind's keywords."""
     kind = canonical_kind(kind)
     try:
         cls = OPTIMIZERS[kind]
     except KeyError:
         raise OptimizerError(f"unknown optimizer kind {kind!r}; known: {sorted(OPTIMIZERS)}") from None
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "code_shape", "rng"}
+    accepted = set(inspect.signature(cls).parameters) - {"code_shape", "rng"}   # the constructor
     unknown = sorted(set(params) - accepted)
     if unknown:
         raise OptimizerError(f"optimizer kind {kind!r} takes no parameters {unknown}; "
