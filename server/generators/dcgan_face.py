@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from server.generators.base import ImageGenerator, shape_mismatch
+from xdream.config import GeneratorConfig
 from xdream.errors import GeneratorError
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,7 @@ class DCGANFaceGenerator(ImageGenerator):
     name = "dcgan-face"
     code_shape = DCGANFaceNet.code_shape
 
-    def __init__(self, cfg, image_size: int):
+    def __init__(self, cfg: GeneratorConfig, image_size: int):
         super().__init__(cfg, image_size)
         path = Path(cfg.weights) if cfg.weights else packaged_weights()
         self.net = DCGANFaceNet()

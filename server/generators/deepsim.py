@@ -39,6 +39,7 @@ from server.generators import ported_weights
 from server.generators.base import ImageGenerator
 from server.generators.fast import accelerate
 from server.generators.weights import resolve_weights, weights_folder
+from xdream.config import GeneratorConfig
 from xdream.errors import ConfigError, GeneratorError
 
 log = logging.getLogger(__name__)
@@ -221,7 +222,7 @@ ARCHITECTURES: dict[str, type[DeePSiMNet]] = {cls.layer_name: cls for cls in (
 class DeepSimGenerator(ImageGenerator):
     """A DeePSiM generator with weights from a file, or seeded random weights."""
 
-    def __init__(self, cfg, image_size: int):
+    def __init__(self, cfg: GeneratorConfig, image_size: int):
         super().__init__(cfg, image_size)
         self.layer = cfg.kind.removeprefix("deepsim-")
         if self.layer not in ARCHITECTURES:

@@ -24,7 +24,7 @@ fails loudly.  Old names (aliases) are resolved by `canonical_kind`.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -36,6 +36,10 @@ from server.optimizers.sphere_cma import SphereCMA
 from server.optimizers.sphere_es import SphereES
 from xdream.errors import OptimizerError
 from xdream.optimizer_kinds import OPTIMIZER_KINDS, canonical_kind
+
+if TYPE_CHECKING:
+    from server.generators.base import ImageGenerator
+    from xdream.config import OptimizerConfig
 
 
 class OptimizerClass(Protocol):
@@ -100,7 +104,8 @@ def make_optimizer(kind: str, code_shape, rng: np.random.Generator, *, populatio
     return cls(tuple(code_shape), rng, population=population, init_codes=init_codes, name=name, **params)
 
 
-def build_optimizer(cfg, generator, rng: np.random.Generator, name: str, *, generations: int = 75) -> Optimizer:
+def build_optimizer(cfg: OptimizerConfig, generator: ImageGenerator, rng: np.random.Generator, name: str, *,
+                    generations: int = 75) -> Optimizer:
     """From an OptimizerConfig; the generator supplies the first codes. `generations`, the
     session's length, is what decay_generations = 0 stands for (75: GECCO 2022's)."""
     kind = canonical_kind(cfg.kind)
