@@ -56,6 +56,20 @@ class Expected:
     onset: float | None = None     # rig time of its onset, once final
     flagged: bool = False          # the photodiode disagreed; onset kept at the code time
 
+    @property
+    def matched_at(self) -> float:
+        """The rig time of its code; only for a presentation the aligner has matched."""
+        if self.code_t is None:
+            raise RuntimeError(f"presentation {self.pid}: no event code matched yet")
+        return self.code_t
+
+    @property
+    def final_onset(self) -> float:
+        """The rig time of its onset; only for a presentation `Aligner.resolve` returned."""
+        if self.onset is None:
+            raise RuntimeError(f"presentation {self.pid}: onset not final yet")
+        return self.onset
+
 
 class Aligner:
     def __init__(self, lookahead: int = 8, timeout_s: float = 30.0, confirm_after_s: float = 1.0,
@@ -167,7 +181,7 @@ class Aligner:
 
     def oldest_open_time(self) -> float | None:
         """The earliest rig time still needed (a code or onset not final), for trimming buffers."""
-        times = [p.code_t for p in self._matched] + [t for t, _ in self._early]
+        times = [p.matched_at for p in self._matched] + [t for t, _ in self._early]
         if self._tentative is not None:
             times.append(self._tentative[0])
         return min(times, default=None)
@@ -202,6 +216,8 @@ class Aligner:
         self._early.append((t, code))
 
     def _confirm(self) -> None:
+        if self._tentative is None:
+            raise RuntimeError("aligner: no tentative skip to confirm")
         t, code, j = self._tentative
         self._tentative = None
         for _ in range(j):
@@ -228,16 +244,19 @@ class Aligner:
     def _photodiode_onset(self, p: Expected, watermark: float | None) -> bool:
         """Sets p.onset (or reports p missing); False while the answer is not known yet."""
         lag = self.photodiode_max_lag_s
-        self._photodiode = [t for t in self._photodiode if t >= p.code_t]
-        if self._photodiode and self._photodiode[0] <= p.code_t + lag:
+        if lag is None:
+            raise RuntimeError("aligner: photodiode onsets asked for without photodiode_max_lag_s")
+        code_t = p.matched_at
+        self._photodiode = [t for t in self._photodiode if t >= code_t]
+        if self._photodiode and self._photodiode[0] <= code_t + lag:
             p.onset = self._photodiode.pop(0)
             return True
-        if not self._photodiode and (watermark is None or watermark < p.code_t + lag):
+        if not self._photodiode and (watermark is None or watermark < code_t + lag):
             return False             # a crossing may still come
         self.stats["photodiode_outliers"] += 1
-        later = f"the first at +{(self._photodiode[0] - p.code_t) * 1000:.0f} ms" if self._photodiode else "none"
+        later = f"the first at +{(self._photodiode[0] - code_t) * 1000:.0f} ms" if self._photodiode else "none"
         if self.photodiode_miss == "code":
-            p.onset, p.flagged = p.code_t, True
+            p.onset, p.flagged = code_t, True
             log.warning("presentation %s: no photodiode crossing within %.0f ms of its code (%s); "
                         "onset kept at the code time", p.pid, lag * 1000, later)
         else:

@@ -43,7 +43,7 @@ import abc
 import logging
 import math
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, Self
 
 from recording_adapters.events import RigEvents
 from recording_adapters.options import (
@@ -55,6 +55,18 @@ from recording_adapters.options import (
 from xdream.errors import ConfigError, SessionError
 
 log = logging.getLogger(__name__)
+
+
+class RigStream(Protocol):
+    """What a recorder uses of a rig source: every RigSource, and the simulators' stand-ins
+    (simulators.simulated_source.SimulatedSource, which wraps a RigSource or a simulated rig),
+    which are not RigSource subclasses."""
+
+    channels: int
+
+    def poll(self, timeout_s: float) -> RigEvents: ...
+
+    def close(self) -> None: ...
 
 
 class RigSource(abc.ABC):
@@ -95,7 +107,7 @@ class RigSource(abc.ABC):
             raise labelled(exc, label or cls.label()) from None
 
     @classmethod
-    def from_strings(cls, raw: Mapping[str, object]):
+    def from_strings(cls, raw: Mapping[str, object]) -> Self:
         """Built from the command line's strings (recording_adapters.sources.build_source's path)."""
         return cls(cls.options_from_strings(raw))
 
@@ -136,7 +148,7 @@ class RigSource(abc.ABC):
     def closed(self) -> bool:
         return self._closed
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -113,8 +113,8 @@ class SpikeCounter:
         if not done:
             return []
         self._open = [(p, t) for p, t in self._open if p.onset + end > watermark]
-        return [protocol.Counts(p.block_id, p.pid, "ok", self._count(p.onset, self.window_s),
-                                self._count(p.onset, self.baseline_s), p.onset) for p in done]
+        return [protocol.Counts(p.block_id, p.pid, "ok", self._count(p.final_onset, self.window_s),
+                                self._count(p.final_onset, self.baseline_s), p.onset) for p in done]
 
     def _stalled(self, now: float) -> list[protocol.Counts]:
         late = [p for p, t in self._open if now - t > self.timeout_s]
@@ -128,7 +128,7 @@ class SpikeCounter:
     def _trim(self, watermark: float | None) -> None:
         # spikes older than every window still open (or still to open) can go
         start = min(self.window_s[0], self.baseline_s[0])
-        needed = [p.onset for p, _ in self._open]
+        needed = [p.final_onset for p, _ in self._open]
         oldest = self.aligner.oldest_open_time()
         if oldest is not None:
             needed.append(oldest)

@@ -95,7 +95,7 @@ class FileHandshakeBridge:
         if self._current is None and self._queue:
             self._start(self._queue.popleft())
         if self._current is not None:
-            self._check_answer()
+            self._check_answer(self._current)
 
     # ------------------------------------------------------------- blocks
     def _start(self, msg: protocol.Message) -> None:
@@ -108,8 +108,7 @@ class FileHandshakeBridge:
         log.info("block %03d: wrote %d images for server block %d; waiting for block%03d.mat/.h5",
                  number, len(names), msg.body.block_id, number)
 
-    def _check_answer(self) -> None:
-        block = self._current
+    def _check_answer(self, block: _Block) -> None:
         try:
             answer = block.watcher.check()
         except xf.AnswerCorrupt as exc:

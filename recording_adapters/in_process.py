@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
+from recording_adapters.base import RigStream
 from recording_adapters.recorder import Recorder
 from xdream.errors import XdreamError
 from xdream.peer import PeerConnection
@@ -29,8 +31,8 @@ class InServerRecorder:
     adapters whose connecting may block or fail); `start(endpoint)` once the
     server has bound, `stop()` when the session has ended."""
 
-    def __init__(self, *, source=None, make_source=None, counter_options: dict | None = None,
-                 name: str = "recorder"):
+    def __init__(self, *, source: RigStream | None = None, make_source: Callable[[], RigStream] | None = None,
+                 counter_options: dict | None = None, name: str = "recorder"):
         if (source is None) == (make_source is None):
             raise ValueError("give exactly one of source and make_source")
         self._source = source
@@ -63,9 +65,16 @@ class InServerRecorder:
         if self._thread.is_alive():
             log.error("the in-server recorder did not stop within %.0f s", timeout_s)
 
+    def _open_source(self) -> RigStream:
+        if self._source is not None:
+            return self._source
+        if self._make_source is None:     # __init__ takes exactly one of them
+            raise ValueError("give exactly one of source and make_source")
+        return self._make_source()
+
     def _run(self, endpoint: str) -> None:
         try:
-            source = self._source if self._source is not None else self._make_source()
+            source = self._open_source()
         except Exception as exc:   # a rig that cannot be reached must not take the server down
             self.error = exc
             log.error("in-server recorder: the rig could not be opened: %s; no counts from this process "

@@ -49,6 +49,7 @@ from recording_adapters.options import (
     Range,
     Seconds,
     SourceOptions,
+    labelled,
 )
 from xdream.errors import SessionError
 from xdream.logs import RateLimitedLog
@@ -147,7 +148,6 @@ class IntanSource(RigSource):
         self.stall_s = o.stall_s
         self.spike_grace = o.spike_grace_s
         self.hold = CodeHold(o.hold_s, source="intan")
-        self.fs = o.sample_rate
         self.frame_words = 1               # the digital-in word: all the adapter enables on that port
         self._block = 4 + FRAMES_PER_BLOCK * (4 + 2 * self.frame_words)
         self._buf = {"waveform": bytearray(), "spike": bytearray()}
@@ -170,16 +170,22 @@ class IntanSource(RigSource):
         self._errors = RateLimitedLog(log)   # per key: the first, then one line per 10 s
         self.unknown_spikes = 0
         self.artifacts = 0
-        self._connect()
+        self._connect(o.sample_rate)
 
     # -- set-up ------------------------------------------------------------------------------
-    def _connect(self) -> None:
+    def _connect(self, sample_rate: float | None) -> None:
+        # the sample rate: RHX's own when the adapter configures it, else the option (check() requires it)
         if self.configure:
             self.cmd = self._open_port("command")
             if self.cmd is None:
                 raise SessionError(f"intan: cannot reach RHX's command port {self.host}:{self.ports['command']}. "
                                    + ONE_CLIENT_HELP)
-            self._setup()
+            self.fs: float = self._setup()
+        elif sample_rate is None:
+            raise labelled(OptionError("sample_rate", None, "RHX's amplifier sample rate (Hz) when configure "
+                                       "is false"), self.label())
+        else:
+            self.fs = sample_rate
         for port in ("waveform", "spike"):
             self.socks[port] = self._open_port(port)
             if self.socks[port] is None:
@@ -206,21 +212,30 @@ class IntanSource(RigSource):
                     return None
                 time.sleep(0.05)   # RHX starts listening when it handles our command: poll for it
 
-    def _setup(self) -> None:
+    def _setup(self) -> float:
+        """Sets RHX's TCP outputs up; returns its amplifier sample rate (Hz)."""
         mode = self._ask("get runmode", r"Return: RunMode (Stop|Run|Record|Trigger)")
         if mode != "Stop":
             log.warning("intan: RHX is in run mode %s; stopping it to set up the TCP outputs", mode)
             self._batch(["set runmode stop"])
-        self.fs = float(self._ask("get sampleratehertz", r"Return: SampleRateHertz (\d+(?:\.\d+)?)Return"))
+        fs = float(self._ask("get sampleratehertz", r"Return: SampleRateHertz (\d+(?:\.\d+)?)Return"))
         self._batch(["execute clearalldataoutputs"])
         commands = [f"set {n.lower()}.tcpdataoutputenabledspike true" for n in self.names]
         commands.append(f"set digital-in-{self._first_line:02d}.tcpdataoutputenabled true")
         for i in range(0, len(commands), 32):     # small transmissions: RHX parses each read whole
             self._batch(commands[i:i + 32])
         self._batch(["execute connecttcpwaveformdataoutput", "execute connecttcpspikedataoutput"])
+        return fs
+
+    def _command(self) -> socket.socket:
+        """The command connection; only a configuring adapter has one, until RHX closes it."""
+        if self.cmd is None:
+            raise SessionError("intan: no command connection to RHX (configure is false, or RHX closed it). "
+                               + ONE_CLIENT_HELP)
+        return self.cmd
 
     def _send(self, text: str) -> None:
-        self.cmd.sendall(text.encode("latin-1"))
+        self._command().sendall(text.encode("latin-1"))
 
     def _ask(self, command: str, pattern: str) -> str:
         """One get, answered; a sentinel get follows so that a value's end is known."""
@@ -243,10 +258,12 @@ class IntanSource(RigSource):
         """Command-port text up to the sentinel's answer (RHX ends no reply; the sentinel is last)."""
         text = ""
         deadline = time.monotonic() + self.connect_timeout
-        self.cmd.settimeout(0.2)
+        cmd = self._command()
+        cmd.settimeout(0.2)
         while not re.search(pattern + "$", text):
+            data: bytes | None
             try:
-                data = self.cmd.recv(65536)
+                data = cmd.recv(65536)
             except TimeoutError:
                 data = None
             if data == b"":
@@ -255,7 +272,7 @@ class IntanSource(RigSource):
                 text += data.decode("latin-1")
             if time.monotonic() > deadline:
                 raise SessionError(f"intan: no answer from RHX's command port (got {text!r})")
-        self.cmd.settimeout(None)
+        cmd.settimeout(None)
         return text
 
     # -- the stream (the contract: recording_adapters/base.py) ---------------------------------
@@ -325,23 +342,23 @@ class IntanSource(RigSource):
                         "Presentations wait, and are reported missing if it does not come back", self.stall_s)
 
     def _read_command_replies(self) -> None:
-        self.cmd.setblocking(False)
+        cmd = self._command()
+        cmd.setblocking(False)
         try:
-            data = self.cmd.recv(65536)
+            data = cmd.recv(65536)
         except BlockingIOError:
             return
         except OSError:
             data = b""
         finally:
-            if self.cmd is not None:
-                try:
-                    self.cmd.setblocking(True)
-                except OSError:
-                    pass
+            try:
+                cmd.setblocking(True)
+            except OSError:
+                pass
         if not data:
             log.error("intan: RHX closed the command connection; the adapter can no longer ask RHX to "
                       "listen again after a data port drops. %s", ONE_CLIENT_HELP)
-            self.cmd.close()
+            cmd.close()
             self.cmd = None
             return
         log.error("intan: RHX says: %s", data.decode("latin-1").strip())
@@ -428,6 +445,8 @@ class IntanSource(RigSource):
         if back.size:
             jump_at = int(back[0])
             if jump_at == 0:
+                if self._last_ts is None:     # cannot be: with no block before, prev[0] is starts[0] - 1
+                    raise RuntimeError("intan: a clock jump at the first block of a segment")
                 old_end = (self._last_ts + 1) / self.fs
                 log.warning("intan: RHX's clock went back from sample %d to %d (acquisition restarted?)",
                             self._last_ts, int(starts[0]))
@@ -471,7 +490,8 @@ class IntanSource(RigSource):
 
     def _parse_spikes(self, events: RigEvents) -> None:
         buf = self._buf["spike"]
-        out_t, out_c = [], []
+        out_t: list[np.ndarray] = []
+        out_c: list[np.ndarray] = []
         while len(buf) >= SPIKE_CHUNK.itemsize:
             n = len(buf) // SPIKE_CHUNK.itemsize
             chunks = np.frombuffer(bytes(buf[:n * SPIKE_CHUNK.itemsize]), SPIKE_CHUNK)
@@ -498,7 +518,7 @@ class IntanSource(RigSource):
             events.spike_times = np.concatenate(out_t)
             events.spike_channels = np.concatenate(out_c)
 
-    def _take_spikes(self, chunks: np.ndarray, out_t: list, out_c: list) -> None:
+    def _take_spikes(self, chunks: np.ndarray, out_t: list[np.ndarray], out_c: list[np.ndarray]) -> None:
         if chunks.size == 0:
             return
         ts = chunks["ts"].astype(np.int64)

@@ -31,7 +31,7 @@ import math
 import re
 import time
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 
@@ -74,17 +74,19 @@ class _Stream:
                 raise SessionError(f"lsl: {len(ids)} {what} streams match {pred}; name the one to use with "
                                    "its source_id option")
         self.info = found[0]
-        self.inlet = None
+        # pylsl's StreamInlet and ContinuousResolver (pylsl ships no type hints); None while lost
+        self.inlet: Any | None = None
         self.last = -math.inf          # last timestamp delivered
         self.complete = -math.inf      # every sample before this local time has been delivered
-        self.resolver = None
+        self.resolver: Any | None = None
         self.open(found[0])
 
     def open(self, info) -> None:
         lsl = self.lsl
-        self.inlet = lsl.StreamInlet(info, max_buflen=BUFFER_S, recover=False, processing_flags=lsl.proc_clocksync)
-        self.inlet.open_stream(5.0)
-        self.inlet.time_correction(5.0)    # the first clock offset before any sample is trusted
+        inlet = lsl.StreamInlet(info, max_buflen=BUFFER_S, recover=False, processing_flags=lsl.proc_clocksync)
+        self.inlet = inlet
+        inlet.open_stream(5.0)
+        inlet.time_correction(5.0)    # the first clock offset before any sample is trusted
         self.resolver = None
 
     def lost(self) -> None:
@@ -93,6 +95,8 @@ class _Stream:
 
     def pull(self):
         """(samples, timestamps); LostError passes through."""
+        if self.inlet is None:
+            raise SessionError(f"lsl: the {self.what} stream is lost; nothing to pull")
         samples, stamps = self.inlet.pull_chunk(timeout=0.0, max_samples=8192)
         return samples, np.asarray(stamps, float)
 

@@ -13,19 +13,21 @@ import logging
 import threading
 import time
 
+from recording_adapters.base import RigStream
 from recording_adapters.counting import SpikeCounter
 from xdream.errors import SessionError
 from xdream.peer import PeerConnection
+from xdream import protocol
 from xdream.protocol import MsgType
 
 log = logging.getLogger(__name__)
 
 
 class Recorder:
-    def __init__(self, conn: PeerConnection, source, counter_options: dict | None = None,
+    def __init__(self, conn: PeerConnection, source: RigStream, counter_options: dict | None = None,
                  halt: threading.Event | None = None):
         self.conn = conn
-        self.source = source   # recording_adapters.sources: .channels, .poll(timeout_s) -> RigEvents, .close()
+        self.source = source
         self.counter_options = counter_options or {}   # SpikeCounter's: timeout_s, photodiode_max_lag_s, ...
         self.reported = 0
         self.missing = 0
@@ -54,7 +56,7 @@ class Recorder:
             self.conn.close()
         return self.reported
 
-    def _wait_welcome(self, timeout_s: float):
+    def _wait_welcome(self, timeout_s: float) -> protocol.Welcome | None:
         """The server's welcome, or None if halted first (in steps, so a halt is heard)."""
         deadline = time.monotonic() + timeout_s
         while not self.halt.is_set():

@@ -86,7 +86,7 @@ def tables(session: SessionRecord) -> Tables:
     zero = min(known) if known else 0.0
     channel_of = {t.name: t.channel for t in cfg.threads}
     subtract = cfg.response.subtract_baseline
-    image_score = {}
+    image_score: dict[str, float] = {}
     for rec in session.scores.values():
         image_score.update(zip(rec.ids, rec.scores.tolist()))
     rows = []
@@ -258,7 +258,7 @@ def write_nwb(session: SessionRecord, path: Path, with_images: bool = True, t: T
     # a row at a time costs hdmf's argument checks per cell (about 10 s for a 50-generation session)
     ordered = sorted(rows, key=_time_order)
     descriptions = dict(PRESENTATION_COLUMNS)
-    data = {"start_time": [r["time"] for r in ordered],
+    data: dict[str, list | np.ndarray] = {"start_time": [r["time"] for r in ordered],
             "stop_time": [r["time"] + r["duration"] for r in ordered]}
     data |= {c: [r[c] for r in ordered] for c, _ in PRESENTATION_COLUMNS if c not in ("time", "duration")}
     data["image_index"] = [index[r["image_id"]] for r in ordered]
@@ -291,11 +291,11 @@ def write_nwb(session: SessionRecord, path: Path, with_images: bool = True, t: T
     nwb.add_time_intervals(gens)
     # the latent codes of every generated image
     codes_rows = []
-    for (g, name), rec in sorted(session.scores.items()):
-        ids, codes = session.codes(g, name)
+    for (gen, name), rec in sorted(session.scores.items()):
+        ids, codes = session.codes(gen, name)
         scores = dict(zip(rec.ids, rec.scores.tolist()))
         for cid, code in zip(ids, codes):
-            codes_rows.append((cid, g, name, index.get(cid, -1), scores.get(cid, math.nan), code.ravel()))
+            codes_rows.append((cid, gen, name, index.get(cid, -1), scores.get(cid, math.nan), code.ravel()))
     if codes_rows:
         module = nwb.create_processing_module("evolution", "the optimizer's latent codes and their scores")
         if len({len(r[5]) for r in codes_rows}) > 1:   # threads in image spaces of different sizes

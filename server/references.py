@@ -48,6 +48,7 @@ def builtin_references(count: int, size: int) -> list[ReferenceImage]:
     """Gratings, a checkerboard, rings, colour blobs and a dark/bright disc pair."""
     y, x = np.mgrid[0:size, 0:size] / size - 0.5
     r = np.hypot(x, y)
+    bar = (np.abs(x) < 0.08).astype(float)
     makers = [
         ("grating_0deg", lambda: _gray(np.sin(2 * np.pi * 6 * x))),
         ("grating_45deg", lambda: _gray(np.sin(2 * np.pi * 6 * (x + y) / np.sqrt(2)))),
@@ -59,7 +60,7 @@ def builtin_references(count: int, size: int) -> list[ReferenceImage]:
         ("blue_disc", lambda: _rgb(0 * x, 0 * x, (r < 0.25).astype(float))),
         ("dark_disc", lambda: _gray(np.where(r < 0.3, -1.0, 0.0))),
         ("bright_disc", lambda: _gray(np.where(r < 0.3, 1.0, 0.0))),
-        ("yellow_bar", lambda: _rgb(*(2 * [(np.abs(x) < 0.08).astype(float)]), 0 * x)),
+        ("yellow_bar", lambda: _rgb(bar, bar, 0 * x)),
     ]
     if count > len(makers):
         raise ConfigError(f"the built-in reference set has {len(makers)} images; "

@@ -289,7 +289,7 @@ class RealtimeReplay:
         self._send(routing_id, MsgType.WELCOME, protocol.Welcome(f"{hello.role}-{len(self.peers)}", net.heartbeat_s,
                                                                  net.peer_timeout_s, settings))
         if hello.role == "recorder":   # joined late: it must know what is on screen
-            pending = {}
+            pending: dict[tuple[int, int], list[Presentation]] = {}
             for pid, p in self.sent.items():
                 if pid not in self.counts and pid not in self.missing:
                     pending.setdefault((p.block_id, p.generation), []).append(p)

@@ -17,6 +17,7 @@ from server.optimizers import Optimizer, build_optimizer
 
 if TYPE_CHECKING:
     from server.generators.base import ImageGenerator
+    from xdream.config import Config
 
 
 @dataclass
@@ -28,7 +29,7 @@ class EvolutionThread:
     best_score: float = -math.inf
 
 
-def build_threads(cfg) -> tuple[list[EvolutionThread], np.random.Generator]:
+def build_threads(cfg: Config) -> tuple[list[EvolutionThread], np.random.Generator]:
     """The session's threads and the scheduler's random stream, from cfg.session.seed
     and each thread's seed. Threads with the same generator config share one."""
     size = cfg.presentation.image_size_px

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,8 +42,8 @@ class _Display:
     frame_index: int = 0
     measured_hz: float | None = None
 
-    def __init__(self):
-        self._on_flip: list = []
+    def __init__(self) -> None:
+        self._on_flip: list[tuple[Callable[..., object], tuple]] = []
 
     def call_on_flip(self, fn, *args) -> None:
         """Run fn(*args) right after the next flip (the marker of an onset frame)."""

@@ -88,7 +88,7 @@ class Record:
     block_id: int
     spec: protocol.PresentationSpec
     trial: int = -1
-    status: str = "shown"
+    status: protocol.ShownStatus = "shown"
     reason: str = ""
     onset: float | None = None
     onset_index: int = 0

@@ -156,18 +156,18 @@ def _fold(s: SessionRecord, r: dict) -> None:
                 s.problems.append(f"journal record seq {seq}: presentation {p.pid} was sent before "
                                   f"with another block, code or image")
     elif kind in ("shown", "counts"):
-        p = s.by_pid.get(r["pid"])
-        if p is None or p.block_id != r["block_id"]:
+        sent = s.by_pid.get(r["pid"])
+        if sent is None or sent.block_id != r["block_id"]:
             s.problems.append(f"journal record seq {seq}: {kind} for {r['pid']} of block {r['block_id']}, "
                               f"a presentation the journal never sent")
             return
         fields = SHOWN_FIELDS if kind == "shown" else COUNTS_FIELDS
         item = {k: r.get(k) for k in fields}
-        old = getattr(p, kind)
+        old = getattr(sent, kind)
         if old is None:
-            setattr(p, kind, item)
+            setattr(sent, kind, item)
         elif old != item:
-            s.problems.append(f"journal record seq {seq}: a second {kind} for {p.pid} that differs from the first")
+            s.problems.append(f"journal record seq {seq}: a second {kind} for {sent.pid} that differs from the first")
     elif kind == "missing":
         for pid in r["pids"]:
             if pid in s.by_pid:

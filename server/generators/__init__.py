@@ -12,9 +12,10 @@ from xdream.errors import ConfigError
 
 if TYPE_CHECKING:
     from server.generators.base import ImageGenerator
+    from xdream.config import GeneratorConfig
 
 
-def build_generator(cfg, image_size: int) -> ImageGenerator:
+def build_generator(cfg: GeneratorConfig, image_size: int) -> ImageGenerator:
     kind = cfg.kind
     if kind.startswith("deepsim-"):
         from server.generators.deepsim import DeepSimGenerator

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from xdream.config import GeneratorConfig
 from xdream.errors import ConfigError, GeneratorError
 
 FITS = ("resize", "crop")
@@ -43,7 +44,7 @@ class ImageGenerator:
     name = "generator"
     code_shape: tuple[int, ...] = ()
 
-    def __init__(self, cfg, image_size: int):
+    def __init__(self, cfg: GeneratorConfig, image_size: int):
         if cfg.fit not in FITS:
             raise ConfigError(f"generator.fit must be one of {FITS}, got {cfg.fit!r}")
         self.cfg = cfg
@@ -72,6 +73,7 @@ class ImageGenerator:
         return np.maximum(codes, 0.0) if cfg.init_clip else codes
 
     def generate(self, codes: np.ndarray) -> np.ndarray:
+        """(n, *code_shape) codes (any float dtype) -> (n, image_size, image_size, 3) uint8 RGB."""
         raise NotImplementedError
 
     def fit_and_quantise(self, rgb: torch.Tensor) -> np.ndarray:

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from server.generators.base import ImageGenerator, shape_mismatch
+from xdream.config import GeneratorConfig
 from xdream.errors import GeneratorError
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ def packaged_weights() -> Path:
                              f"weights: {PIP_INSTALL}  (or set generator.weights to the file)") from None
     if dist.version != VERSION:
         log.warning("%s %s is installed; weights were checked with %s", DISTRIBUTION, dist.version, VERSION)
-    path = Path(dist.locate_file(WEIGHTS_IN_PACKAGE))
+    path = Path(str(dist.locate_file(WEIGHTS_IN_PACKAGE)))   # a SimplePath to the type checker
     if not path.is_file():
         raise GeneratorError(f"{DISTRIBUTION} {dist.version} is installed but has no {WEIGHTS_IN_PACKAGE} "
                              f"(looked at {path}); reinstall with {PIP_INSTALL}")
@@ -121,7 +122,7 @@ class DCGANFaceGenerator(ImageGenerator):
     name = "dcgan-face"
     code_shape = DCGANFaceNet.code_shape
 
-    def __init__(self, cfg, image_size: int):
+    def __init__(self, cfg: GeneratorConfig, image_size: int):
         super().__init__(cfg, image_size)
         path = Path(cfg.weights) if cfg.weights else packaged_weights()
         self.net = DCGANFaceNet()

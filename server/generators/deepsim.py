@@ -39,6 +39,7 @@ from server.generators import ported_weights
 from server.generators.base import ImageGenerator
 from server.generators.fast import accelerate
 from server.generators.weights import resolve_weights, weights_folder
+from xdream.config import GeneratorConfig
 from xdream.errors import ConfigError, GeneratorError
 
 log = logging.getLogger(__name__)
@@ -210,7 +211,10 @@ class DeePSiMNorm2(DeePSiMNorm1):
     rconv6 = (256, 256, 1)        # 13 -> 15 (pad 2)
 
 
-ARCHITECTURES = {cls.layer_name: cls for cls in (
+# the two families: what random_init and load_state_dict take
+DeePSiMNet = DeePSiMFc6 | ConvInputDeePSiM
+
+ARCHITECTURES: dict[str, type[DeePSiMNet]] = {cls.layer_name: cls for cls in (
     DeePSiMNorm1, DeePSiMNorm2, DeePSiMConv3, DeePSiMConv4, DeePSiMPool5,
     DeePSiMFc6, DeePSiMFc7, DeePSiMFc8)}
 
@@ -218,7 +222,7 @@ ARCHITECTURES = {cls.layer_name: cls for cls in (
 class DeepSimGenerator(ImageGenerator):
     """A DeePSiM generator with weights from a file, or seeded random weights."""
 
-    def __init__(self, cfg, image_size: int):
+    def __init__(self, cfg: GeneratorConfig, image_size: int):
         super().__init__(cfg, image_size)
         self.layer = cfg.kind.removeprefix("deepsim-")
         if self.layer not in ARCHITECTURES:
@@ -247,7 +251,7 @@ class DeepSimGenerator(ImageGenerator):
         return self.fit_and_quantise((bgr + self._mean).flip(1))  # BGR -> RGB
 
 
-def random_init(net: nn.Module, seed: int, n_probe: int = 8) -> None:
+def random_init(net: DeePSiMNet, seed: int, n_probe: int = 8) -> None:
     """Seeded random weights, rescaled layer by layer (LSUV-style) so that a
     N(0,1) code gives unit-variance pre-activations and an image with the
     contrast of a real DeePSiM output (std about 60 on the 0-255 scale).
@@ -262,8 +266,9 @@ def random_init(net: nn.Module, seed: int, n_probe: int = 8) -> None:
     last_std = IMAGE_STD / 255.0 if getattr(net, "tanh_output", False) else IMAGE_STD
     with torch.no_grad():
         for layer in layers:
-            nn.init.normal_(layer.weight, 0.0, 1.0, generator=gen)
-            nn.init.normal_(layer.bias, 0.0, 0.1, generator=gen)
+            weight, bias = _weight_and_bias(layer)
+            nn.init.normal_(weight, 0.0, 1.0, generator=gen)
+            nn.init.normal_(bias, 0.0, 0.1, generator=gen)
         probe = torch.randn(n_probe, *net.code_shape, generator=gen)
         hooks = [layer.register_forward_hook(_rescale_to(last_std if layer is layers[-1] else 1.0))
                  for layer in layers]
@@ -277,13 +282,22 @@ def random_init(net: nn.Module, seed: int, n_probe: int = 8) -> None:
 def _rescale_to(target_std: float):
     def hook(layer: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
         scale = target_std / float(output.std())
-        layer.weight.mul_(scale)
-        layer.bias.mul_(scale)
+        weight, bias = _weight_and_bias(layer)
+        weight.mul_(scale)
+        bias.mul_(scale)
         return output * scale
     return hook
 
 
-def load_state_dict(net: nn.Module, path: Path, convention: str = "auto") -> str:
+def _weight_and_bias(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    # every DeePSiM layer is a Linear or a (transposed) convolution with a bias
+    weight, bias = layer.weight, layer.bias
+    if not isinstance(weight, torch.Tensor) or not isinstance(bias, torch.Tensor):
+        raise GeneratorError(f"layer {layer!r} has no weight and bias tensors to initialise")
+    return weight, bias
+
+
+def load_state_dict(net: DeePSiMNet, path: Path, convention: str = "auto") -> str:
     """Load weights for `net` from a state-dict file; return the file's SHA-256.
 
     The keys may follow our caffe names, XDream's port or upconvGAN's

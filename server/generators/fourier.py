@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from server.generators.base import ImageGenerator
+from xdream.config import GeneratorConfig
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ class FourierGenerator(ImageGenerator):
 
     name = "fourier"
 
-    def __init__(self, cfg, image_size: int):
+    def __init__(self, cfg: GeneratorConfig, image_size: int):
         super().__init__(cfg, image_size)
         self.render_px = max(image_size, MIN_RENDER_PX)
         freqs = half_plane_frequencies(MAX_CYCLES)

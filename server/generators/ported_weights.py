@@ -87,7 +87,8 @@ def to_canonical(state, layer: str, own: Mapping[str, torch.Tensor],
         convention = detect(state.keys(), layer)
     rename = {"ours": lambda k: k, "upconvgan": _from_upconvgan,
               "xdream": lambda k: _from_xdream(k, layer)}[convention]
-    out, origin = {}, {}
+    out: dict[str, torch.Tensor] = {}
+    origin: dict[str, str] = {}
     for key, tensor in state.items():
         new = rename(key)
         if new in out:

@@ -24,6 +24,7 @@ fails loudly.  Old names (aliases) are resolved by `canonical_kind`.
 from __future__ import annotations
 
 import inspect
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -36,8 +37,23 @@ from server.optimizers.sphere_es import SphereES
 from xdream.errors import OptimizerError
 from xdream.optimizer_kinds import OPTIMIZER_KINDS, canonical_kind
 
+if TYPE_CHECKING:
+    from server.generators.base import ImageGenerator
+    from xdream.config import OptimizerConfig
 
-def registry(classes, kinds=OPTIMIZER_KINDS) -> dict[str, type[Optimizer]]:
+
+class OptimizerClass(Protocol):
+    """A registered kind: an Optimizer subclass whose constructor also takes the population
+    and the first codes (the base class's does not), plus that kind's own keywords."""
+
+    kind: str
+
+    def __call__(self, code_shape: tuple[int, ...], rng: np.random.Generator, *, population: int,
+                 init_codes: np.ndarray | None, name: str) -> Optimizer: ...
+
+
+def registry(classes: tuple[OptimizerClass, ...],
+             kinds: tuple[str, ...] = OPTIMIZER_KINDS) -> dict[str, OptimizerClass]:
     """kind -> class, in the order of `kinds`; OptimizerError unless the classes' kinds are
     exactly those names (a kind known to the config but not to the server, or the reverse)."""
     by_kind = {cls.kind: cls for cls in classes}
@@ -48,7 +64,7 @@ def registry(classes, kinds=OPTIMIZER_KINDS) -> dict[str, type[Optimizer]]:
     return {kind: by_kind[kind] for kind in kinds}
 
 
-OPTIMIZERS: dict[str, type[Optimizer]] = registry(
+OPTIMIZERS: dict[str, OptimizerClass] = registry(
     (GeneticOptimizer, CholeskyCMAES, SphereCMA, PycmaOptimizer, PycmaDiagonal, NevergradCMA, SphereES))
 
 # OptimizerConfig field -> keyword of the optimizer, per kind (population and
@@ -73,14 +89,14 @@ __all__ = ["CONFIG_PARAMS", "Candidates", "Optimizer", "GeneticOptimizer", "Chol
 
 
 def make_optimizer(kind: str, code_shape, rng: np.random.Generator, *, population: int = 40,
-                   init_codes: np.ndarray | None = None, name: str = "opt", **params) -> Optimizer:
+                   init_codes: np.ndarray | None = None, name: str = "opt", **params: Any) -> Optimizer:
     """An optimizer of a registered kind (or an old name of one); `params` are that kind's keywords."""
     kind = canonical_kind(kind)
     try:
         cls = OPTIMIZERS[kind]
     except KeyError:
         raise OptimizerError(f"unknown optimizer kind {kind!r}; known: {sorted(OPTIMIZERS)}") from None
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "code_shape", "rng"}
+    accepted = set(inspect.signature(cls).parameters) - {"code_shape", "rng"}   # the constructor
     unknown = sorted(set(params) - accepted)
     if unknown:
         raise OptimizerError(f"optimizer kind {kind!r} takes no parameters {unknown}; "
@@ -88,7 +104,8 @@ def make_optimizer(kind: str, code_shape, rng: np.random.Generator, *, populatio
     return cls(tuple(code_shape), rng, population=population, init_codes=init_codes, name=name, **params)
 
 
-def build_optimizer(cfg, generator, rng: np.random.Generator, name: str, *, generations: int = 75) -> Optimizer:
+def build_optimizer(cfg: OptimizerConfig, generator: ImageGenerator, rng: np.random.Generator, name: str, *,
+                    generations: int = 75) -> Optimizer:
     """From an OptimizerConfig; the generator supplies the first codes. `generations`, the
     session's length, is what decay_generations = 0 stands for (75: GECCO 2022's)."""
     kind = canonical_kind(cfg.kind)

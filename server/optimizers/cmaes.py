@@ -36,7 +36,7 @@ class CholeskyCMAES(Optimizer):
     kind = "cmaes"
 
     def __init__(self, code_shape, rng, *, population=40, init_sigma=3.0, a_update_freq=10,
-                 init_codes=None, name="cmaes"):
+                 init_codes=None, name="cmaes") -> None:
         super().__init__(code_shape, rng, name)
         if population < 2:
             raise OptimizerError("population must be >= 2")

@@ -44,7 +44,7 @@ class _Replayed(Optimizer):
     default_sigma0 = 1.0
     full_covariance = True
 
-    def __init__(self, code_shape, rng, *, population, sigma0, init_codes, name):
+    def __init__(self, code_shape, rng, *, population, sigma0, init_codes, name) -> None:
         super().__init__(code_shape, rng, name)
         if population < 4:
             raise OptimizerError("population must be >= 4")
@@ -93,7 +93,7 @@ class _Replayed(Optimizer):
             if i < len(history):
                 self._tell(codes, history[i])
 
-    def _build(self):
+    def _build(self) -> None:
         raise NotImplementedError
 
     def _library_ask(self) -> np.ndarray:
@@ -108,11 +108,11 @@ class PycmaOptimizer(_Replayed):
     diagonal = False
     default_sigma0 = 2.0    # the GECCO 2022 benchmark's
 
-    def __init__(self, code_shape, rng, *, population=40, sigma0=0.0, init_codes=None, name="pycma"):
+    def __init__(self, code_shape, rng, *, population=40, sigma0=0.0, init_codes=None, name="pycma") -> None:
         super().__init__(code_shape, rng, population=population, sigma0=sigma0, init_codes=init_codes,
                          name=name)
 
-    def _build(self):
+    def _build(self) -> None:
         import cma
         rng = self.rng
         opts = {"popsize": self.population, "CMA_diagonal": self.diagonal,
@@ -142,7 +142,7 @@ class PycmaDiagonal(PycmaOptimizer):
     diagonal = True
     full_covariance = False
 
-    def __init__(self, code_shape, rng, *, population=40, sigma0=0.0, init_codes=None, name="pycma-diag"):
+    def __init__(self, code_shape, rng, *, population=40, sigma0=0.0, init_codes=None, name="pycma-diag") -> None:
         super().__init__(code_shape, rng, population=population, sigma0=sigma0, init_codes=init_codes,
                          name=name)
 
@@ -151,11 +151,11 @@ class NevergradCMA(_Replayed):
     kind = "nevergrad-cma"
     default_sigma0 = 1.0    # nevergrad's own (ParametrizedCMA scale)
 
-    def __init__(self, code_shape, rng, *, population=40, sigma0=0.0, init_codes=None, name="nevergrad-cma"):
+    def __init__(self, code_shape, rng, *, population=40, sigma0=0.0, init_codes=None, name="nevergrad-cma") -> None:
         super().__init__(code_shape, rng, population=population, sigma0=sigma0, init_codes=init_codes,
                          name=name)
 
-    def _build(self):
+    def _build(self) -> None:
         import nevergrad as ng
         param = ng.p.Array(init=self.x0.copy())
         param.random_state = np.random.RandomState(int(self.rng.integers(2 ** 32)))

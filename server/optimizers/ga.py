@@ -20,7 +20,7 @@ class GeneticOptimizer(Optimizer):
     kind = "ga"
 
     def __init__(self, code_shape, rng, *, population=20, mutation_rate=0.5, mutation_size=0.5,
-                 selectivity=2.0, heritability=0.5, n_elites=1, init_codes=None, name="ga"):
+                 selectivity=2.0, heritability=0.5, n_elites=1, init_codes=None, name="ga") -> None:
         super().__init__(code_shape, rng, name)
         if population < 2:
             raise OptimizerError("population must be >= 2")

@@ -41,7 +41,7 @@ class SphereCMA(Optimizer):
 
     def __init__(self, code_shape, rng, *, population=40, select_size=0, lr=1.5, sphere_norm=300.0,
                  angle_init_deg=50.0, angle_final_deg=7.33, decay_generations=75, init_codes=None,
-                 name="sphere-cma"):
+                 name="sphere-cma") -> None:
         super().__init__(code_shape, rng, name)
         if population < 3:
             raise OptimizerError("population must be >= 3 (a centre and two samples)")

@@ -202,7 +202,7 @@ class SphereES(Optimizer):
     def __init__(self, code_shape, rng, *, population=40, angle_init_deg=50.0, angle_final_deg=7.33,
                  decay_generations=75, step_ratio=0.33, smoothing=0.5, norm_rate=1.0, norm_coupling=0.6,
                  init_norm_factor=3.0, max_norm_factor=10.0, min_norm_factor=3.0, centre_repeats=0,
-                 noise_step="off", elite_check=False, init_codes=None, name="sphere-es"):
+                 noise_step="off", elite_check=False, init_codes=None, name="sphere-es") -> None:
         super().__init__(code_shape, rng, name)
         if population < 4:
             raise OptimizerError("population must be >= 4 (two mirrored pairs)")
