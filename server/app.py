@@ -20,7 +20,7 @@ import zmq
 import zmq.asyncio
 
 from server import faults
-from server.journal import Journal
+from server.journal import Journal, safe_json
 from server.references import load_references
 from server.resume import Recovery, checkpoint_arrays, last_endpoint, restore_checkpoint
 from server.scheduler import BlockProgress, Presentation, ScheduledBlock, Scheduler
@@ -339,43 +339,58 @@ class EvolutionServer:
         return {"presenter", "recorder"} <= roles
 
     # ---------------------------------------------------------- the wire
-    async def _send(self, routing_id: bytes, msg_type: MsgType, body, images=()) -> None:
+    async def _send(self, routing_id: bytes, msg_type: MsgType, body, images=()) -> bool:
+        """Send without waiting: a peer that stops reading (its queue at the high-water mark)
+        loses this message rather than stalling the loop.  False if it was not sent."""
         self._seq += 1
         frames = protocol.encode(msg_type, body, session=self.session_id, seq=self._seq, images=images)
         try:
-            await self.socket.send_multipart([routing_id, *frames], copy=False)
-        except zmq.ZMQError as exc:  # EHOSTUNREACH: the peer is gone
-            log.warning("could not send %s to peer %r: %s", msg_type.value, routing_id, exc)
+            await self.socket.send_multipart([routing_id, *frames], copy=False, flags=zmq.DONTWAIT)
+        except zmq.ZMQError as exc:  # EHOSTUNREACH: the peer is gone; EAGAIN: it does not read
+            log.warning("could not send %s to peer %r: %s", msg_type.value, routing_id[:32], exc)
+            return False
+        return True
 
     async def _receive_loop(self) -> None:
+        """Receive until cancelled: whatever a message holds, it is answered or dropped,
+        and nothing a handler or the journal raises ends this loop."""
         while True:
             frames = await self.socket.recv_multipart(copy=False)
-            routing_id = frames[0].bytes
             try:
-                msg = protocol.decode(frames[1:])
-                await self._dispatch(routing_id, msg)
-            except ProtocolError as exc:
-                await self._reject(routing_id, frames[1:], exc)
-            except Exception:  # a bug in a handler must not stop the session
-                log.exception("handler failed on a message from %r", routing_id)
-                self.journal.write("handler_error", peer=repr(routing_id))
+                await self._receive(frames)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug in a handler, or the journal, must not stop the session
+                log.exception("handler failed on a message from %r", frames[0].bytes[:32])
+                try:
+                    self.journal.write("handler_error", peer=repr(frames[0].bytes[:32]), error=repr(exc)[:500])
+                except Exception:
+                    log.exception("could not journal the handler error either")
+
+    async def _receive(self, frames) -> None:
+        routing_id = frames[0].bytes
+        try:
+            msg = protocol.decode(frames[1:])
+            await self._dispatch(routing_id, msg)
+        except ProtocolError as exc:
+            await self._reject(routing_id, frames[1:], exc)
 
     async def _reject(self, routing_id: bytes, frames, exc: Exception) -> None:
         peer = self.peers.get(routing_id)
         who = peer.name if peer else repr(routing_id)
         raw = _header_for_journal(frames)
+        reason = str(exc)[:1000]   # a reason may quote a value from the peer: never megabytes
         if peer is None and isinstance(raw, dict) and raw.get("type") == MsgType.HEARTBEAT.value:
             # the queued heartbeats of a peer of the server before a restart: an error reply
             # makes it say hello; they carry no data, so they get a log line, not a journal line
             log.info("heartbeat from unknown peer %s: asking it to say hello", who)
             ref = raw.get("seq", -1)
-            await self._send(routing_id, MsgType.ERROR, protocol.Error(str(exc), ref if isinstance(ref, int) else -1))
+            await self._send(routing_id, MsgType.ERROR, protocol.Error(reason, _ref_seq(ref)))
             return
-        log.error("rejected a message from %s: %s", who, exc)
-        self.journal.write("rejected", peer=who, reason=str(exc), header=raw)
+        log.error("rejected a message from %s: %s", who, reason)
+        self.journal.write("rejected", peer=who, reason=reason, header=safe_json(raw))
         ref = raw.get("seq", -1) if isinstance(raw, dict) else -1
-        await self._send(routing_id, MsgType.ERROR,
-                         protocol.Error(str(exc), ref if isinstance(ref, int) else -1))
+        await self._send(routing_id, MsgType.ERROR, protocol.Error(reason, _ref_seq(ref)))
 
     async def _dispatch(self, routing_id: bytes, msg: protocol.Message) -> None:
         if msg.type == MsgType.HELLO:
@@ -514,6 +529,11 @@ class EvolutionServer:
 
 
 _SENDER_ROLE = {MsgType.SHOWN: "presenter", MsgType.COUNTS: "recorder"}
+
+
+def _ref_seq(seq) -> int:
+    """The seq an ERROR refers to: the header's, if it is one a reply can carry."""
+    return seq if isinstance(seq, int) and not isinstance(seq, bool) and 0 <= seq < 1 << 63 else -1
 
 
 def _header_for_journal(frames) -> dict | str:

@@ -1,0 +1,89 @@
+"""Issue 12, the receive path: what a hostile or broken peer sends to a live server
+(real DEALERs against a real EvolutionServer on 127.0.0.1, a random port).
+
+Each test reproduces one defect as it was found: one header that silenced the
+server (1), a hello that evicted the live presenter (5), no size limits (9),
+reports for blocks never sent or of another session acknowledged (10)."""
+
+import asyncio
+import json
+import math
+import os
+import threading
+import time
+
+import msgpack
+import zmq
+import zmq.asyncio
+
+from tests.conftest import small_config
+from tests.dryrun_helpers import journal
+from tests.test_server import FakePeer, keep_alive, serving
+from xdream import protocol
+from xdream.protocol import MsgType
+
+
+def envelope(body, msg_type="heartbeat", session="", seq=1, **extra) -> bytes:
+    """A header packed by hand (msgpack itself, not the protocol's encoder): what an adversary sends."""
+    return msgpack.packb({"v": 1, "type": msg_type, "session": session, "seq": seq, "t": 0.0, "body": body,
+                          **extra}, use_bin_type=True)
+
+
+def journal_lines_parse(folder) -> list[dict]:
+    """Every line of the journal is one JSON record (a reader would refuse the journal otherwise)."""
+    return [json.loads(line) for line in (folder / "journal.jsonl").read_text().splitlines()]
+
+
+async def still_receiving(ctx, endpoint, name="probe"):
+    """A fresh connection says hello and is welcomed: the receiver is alive."""
+    probe = FakePeer(ctx, endpoint, "presenter", name)
+    await probe.join()
+    return probe
+
+
+# ---------------------------------------------------------------- defect 1
+async def test_a_header_with_bytes_or_nan_keys_is_rejected_and_the_server_keeps_receiving(tmp_path):
+    cfg = small_config(tmp_path, generations=1)
+    folder = tmp_path / "s"
+    async with serving(cfg, folder) as (run, pres, rec):
+        ctx = zmq.asyncio.Context.instance()
+        ep = pres.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        hostile = [
+            msgpack.packb({b"k": 1, "v": 1}, use_bin_type=True),              # a bytes map key
+            msgpack.packb({math.nan: 1, "v": 1, "type": "hello"}),             # a NaN float key
+            envelope({b"role": "presenter", 1.5: [math.inf]}, "hello"),        # both, inside the body
+            envelope({}, "shown", session=b"\xff" * 5000, seq=2**64 - 1),     # bytes where a str goes
+            envelope({}, "x" * 300_000),                                       # a type of 300 kB
+        ]
+        for frame in hostile:
+            await pres.sock.send_multipart([frame])
+            err = await pres.expect(MsgType.ERROR)
+            assert err.body.reason and len(err.body.reason) <= 1000
+        assert not run.done()
+        await still_receiving(ctx, ep)
+        await rec.join()
+    records = journal_lines_parse(folder)
+    rejected = [r for r in records if r["kind"] == "rejected"]
+    assert len(rejected) == len(hostile)
+    assert "b'k'" in rejected[0]["header"] and "nan" in rejected[1]["header"]
+    assert all(len(json.dumps(r)) < 20_000 for r in rejected)   # size-capped, whatever was sent
+    assert not [r for r in records if r["kind"] == "handler_error"]
+
+
+async def test_a_handler_that_raises_is_journaled_and_the_receiver_goes_on(tmp_path, monkeypatch):
+    from server import app
+    cfg = small_config(tmp_path, generations=1)
+    folder = tmp_path / "s"
+
+    async def broken(self, peer, msg):
+        raise RuntimeError("a bug in a handler")
+    monkeypatch.setattr(app.EvolutionServer, "_on_heartbeat", broken)
+    async with serving(cfg, folder) as (run, pres, rec):
+        ep = pres.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        await pres.join()
+        for _ in range(3):
+            await pres.send(MsgType.HEARTBEAT, protocol.Heartbeat())
+        await still_receiving(zmq.asyncio.Context.instance(), ep)
+        assert not run.done()
+    errors = [r for r in journal(folder) if r["kind"] == "handler_error"]
+    assert len(errors) == 3 and "a bug in a handler" in errors[0]["error"]
