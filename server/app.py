@@ -426,14 +426,29 @@ class EvolutionServer:
                              protocol.Welcome(known.peer_id, net.heartbeat_s, net.peer_timeout_s,
                                               self._settings_for(hello.role)))
             return
-        for old_id, old in list(self.peers.items()):
-            if old.name == hello.name and old_id != routing_id:
-                log.warning("peer %s reconnected; dropping its old connection", hello.name)
-                del self.peers[old_id]
+        if known is not None:
+            raise ProtocolError(f"this connection said hello as {known.role} {known.name!r} already; "
+                                f"a new name or role needs a new connection")
+        # a name is not an identity: it passes to a new connection only once the old one is gone
+        replaced = []
+        for old in [p for p in self.peers.values() if p.name == hello.name]:
+            silent = time.monotonic() - old.last_seen
+            if silent > self.cfg.network.peer_timeout_s:
+                replaced.append((old, f"replaced by a new connection (silent for {silent:.1f} s)"))
+            elif not await self._send(old.routing_id, MsgType.HEARTBEAT, protocol.Heartbeat()):
+                replaced.append((old, "replaced by a new connection (the old one is closed)"))
+            else:
+                log.warning("refused a hello as %r: a live %s has that name (heard %.1f s ago)",
+                            hello.name, old.role, silent)
+                raise ProtocolError(f"the name {hello.name!r} belongs to a connected {old.role} (heard "
+                                    f"{silent:.1f} s ago); a second connection may take it only once the "
+                                    f"first is silent for peer_timeout_s ({self.cfg.network.peer_timeout_s:.1f} s)")
         self._n_peers += 1
         peer = Peer(routing_id, hello.role, hello.name, hello.channels, time.monotonic(),
                     f"{hello.role}-{self._n_peers}")
-        self.peers[routing_id] = peer
+        self.peers[routing_id] = peer   # before the old one goes: its role is not left empty mid-block
+        for old, why in replaced:
+            self._drop_peer(old, why)
         self.journal.write("peer_joined", peer=hello.name, role=hello.role, channels=hello.channels)
         log.info("%s %s joined", hello.role, hello.name)
         net = self.cfg.network

@@ -87,3 +87,84 @@ async def test_a_handler_that_raises_is_journaled_and_the_receiver_goes_on(tmp_p
         assert not run.done()
     errors = [r for r in journal(folder) if r["kind"] == "handler_error"]
     assert len(errors) == 3 and "a bug in a handler" in errors[0]["error"]
+
+
+# ---------------------------------------------------------------- defect 5
+async def report_block(pres, rec, block):
+    for i, p in enumerate(block.body.presentations):
+        await pres.send(MsgType.SHOWN, protocol.Shown(block.body.block_id, p.pid, "shown", float(i), 6))
+        await rec.send(MsgType.COUNTS, protocol.Counts(block.body.block_id, p.pid, "ok", [1.0, 0.0], [0.0, 0.0]))
+
+
+async def test_a_hello_under_a_live_peers_name_is_refused_and_the_presenter_keeps_its_blocks(tmp_path):
+    cfg = small_config(tmp_path, generations=2)
+    folder = tmp_path / "s"
+    async with serving(cfg, folder) as (run, pres, rec):
+        ep = pres.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        await rec.join()
+        await pres.join()
+        alive = [asyncio.create_task(keep_alive(p)) for p in (pres, rec)]
+        first = await pres.expect(MsgType.BLOCK)
+        impostor = FakePeer(zmq.asyncio.Context.instance(), ep, "presenter", "pres")
+        await impostor.send(MsgType.HELLO, impostor.hello)
+        err = await impostor.expect(MsgType.ERROR)
+        assert "belongs to a connected presenter" in err.body.reason
+        # a second hello on one connection under another name is refused as well
+        await pres.send(MsgType.HELLO, protocol.Hello("recorder", "rec2", 2))
+        assert "said hello as presenter" in (await pres.expect(MsgType.ERROR)).body.reason
+        await report_block(pres, rec, first)
+        second = await pres.expect(MsgType.BLOCK)     # the real presenter, not the impostor, gets it
+        assert second.body.block_id == first.body.block_id + 1
+        await report_block(pres, rec, second)
+        await asyncio.wait_for(run, 20)
+        for task in alive:
+            task.cancel()
+        assert not [m for m in impostor.inbox if m.type == MsgType.BLOCK]
+    records = journal(folder)
+    assert not [r for r in records if r["kind"] == "peer_lost"]
+    assert [r["peer"] for r in records if r["kind"] == "peer_joined"] == ["rec", "pres"]
+
+
+async def test_a_name_passes_to_a_new_connection_once_the_old_is_closed_or_silent_and_the_drop_is_journaled(
+        tmp_path):
+    cfg = small_config(tmp_path, generations=3)   # the session outlives the presenter's block
+    cfg.network.peer_timeout_s = 1.0
+    folder = tmp_path / "s"
+    async with serving(cfg, folder) as (run, pres, rec):
+        ctx = zmq.asyncio.Context.instance()
+        ep = pres.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        await rec.join()
+        alive = asyncio.create_task(keep_alive(rec))
+        await pres.join()
+        pres.sock.close()                    # a presenter that reconnects closes its old socket first
+        again = FakePeer(ctx, ep, "presenter", "pres")
+        deadline = time.monotonic() + 5
+        while True:                          # the server may see the hello before the close
+            await again.send(MsgType.HELLO, again.hello)
+            reply = await _welcome_or_error(again)
+            if reply.type == MsgType.WELCOME or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        assert reply.type == MsgType.WELCOME
+        # a connection that said hello and went silent loses its name after peer_timeout_s
+        silent = FakePeer(ctx, ep, "recorder", "quiet", channels=2)
+        await silent.join()
+        await asyncio.sleep(cfg.network.peer_timeout_s + 0.5)
+        taker = FakePeer(ctx, ep, "recorder", "quiet", channels=2)
+        assert (await _welcome_or_error(taker, send_hello=True)).type == MsgType.WELCOME
+        alive.cancel()
+    lost = [r for r in journal(folder) if r["kind"] == "peer_lost"]
+    assert lost and lost[0]["peer"] == "pres" and "replaced by a new connection" in lost[0]["why"]
+    assert any(r["peer"] == "quiet" and "silent" in r["why"] for r in lost)
+
+
+async def _welcome_or_error(peer, send_hello=False, timeout=5.0):
+    if send_hello:
+        await peer.send(MsgType.HELLO, peer.hello)
+
+    async def wait():
+        while True:
+            msg = protocol.decode(await peer.sock.recv_multipart())
+            if msg.type in (MsgType.WELCOME, MsgType.ERROR):
+                return msg
+    return await asyncio.wait_for(wait(), timeout)
