@@ -69,6 +69,7 @@ class EvolutionServer:
         self._recovery: Recovery | None = None
         self._prepared: Prepared | None = None
         self._journaled: set[tuple[str, str]] = set()   # (kind, pid) of reports on the journal
+        self._sent_before: dict[int, set[str]] = {}     # block id -> pids, sent before a restart
         self.peers: dict[bytes, Peer] = {}
         self.progress: BlockProgress | None = None
         self.past_blocks: dict[int, BlockProgress] = {}
@@ -107,6 +108,10 @@ class EvolutionServer:
             self.start_generation = restore_checkpoint(arrays, self.threads, self.scheduler)
         self._recovery = Recovery(records, self.start_generation)
         self._journaled = {(r["kind"], r["pid"]) for r in records if r["kind"] in ("shown", "counts")}
+        # what the session sent before the restart: a late report must name one of these
+        for r in records:
+            if r["kind"] == "block":
+                self._sent_before.setdefault(r["block_id"], set()).update(p["pid"] for p in r["presentations"])
         self.journal.summary = [r for r in self.journal.summary if r["generation"] < self.start_generation]
         self.bind = bind or last_endpoint(records) or self.cfg.network.bind
         dropped = self.journal.recovered.dropped_bytes
@@ -398,9 +403,10 @@ class EvolutionServer:
         peer = self.peers.get(routing_id)
         if peer is None:
             raise ProtocolError(f"{msg.type.value} before hello: {protocol.HELLO_FIRST}")
-        if msg.session != self.session_id and msg.type not in (MsgType.SHOWN, MsgType.COUNTS):
-            # reports of an earlier server's session are still data: _record journals them
-            raise ProtocolError(f"message for session {msg.session!r}, this is {self.session_id!r}")
+        if msg.session != self.session_id:
+            # a resumed server keeps its session id (the folder's name): reports made before the
+            # restart carry it and pass; another session's reports are not this session's data
+            raise ProtocolError(f"message for session {msg.session[:100]!r}, this is {self.session_id!r}")
         peer.last_seen = time.monotonic()
         handler = {
             MsgType.HEARTBEAT: self._on_heartbeat,
@@ -488,19 +494,18 @@ class EvolutionServer:
         body = msg.body
         progress = self.progress if self.progress and self.progress.block.block_id == body.block_id \
             else self.past_blocks.get(body.block_id)
+        sent = progress.by_pid if progress is not None else self._sent_before.get(body.block_id, ())
+        if body.pid not in sent:
+            # a block (or a presentation of one) this session never sent: nothing to keep
+            raise ProtocolError(f"{kind} for presentation {body.pid[:100]!r} of block {body.block_id}, "
+                                f"which this session never sent")
         if (kind, body.pid) in self._journaled and (progress is None or progress is not self.progress):
             # on the journal already: its ACK was lost (the server restarted); not counted twice
             log.info("%s for %s is on the journal already: acknowledged again", kind, body.pid)
-        elif progress is None and msg.session == self.session_id and body.block_id < self.scheduler.next_block_id:
+        elif progress is None:
             # a block this session sent before a restart, and closed since
             self.journal.write(f"late_{kind}", peer=peer.name, **asdict(body))
             log.warning("late %s for %s (block %d closed before a restart)", kind, body.pid, body.block_id)
-        elif progress is None:
-            # a block this session never sent: a report made for a server that has since
-            # been restarted. Kept on the journal (never lost), acknowledged, not scored.
-            self.journal.write(f"orphan_{kind}", peer=peer.name, session=msg.session, **asdict(body))
-            log.warning("%s for %s of block %d, which this session never sent (session %r): journaled",
-                        kind, body.pid, body.block_id, msg.session)
         elif progress is not self.progress:
             # late: the block was closed without it; keep it on the journal all the same
             self.journal.write(f"late_{kind}", peer=peer.name, **asdict(body))

@@ -168,3 +168,65 @@ async def _welcome_or_error(peer, send_hello=False, timeout=5.0):
             if msg.type in (MsgType.WELCOME, MsgType.ERROR):
                 return msg
     return await asyncio.wait_for(wait(), timeout)
+
+
+# --------------------------------------------------------------- defect 10
+async def test_reports_for_blocks_never_sent_or_of_another_session_are_rejected_not_acknowledged(tmp_path):
+    cfg = small_config(tmp_path, generations=1)
+    folder = tmp_path / "s"
+    async with serving(cfg, folder) as (run, pres, rec):
+        await rec.join()
+        await pres.join()
+        alive = [asyncio.create_task(keep_alive(p)) for p in (pres, rec)]
+        block = await pres.expect(MsgType.BLOCK)
+        bid, pid = block.body.block_id, block.body.presentations[0].pid
+        for peer, body in [(pres, protocol.Shown(999, "b0999-000", "shown", 1.0, 6)),
+                           (pres, protocol.Shown(-1, pid, "shown", 1.0, 6)),
+                           (rec, protocol.Counts(999, pid, "ok", [1.0, 1.0])),
+                           (rec, protocol.Counts(-1, "b-001-000", "missing"))]:
+            seq = await peer.send(MsgType.SHOWN if peer is pres else MsgType.COUNTS, body)
+            err = await peer.expect(MsgType.ERROR)
+            assert "never sent" in err.body.reason and err.body.ref_seq == seq
+        # a valid report, but of another session: rejected, and not scored
+        pres.session, rec.session = "another-session", "another-session"
+        await pres.send(MsgType.SHOWN, protocol.Shown(bid, pid, "shown", 1.0, 6))
+        assert "for session 'another-session'" in (await pres.expect(MsgType.ERROR)).body.reason
+        await rec.send(MsgType.COUNTS, protocol.Counts(bid, pid, "ok", [50.0, 0.0]))
+        assert "for session" in (await rec.expect(MsgType.ERROR)).body.reason
+        pres.session = rec.session = folder.name
+        await report_block(pres, rec, block)
+        summary = await asyncio.wait_for(run, 20)
+        for task in alive:
+            task.cancel()
+    records = journal(folder)
+    kinds = [r["kind"] for r in records]
+    assert kinds.count("rejected") == 6
+    assert not [k for k in kinds if k.startswith(("orphan_", "late_"))]
+    assert kinds.count("shown") == kinds.count("counts") == len(block.body.presentations)
+    assert 50.0 not in [r for r in records if r["kind"] == "scores"][0]["scores"]
+    assert summary[0]["n_missing"] == 0
+
+
+async def test_a_late_report_of_the_session_for_a_closed_block_is_journaled_and_acknowledged(tmp_path):
+    """What resume needs: a report of this session for a block it sent and closed is kept."""
+    cfg = small_config(tmp_path, generations=2)
+    cfg.session.block_timeout_s = 1.0
+    folder = tmp_path / "s"
+    async with serving(cfg, folder) as (run, pres, rec):
+        await rec.join()
+        await pres.join()
+        alive = [asyncio.create_task(keep_alive(p)) for p in (pres, rec)]
+        first = await pres.expect(MsgType.BLOCK)    # never reported: it times out
+        second = await pres.expect(MsgType.BLOCK)
+        pid = first.body.presentations[0].pid
+        seq = await pres.send(MsgType.SHOWN, protocol.Shown(first.body.block_id, pid, "shown", 1.0, 6))
+        assert (await pres.expect(MsgType.ACK)).body.ref_seq == seq
+        # but a pid the closed block never held is rejected
+        await pres.send(MsgType.SHOWN, protocol.Shown(first.body.block_id, "b0000-999", "shown", 1.0, 6))
+        assert "never sent" in (await pres.expect(MsgType.ERROR)).body.reason
+        await report_block(pres, rec, second)
+        await asyncio.wait_for(run, 20)
+        for task in alive:
+            task.cancel()
+    late = [r for r in journal(folder) if r["kind"] == "late_shown"]
+    assert [r["pid"] for r in late] == [pid]
