@@ -129,6 +129,10 @@ class EvolutionServer:
         self.socket = ctx.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 1000)
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a gone peer raises, not vanishes
+        # a larger frame closes its connection before libzmq allocates it; a peer that sends
+        # faster than the loop reads is held back by TCP, not queued here without end
+        self.socket.setsockopt(zmq.MAXMSGSIZE, inbound_frame_limit())
+        self.socket.setsockopt(zmq.RCVHWM, INBOUND_QUEUE)
         if self._recovery is not None and self.start_generation < self.cfg.session.generations:
             # rebuild the block in flight before any peer can report on it
             self._prepared = await self._prepare(self.start_generation)
@@ -153,7 +157,7 @@ class EvolutionServer:
             raise
         finally:
             for peer in list(self.peers.values()):
-                await self._send(peer.routing_id, MsgType.END, protocol.End(reason))
+                await self._send(peer.routing_id, MsgType.END, protocol.End(reason[:2000]))
             self.journal.write("session_end", reason=reason)
             self.journal.sync()
             for t in tasks:
@@ -483,6 +487,11 @@ class EvolutionServer:
         await self._record(peer, msg, "shown", lambda progress: progress.record_shown(msg.body))
 
     async def _on_counts(self, peer: Peer, msg: protocol.Message) -> None:
+        for name in ("counts", "baseline"):   # every list is bounded by what the hello declared
+            n = len(getattr(msg.body, name))
+            if n > peer.channels:
+                raise ProtocolError(f"{name} for {msg.body.pid} have {n} channels; recorder {peer.name!r} "
+                                    f"said hello with {peer.channels}")
         needed = max(t.channel for t in self.threads) + 1
         if msg.body.status == "ok" and len(msg.body.counts) < needed:
             raise ProtocolError(f"counts for {msg.body.pid} have {len(msg.body.counts)} channels, "
@@ -495,7 +504,7 @@ class EvolutionServer:
         progress = self.progress if self.progress and self.progress.block.block_id == body.block_id \
             else self.past_blocks.get(body.block_id)
         sent = progress.by_pid if progress is not None else self._sent_before.get(body.block_id, ())
-        if body.pid not in sent:
+        if progress is not self.progress and body.pid not in sent:   # the block in flight checks its own
             # a block (or a presentation of one) this session never sent: nothing to keep
             raise ProtocolError(f"{kind} for presentation {body.pid[:100]!r} of block {body.block_id}, "
                                 f"which this session never sent")
@@ -549,6 +558,18 @@ class EvolutionServer:
 
 
 _SENDER_ROLE = {MsgType.SHOWN: "presenter", MsgType.COUNTS: "recorder"}
+INBOUND_QUEUE = 100   # messages queued per connection before libzmq stops reading its socket
+
+
+def inbound_frame_limit() -> int:
+    """ZMQ_MAXMSGSIZE for the ROUTER: the largest frame a peer may legally send it.
+
+    libzmq applies the limit to each frame, and peers send the server headers only
+    (hello, heartbeat, shown, counts, bye; images travel the other way), which
+    `decode` refuses above MAX_HEADER_BYTES.  So the limit is that, whatever the
+    config: the largest block (image_size_px^2 * 3 per image frame, 8192 px at most)
+    bounds what the server sends, not what it must accept."""
+    return protocol.MAX_HEADER_BYTES
 
 
 def _ref_seq(seq) -> int:

@@ -16,6 +16,7 @@ import msgpack
 import zmq
 import zmq.asyncio
 
+from server.app import inbound_frame_limit
 from tests.conftest import small_config
 from tests.dryrun_helpers import journal
 from tests.test_server import FakePeer, keep_alive, serving
@@ -230,3 +231,103 @@ async def test_a_late_report_of_the_session_for_a_closed_block_is_journaled_and_
             task.cancel()
     late = [r for r in journal(folder) if r["kind"] == "late_shown"]
     assert [r["pid"] for r in late] == [pid]
+
+
+# ---------------------------------------------------------------- defect 9
+def rss_bytes() -> int:
+    """This process's resident memory (the server runs in it): psutil, else /proc/self/status."""
+    try:
+        import psutil
+        return psutil.Process().memory_info().rss
+    except ImportError:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise
+
+
+class PeakRss:
+    """The highest RSS seen, sampled every 10 ms in a thread while the block runs."""
+
+    def __enter__(self):
+        self.base = self.peak = rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(0.01):
+            self.peak = max(self.peak, rss_bytes())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+FLOOD_FRAME = 64 << 20     # 64 MiB a frame, 64 times the server's limit
+FLOOD_COUNT = 16           # 1 GiB in all
+RSS_BOUND = 100 << 20      # what the server may grow by while it is flooded
+
+
+async def test_a_flood_of_huge_frames_is_cut_at_the_socket_and_memory_stays_flat(tmp_path):
+    from zmq.utils.monitor import parse_monitor_message
+    assert inbound_frame_limit() == protocol.MAX_HEADER_BYTES
+    cfg = small_config(tmp_path, generations=1)
+    folder = tmp_path / "s"
+    big = b"\x81" * FLOOD_FRAME   # allocated before the baseline; sent zero-copy, never duplicated
+    async with serving(cfg, folder) as (run, pres, rec):
+        ctx = zmq.asyncio.Context.instance()
+        ep = pres.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        flood = ctx.socket(zmq.DEALER)
+        flood.setsockopt(zmq.LINGER, 0)
+        monitor = flood.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        flood.connect(ep)
+        with PeakRss() as rss:
+            for _ in range(FLOOD_COUNT):
+                await flood.send(big, copy=False)
+            cut = 0
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:   # each frame cut (a disconnect) or rejected (a record)
+                rejected = sum('"rejected"' in line for line in (folder / "journal.jsonl").read_text().splitlines())
+                if cut + rejected >= FLOOD_COUNT:
+                    break
+                if await monitor.poll(200):
+                    event = parse_monitor_message(await monitor.recv_multipart())
+                    cut += event["event"] == zmq.EVENT_DISCONNECTED
+        flood.disable_monitor()
+        flood.close()
+        monitor.close()
+        await still_receiving(ctx, ep)
+        assert not run.done()
+    grown = rss.peak - rss.base
+    print(f"flood of {FLOOD_COUNT} x {FLOOD_FRAME >> 20} MiB: RSS {rss.base / 2**20:.0f} MiB -> peak "
+          f"{rss.peak / 2**20:.0f} MiB; {cut} connections cut, {rejected} rejected")
+    assert cut + rejected >= FLOOD_COUNT, "the flood was neither cut nor rejected within 60 s"
+    assert grown < RSS_BOUND, f"RSS grew by {grown / 2**20:.0f} MiB under the flood"
+    assert rejected == 0     # cut by libzmq before any byte of it reached the server's code
+
+
+async def test_counts_with_more_channels_than_the_hello_declared_are_rejected(tmp_path):
+    cfg = small_config(tmp_path, generations=1)
+    folder = tmp_path / "s"
+    async with serving(cfg, folder) as (run, pres, rec):
+        await rec.join()     # its hello said 2 channels
+        await pres.join()
+        alive = [asyncio.create_task(keep_alive(p)) for p in (pres, rec)]
+        block = await pres.expect(MsgType.BLOCK)
+        bid, pid = block.body.block_id, block.body.presentations[0].pid
+        for counts, baseline in (([1.0] * 100_000, []), ([1.0, 1.0], [0.0] * 3)):
+            seq = await rec.send(MsgType.COUNTS, protocol.Counts(bid, pid, "ok", counts, baseline))
+            err = await rec.expect(MsgType.ERROR)
+            assert "said hello with 2" in err.body.reason and err.body.ref_seq == seq
+        # names and pids are bounded too: a 1 MB name is refused at decode
+        hog = FakePeer(zmq.asyncio.Context.instance(), pres.sock.getsockopt_string(zmq.LAST_ENDPOINT),
+                       "presenter", "x")
+        await hog.sock.send_multipart([envelope({"role": "presenter", "name": "n" * (1 << 19)}, "hello")])
+        assert "hello.name" in (await hog.expect(MsgType.ERROR)).body.reason
+        await report_block(pres, rec, block)
+        await asyncio.wait_for(run, 20)
+        for task in alive:
+            task.cancel()
+    assert not [r for r in journal(folder) if r["kind"] == "counts" and len(r["counts"]) > 2]

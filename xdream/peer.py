@@ -111,6 +111,8 @@ class PeerConnection:
     def _connect(self) -> None:
         self._socket = self.context.socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
+        # no frame above the largest legal one (an image of 8192 x 8192) is taken in
+        self._socket.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_FRAME_BYTES)
         self._socket.connect(self.endpoint)
         self._last_recv = time.monotonic()
         self._say_hello()
