@@ -8,7 +8,6 @@ reports for blocks never sent or of another session acknowledged (10)."""
 import asyncio
 import json
 import math
-import os
 import threading
 import time
 
