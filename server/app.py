@@ -20,7 +20,7 @@ import zmq
 import zmq.asyncio
 
 from server import faults
-from server.journal import Journal
+from server.journal import Journal, safe_json
 from server.references import load_references
 from server.resume import Recovery, checkpoint_arrays, last_endpoint, restore_checkpoint
 from server.scheduler import BlockProgress, Presentation, ScheduledBlock, Scheduler
@@ -69,6 +69,7 @@ class EvolutionServer:
         self._recovery: Recovery | None = None
         self._prepared: Prepared | None = None
         self._journaled: set[tuple[str, str]] = set()   # (kind, pid) of reports on the journal
+        self._sent_before: dict[int, set[str]] = {}     # block id -> pids, sent before a restart
         self.peers: dict[bytes, Peer] = {}
         self.progress: BlockProgress | None = None
         self.past_blocks: dict[int, BlockProgress] = {}
@@ -107,6 +108,10 @@ class EvolutionServer:
             self.start_generation = restore_checkpoint(arrays, self.threads, self.scheduler)
         self._recovery = Recovery(records, self.start_generation)
         self._journaled = {(r["kind"], r["pid"]) for r in records if r["kind"] in ("shown", "counts")}
+        # what the session sent before the restart: a late report must name one of these
+        for r in records:
+            if r["kind"] == "block":
+                self._sent_before.setdefault(r["block_id"], set()).update(p["pid"] for p in r["presentations"])
         self.journal.summary = [r for r in self.journal.summary if r["generation"] < self.start_generation]
         self.bind = bind or last_endpoint(records) or self.cfg.network.bind
         dropped = self.journal.recovered.dropped_bytes
@@ -124,6 +129,10 @@ class EvolutionServer:
         self.socket = ctx.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 1000)
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a gone peer raises, not vanishes
+        # a larger frame closes its connection before libzmq allocates it; a peer that sends
+        # faster than the loop reads is held back by TCP, not queued here without end
+        self.socket.setsockopt(zmq.MAXMSGSIZE, inbound_frame_limit())
+        self.socket.setsockopt(zmq.RCVHWM, INBOUND_QUEUE)
         if self._recovery is not None and self.start_generation < self.cfg.session.generations:
             # rebuild the block in flight before any peer can report on it
             self._prepared = await self._prepare(self.start_generation)
@@ -148,7 +157,7 @@ class EvolutionServer:
             raise
         finally:
             for peer in list(self.peers.values()):
-                await self._send(peer.routing_id, MsgType.END, protocol.End(reason))
+                await self._send(peer.routing_id, MsgType.END, protocol.End(reason[:2000]))
             self.journal.write("session_end", reason=reason)
             self.journal.sync()
             for t in tasks:
@@ -339,43 +348,58 @@ class EvolutionServer:
         return {"presenter", "recorder"} <= roles
 
     # ---------------------------------------------------------- the wire
-    async def _send(self, routing_id: bytes, msg_type: MsgType, body, images=()) -> None:
+    async def _send(self, routing_id: bytes, msg_type: MsgType, body, images=()) -> bool:
+        """Send without waiting: a peer that stops reading (its queue at the high-water mark)
+        loses this message rather than stalling the loop.  False if it was not sent."""
         self._seq += 1
         frames = protocol.encode(msg_type, body, session=self.session_id, seq=self._seq, images=images)
         try:
-            await self.socket.send_multipart([routing_id, *frames], copy=False)
-        except zmq.ZMQError as exc:  # EHOSTUNREACH: the peer is gone
-            log.warning("could not send %s to peer %r: %s", msg_type.value, routing_id, exc)
+            await self.socket.send_multipart([routing_id, *frames], copy=False, flags=zmq.DONTWAIT)
+        except zmq.ZMQError as exc:  # EHOSTUNREACH: the peer is gone; EAGAIN: it does not read
+            log.warning("could not send %s to peer %r: %s", msg_type.value, routing_id[:32], exc)
+            return False
+        return True
 
     async def _receive_loop(self) -> None:
+        """Receive until cancelled: whatever a message holds, it is answered or dropped,
+        and nothing a handler or the journal raises ends this loop."""
         while True:
             frames = await self.socket.recv_multipart(copy=False)
-            routing_id = frames[0].bytes
             try:
-                msg = protocol.decode(frames[1:])
-                await self._dispatch(routing_id, msg)
-            except ProtocolError as exc:
-                await self._reject(routing_id, frames[1:], exc)
-            except Exception:  # a bug in a handler must not stop the session
-                log.exception("handler failed on a message from %r", routing_id)
-                self.journal.write("handler_error", peer=repr(routing_id))
+                await self._receive(frames)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug in a handler, or the journal, must not stop the session
+                log.exception("handler failed on a message from %r", frames[0].bytes[:32])
+                try:
+                    self.journal.write("handler_error", peer=repr(frames[0].bytes[:32]), error=repr(exc)[:500])
+                except Exception:
+                    log.exception("could not journal the handler error either")
+
+    async def _receive(self, frames) -> None:
+        routing_id = frames[0].bytes
+        try:
+            msg = protocol.decode(frames[1:])
+            await self._dispatch(routing_id, msg)
+        except ProtocolError as exc:
+            await self._reject(routing_id, frames[1:], exc)
 
     async def _reject(self, routing_id: bytes, frames, exc: Exception) -> None:
         peer = self.peers.get(routing_id)
         who = peer.name if peer else repr(routing_id)
         raw = _header_for_journal(frames)
+        reason = str(exc)[:1000]   # a reason may quote a value from the peer: never megabytes
         if peer is None and isinstance(raw, dict) and raw.get("type") == MsgType.HEARTBEAT.value:
             # the queued heartbeats of a peer of the server before a restart: an error reply
             # makes it say hello; they carry no data, so they get a log line, not a journal line
             log.info("heartbeat from unknown peer %s: asking it to say hello", who)
             ref = raw.get("seq", -1)
-            await self._send(routing_id, MsgType.ERROR, protocol.Error(str(exc), ref if isinstance(ref, int) else -1))
+            await self._send(routing_id, MsgType.ERROR, protocol.Error(reason, _ref_seq(ref)))
             return
-        log.error("rejected a message from %s: %s", who, exc)
-        self.journal.write("rejected", peer=who, reason=str(exc), header=raw)
+        log.error("rejected a message from %s: %s", who, reason)
+        self.journal.write("rejected", peer=who, reason=reason, header=safe_json(raw))
         ref = raw.get("seq", -1) if isinstance(raw, dict) else -1
-        await self._send(routing_id, MsgType.ERROR,
-                         protocol.Error(str(exc), ref if isinstance(ref, int) else -1))
+        await self._send(routing_id, MsgType.ERROR, protocol.Error(reason, _ref_seq(ref)))
 
     async def _dispatch(self, routing_id: bytes, msg: protocol.Message) -> None:
         if msg.type == MsgType.HELLO:
@@ -383,9 +407,10 @@ class EvolutionServer:
         peer = self.peers.get(routing_id)
         if peer is None:
             raise ProtocolError(f"{msg.type.value} before hello: {protocol.HELLO_FIRST}")
-        if msg.session != self.session_id and msg.type not in (MsgType.SHOWN, MsgType.COUNTS):
-            # reports of an earlier server's session are still data: _record journals them
-            raise ProtocolError(f"message for session {msg.session!r}, this is {self.session_id!r}")
+        if msg.session != self.session_id:
+            # a resumed server keeps its session id (the folder's name): reports made before the
+            # restart carry it and pass; another session's reports are not this session's data
+            raise ProtocolError(f"message for session {msg.session[:100]!r}, this is {self.session_id!r}")
         peer.last_seen = time.monotonic()
         handler = {
             MsgType.HEARTBEAT: self._on_heartbeat,
@@ -411,14 +436,29 @@ class EvolutionServer:
                              protocol.Welcome(known.peer_id, net.heartbeat_s, net.peer_timeout_s,
                                               self._settings_for(hello.role)))
             return
-        for old_id, old in list(self.peers.items()):
-            if old.name == hello.name and old_id != routing_id:
-                log.warning("peer %s reconnected; dropping its old connection", hello.name)
-                del self.peers[old_id]
+        if known is not None:
+            raise ProtocolError(f"this connection said hello as {known.role} {known.name!r} already; "
+                                f"a new name or role needs a new connection")
+        # a name is not an identity: it passes to a new connection only once the old one is gone
+        replaced = []
+        for old in [p for p in self.peers.values() if p.name == hello.name]:
+            silent = time.monotonic() - old.last_seen
+            if silent > self.cfg.network.peer_timeout_s:
+                replaced.append((old, f"replaced by a new connection (silent for {silent:.1f} s)"))
+            elif not await self._send(old.routing_id, MsgType.HEARTBEAT, protocol.Heartbeat()):
+                replaced.append((old, "replaced by a new connection (the old one is closed)"))
+            else:
+                log.warning("refused a hello as %r: a live %s has that name (heard %.1f s ago)",
+                            hello.name, old.role, silent)
+                raise ProtocolError(f"the name {hello.name!r} belongs to a connected {old.role} (heard "
+                                    f"{silent:.1f} s ago); a second connection may take it only once the "
+                                    f"first is silent for peer_timeout_s ({self.cfg.network.peer_timeout_s:.1f} s)")
         self._n_peers += 1
         peer = Peer(routing_id, hello.role, hello.name, hello.channels, time.monotonic(),
                     f"{hello.role}-{self._n_peers}")
-        self.peers[routing_id] = peer
+        self.peers[routing_id] = peer   # before the old one goes: its role is not left empty mid-block
+        for old, why in replaced:
+            self._drop_peer(old, why)
         self.journal.write("peer_joined", peer=hello.name, role=hello.role, channels=hello.channels)
         log.info("%s %s joined", hello.role, hello.name)
         net = self.cfg.network
@@ -447,6 +487,11 @@ class EvolutionServer:
         await self._record(peer, msg, "shown", lambda progress: progress.record_shown(msg.body))
 
     async def _on_counts(self, peer: Peer, msg: protocol.Message) -> None:
+        for name in ("counts", "baseline"):   # every list is bounded by what the hello declared
+            n = len(getattr(msg.body, name))
+            if n > peer.channels:
+                raise ProtocolError(f"{name} for {msg.body.pid} have {n} channels; recorder {peer.name!r} "
+                                    f"said hello with {peer.channels}")
         needed = max(t.channel for t in self.threads) + 1
         if msg.body.status == "ok" and len(msg.body.counts) < needed:
             raise ProtocolError(f"counts for {msg.body.pid} have {len(msg.body.counts)} channels, "
@@ -458,19 +503,18 @@ class EvolutionServer:
         body = msg.body
         progress = self.progress if self.progress and self.progress.block.block_id == body.block_id \
             else self.past_blocks.get(body.block_id)
+        sent = progress.by_pid if progress is not None else self._sent_before.get(body.block_id, ())
+        if progress is not self.progress and body.pid not in sent:   # the block in flight checks its own
+            # a block (or a presentation of one) this session never sent: nothing to keep
+            raise ProtocolError(f"{kind} for presentation {body.pid[:100]!r} of block {body.block_id}, "
+                                f"which this session never sent")
         if (kind, body.pid) in self._journaled and (progress is None or progress is not self.progress):
             # on the journal already: its ACK was lost (the server restarted); not counted twice
             log.info("%s for %s is on the journal already: acknowledged again", kind, body.pid)
-        elif progress is None and msg.session == self.session_id and body.block_id < self.scheduler.next_block_id:
+        elif progress is None:
             # a block this session sent before a restart, and closed since
             self.journal.write(f"late_{kind}", peer=peer.name, **asdict(body))
             log.warning("late %s for %s (block %d closed before a restart)", kind, body.pid, body.block_id)
-        elif progress is None:
-            # a block this session never sent: a report made for a server that has since
-            # been restarted. Kept on the journal (never lost), acknowledged, not scored.
-            self.journal.write(f"orphan_{kind}", peer=peer.name, session=msg.session, **asdict(body))
-            log.warning("%s for %s of block %d, which this session never sent (session %r): journaled",
-                        kind, body.pid, body.block_id, msg.session)
         elif progress is not self.progress:
             # late: the block was closed without it; keep it on the journal all the same
             self.journal.write(f"late_{kind}", peer=peer.name, **asdict(body))
@@ -514,6 +558,23 @@ class EvolutionServer:
 
 
 _SENDER_ROLE = {MsgType.SHOWN: "presenter", MsgType.COUNTS: "recorder"}
+INBOUND_QUEUE = 100   # messages queued per connection before libzmq stops reading its socket
+
+
+def inbound_frame_limit() -> int:
+    """ZMQ_MAXMSGSIZE for the ROUTER: the largest frame a peer may legally send it.
+
+    libzmq applies the limit to each frame, and peers send the server headers only
+    (hello, heartbeat, shown, counts, bye; images travel the other way), which
+    `decode` refuses above MAX_HEADER_BYTES.  So the limit is that, whatever the
+    config: the largest block (image_size_px^2 * 3 per image frame, 8192 px at most)
+    bounds what the server sends, not what it must accept."""
+    return protocol.MAX_HEADER_BYTES
+
+
+def _ref_seq(seq) -> int:
+    """The seq an ERROR refers to: the header's, if it is one a reply can carry."""
+    return seq if isinstance(seq, int) and not isinstance(seq, bool) and 0 <= seq < 1 << 63 else -1
 
 
 def _header_for_journal(frames) -> dict | str:

@@ -91,9 +91,17 @@ class Journal:
             self.sync()
 
     def write(self, kind: str, **fields) -> None:
-        """Append one record and flush it to the OS; `sync` makes it durable."""
+        """Append one record and flush it to the OS; `sync` makes it durable.
+
+        A record JSON cannot hold as it is (a peer's header with bytes or NaN map keys,
+        say) is written through `safe_json` instead: the journal never refuses a record."""
         record = {"seq": self._seq, "t": time.time(), "kind": kind, **fields}
-        line = (json.dumps(nan_to_null(record), default=_jsonable, allow_nan=False) + "\n").encode()
+        try:
+            text = json.dumps(nan_to_null(record), default=_jsonable, allow_nan=False)
+        except (TypeError, ValueError, RecursionError) as exc:
+            log.warning("journal record %r held what JSON cannot (%s): written in its safe form", kind, exc)
+            text = json.dumps(safe_json(record), allow_nan=False)
+        line = (text + "\n").encode()
         if kind in ("shown", "counts") and faults.due("write"):   # test only: a report torn mid-write
             self._file.write(line[:len(line) // 2])
             self._file.flush()
@@ -177,6 +185,50 @@ def nan_to_null(value):
     if isinstance(value, np.floating):
         return nan_to_null(float(value))
     return value
+
+
+SAFE_MAX_ITEMS = 64       # items of one list or map kept by safe_json
+SAFE_MAX_CHARS = 256      # characters of one string (or key) kept by safe_json
+SAFE_MAX_DEPTH = 8
+
+
+def safe_json(value, depth: int = 0):
+    """Anything from the network as JSON that cannot fail and stays small.
+
+    Keys become strings (repr of what is not one), NaN and inf become the strings
+    "nan" / "inf" / "-inf" (a rejected header is evidence, not a measurement),
+    bytes become a short summary, long strings and lists are cut with a marker
+    saying how much was left off, and nesting is cut at SAFE_MAX_DEPTH."""
+    if value is None or isinstance(value, (bool, int)) and abs(value) < 1 << 63:
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, np.generic):
+        return safe_json(value.item(), depth)
+    if isinstance(value, str):
+        if len(value) <= SAFE_MAX_CHARS:
+            return value
+        return value[:SAFE_MAX_CHARS] + f"...(+{len(value) - SAFE_MAX_CHARS} chars)"
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raw = bytes(value[:16])
+        return f"<{len(value)} bytes: {raw.hex()}{'...' if len(value) > 16 else ''}>"
+    if depth >= SAFE_MAX_DEPTH:
+        return f"<{type(value).__name__} nested deeper than {SAFE_MAX_DEPTH}>"
+    if isinstance(value, dict):
+        out = {}
+        for i, (k, v) in enumerate(value.items()):
+            if i >= SAFE_MAX_ITEMS:
+                out["..."] = f"{len(value) - SAFE_MAX_ITEMS} more keys"
+                break
+            key = k if isinstance(k, str) else repr(k)
+            out[safe_json(key, depth + 1)] = safe_json(v, depth + 1)
+        return out
+    if isinstance(value, (list, tuple)):
+        items = [safe_json(v, depth + 1) for v in value[:SAFE_MAX_ITEMS]]
+        if len(value) > SAFE_MAX_ITEMS:
+            items.append(f"...(+{len(value) - SAFE_MAX_ITEMS} items)")
+        return items
+    return safe_json(repr(value), depth)
 
 
 def _jsonable(value):

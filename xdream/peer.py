@@ -38,7 +38,7 @@ class PeerConnection:
         self.ended = False
         self._socket: zmq.Socket | None = None
         self._seq = 0
-        self._outbox: dict[int, tuple] = {}  # seq -> (type, body, images), until acknowledged
+        self._outbox: dict[int, tuple] = {}  # seq -> (type, body, images, session), until acknowledged
         self._retry_at: float | None = None
         self.reconnects = 0
         self._last_recv = time.monotonic()
@@ -63,7 +63,7 @@ class PeerConnection:
         """Send a message; `reliable` ones are resent after a reconnect until acked."""
         self._seq += 1
         if reliable:
-            self._outbox[self._seq] = (msg_type, body, images)
+            self._outbox[self._seq] = (msg_type, body, images, self.session)
         self._send_frames(protocol.encode(msg_type, body, session=self.session, seq=self._seq, images=images))
         return self._seq
 
@@ -111,6 +111,8 @@ class PeerConnection:
     def _connect(self) -> None:
         self._socket = self.context.socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
+        # no frame above the largest legal one (an image of 8192 x 8192) is taken in
+        self._socket.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_FRAME_BYTES)
         self._socket.connect(self.endpoint)
         self._last_recv = time.monotonic()
         self._say_hello()
@@ -131,9 +133,11 @@ class PeerConnection:
             self.heartbeat_s = msg.body.heartbeat_s
             self.timeout_s = msg.body.peer_timeout_s
             self._backoff = 0.5
-            # resend what the last server never acked, in the session of this welcome
-            for seq, (msg_type, body, images) in self._outbox.items():
-                self._send_frames(protocol.encode(msg_type, body, session=self.session, seq=seq, images=images))
+            # resend what the last server never acked, in the session it was made for: a resumed
+            # server (same session) takes it; another session's server rejects it, and it is dropped
+            for seq, (msg_type, body, images, session) in self._outbox.items():
+                self._send_frames(protocol.encode(msg_type, body, session=session or self.session, seq=seq,
+                                                  images=images))
             log.info("welcomed by %s as %s (session %s)", self.endpoint, msg.body.peer_id, msg.session)
             return False
         if msg.type == MsgType.ACK:

@@ -34,6 +34,10 @@ from xdream.errors import ProtocolError
 
 PROTOCOL_VERSION = 1
 MAX_HEADER_BYTES = 1 << 20  # a header this large is a bug or an attack
+MAX_IMAGE_SIDE = 8192
+MAX_IMAGE_BYTES = MAX_IMAGE_SIDE * MAX_IMAGE_SIDE * 3   # one image frame at the largest legal size
+# the largest frame a peer may be sent (ZMQ_MAXMSGSIZE, which libzmq applies to each frame)
+MAX_FRAME_BYTES = max(MAX_HEADER_BYTES, MAX_IMAGE_BYTES)
 
 
 class MsgType(str, Enum):
@@ -59,6 +63,10 @@ HELLO_FIRST = "say hello first"   # in an ERROR's reason: this server does not k
 SHOWN_STATUSES = typing.get_args(ShownStatus)
 COUNT_STATUSES = typing.get_args(CountStatus)
 NonNegative = Annotated[int, Meta(ge=0)]
+# strings a peer sends are journaled with every report: short, whatever it tries
+Name = Annotated[str, Meta(min_length=1, max_length=128)]
+Pid = Annotated[str, Meta(min_length=1, max_length=64)]
+Text = Annotated[str, Meta(max_length=2000)]
 EventCode = Annotated[int, Meta(ge=1, le=65535)]
 ImageSide = Annotated[int, Meta(ge=0, le=8192)]   # 0: a SCREEN_FRAME of an idle screen; a BLOCK's are >= 1
 
@@ -82,7 +90,7 @@ class _Body:
 @dataclass(frozen=True)
 class Hello(_Body):
     role: Role
-    name: str
+    name: Name
     channels: NonNegative = 0  # recorders: how many channels each COUNTS carries
 
     def _cross_checks(self) -> None:
@@ -97,6 +105,12 @@ class Welcome(_Body):
     peer_timeout_s: float
     settings: dict[str, typing.Any] = field(default_factory=dict)
 
+    def _cross_checks(self) -> None:
+        # a peer runs its liveness on these: NaN would never time out, 0 would spin
+        if not (0 < self.heartbeat_s <= 3600 and 0 < self.peer_timeout_s <= 86400):
+            raise ProtocolError(f"welcome's heartbeat_s {self.heartbeat_s!r} and peer_timeout_s "
+                                f"{self.peer_timeout_s!r} must be in 0..3600 s and 0..86400 s, above 0")
+
 
 @dataclass(frozen=True)
 class Heartbeat(_Body):
@@ -105,7 +119,7 @@ class Heartbeat(_Body):
 
 @dataclass(frozen=True)
 class PresentationSpec(_Body):
-    pid: Annotated[str, Meta(min_length=1)]   # presentation id, unique in the session
+    pid: Pid          # presentation id, unique in the session
     code: EventCode   # event code sent to the rig at onset
     image_id: str     # stable id of the image (thread/generation/index or ref name)
     height: int
@@ -142,7 +156,7 @@ class BlockInfo(Block):
 @dataclass(frozen=True)
 class Shown(_Body):
     block_id: int
-    pid: str
+    pid: Pid
     status: ShownStatus
     onset: float | None = None   # flip time of the first frame, presenter clock (s)
     frames: NonNegative = 0      # frames the image was on screen
@@ -156,7 +170,7 @@ class Shown(_Body):
 @dataclass(frozen=True)
 class Counts(_Body):
     block_id: int
-    pid: str
+    pid: Pid
     status: CountStatus
     counts: list[float] = field(default_factory=list)     # spikes in the response window, per channel
     baseline: list[float] = field(default_factory=list)   # spikes in the baseline window, per channel
@@ -181,18 +195,18 @@ class Ack(_Body):
 
 @dataclass(frozen=True)
 class Error(_Body):
-    reason: str
+    reason: Text
     ref_seq: int = -1
 
 
 @dataclass(frozen=True)
 class Bye(_Body):
-    reason: str = ""
+    reason: Text = ""
 
 
 @dataclass(frozen=True)
 class End(_Body):
-    reason: str = ""
+    reason: Text = ""
 
 
 @dataclass(frozen=True)
