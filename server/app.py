@@ -401,6 +401,16 @@ class EvolutionServer:
 
     async def _on_hello(self, routing_id: bytes, msg: protocol.Message) -> None:
         hello: protocol.Hello = msg.body
+        if hello.role == "recorder":
+            # a thread's channel the recorder lacks: every count would be refused and each block
+            # would time out; refused here instead (_reject: ERROR reply, log line, journal record)
+            beyond = [t for t in self.threads if t.channel >= hello.channels]
+            if beyond:
+                t = beyond[0]
+                raise ProtocolError(f"recorder {hello.name!r} refused: thread {t.name} listens on channel "
+                                    f"{t.channel}, and the recorder has {hello.channels} channels "
+                                    f"(0..{hello.channels - 1}); connect a recorder with at least "
+                                    f"{max(b.channel for b in beyond) + 1} channels or change threads.channel")
         known = self.peers.get(routing_id)
         if known is not None and (known.role, known.name) == (hello.role, hello.name):
             # a second hello on the same connection (it answered several 'say hello first'):
