@@ -13,7 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import zmq
@@ -25,7 +25,7 @@ from server.references import load_references
 from server.resume import Recovery, checkpoint_arrays, last_endpoint, restore_checkpoint
 from server.scheduler import BlockProgress, Presentation, ScheduledBlock, Scheduler
 from server.threads import EvolutionThread, build_threads
-from xdream import protocol, scoring
+from xdream import curve, protocol, scoring
 from xdream.errors import ProtocolError, SessionError
 from xdream.protocol import MsgType
 
@@ -58,8 +58,15 @@ class EvolutionServer:
     (docs/journal.md); `bind` overrides where it listens (by default a resumed
     server binds the endpoint the session last listened on)."""
 
-    def __init__(self, cfg, session_dir: Path, *, resume: bool = False, bind: str | None = None):
+    def __init__(self, cfg, session_dir: Path, *, resume: bool = False, bind: str | None = None,
+                 insecure: bool = False):
         self.cfg = cfg
+        self.insecure = insecure   # allow a bind beyond loopback without CURVE (xdream/curve.py)
+        net = cfg.network
+        self.curve_keys = (curve.server_keys(net.curve_server_secret_key, net.curve_allowed_clients)
+                           if net.curve_server_secret_key else None)
+        self.curve_auth: curve.ServerAuth | None = None
+        curve.check_bind(bind or net.bind, self.curve_keys, insecure)   # before the session folder
         self.journal = Journal(session_dir, resume=resume)
         if not resume:
             self.journal.save_config(cfg)
@@ -120,10 +127,14 @@ class EvolutionServer:
     # ------------------------------------------------------------------ run
     async def run(self, on_endpoint: Callable[[str], None] | None = None,
                   on_generation: Callable[[int, list[dict]], None] | None = None) -> list[dict]:
+        curve.check_bind(self.bind, self.curve_keys, self.insecure)   # a resumed server's endpoint too
         ctx = zmq.asyncio.Context()
         self.socket = ctx.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 1000)
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a gone peer raises, not vanishes
+        if self.curve_keys is not None:
+            self.curve_auth = curve.ServerAuth(ctx, self.curve_keys)
+            curve.secure_server(self.socket, self.curve_keys)
         if self._recovery is not None and self.start_generation < self.cfg.session.generations:
             # rebuild the block in flight before any peer can report on it
             self._prepared = await self._prepare(self.start_generation)
@@ -155,6 +166,8 @@ class EvolutionServer:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             self.socket.close(linger=1000)
+            if self.curve_auth is not None:
+                self.curve_auth.stop()
             ctx.term()
             self._executor.shutdown(wait=True)
             self.journal.close()
@@ -242,7 +255,7 @@ class EvolutionServer:
             self._changed.clear()
             try:
                 await asyncio.wait_for(self._changed.wait(), timeout=min(left, 1.0))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         self._aborted.clear()
         self.past_blocks[block.block_id] = progress
@@ -331,7 +344,7 @@ class EvolutionServer:
             self._changed.clear()
             try:
                 await asyncio.wait_for(self._changed.wait(), timeout=1.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     def _have_peers(self) -> bool:

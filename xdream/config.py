@@ -92,7 +92,8 @@ class OptimizerConfig:
     # sphere-cma
     select_size: NonNegative = 0             # 0: half the population
     lr: Positive = 1.5                  # extrapolation along the great circle
-    sphere_norm: Annotated[float, Meta(ge=0)] = 300.0       # GECCO 2022 for fc6 codes; 0: the mean norm of the first codes
+    # GECCO 2022 for fc6 codes; 0: the mean norm of the first codes
+    sphere_norm: Annotated[float, Meta(ge=0)] = 300.0
     # pycma, pycma-diag, nevergrad-cma
     sigma0: Annotated[float, Meta(ge=0)] = 0.0              # 0: the GECCO 2022 values (pycma 2.0, nevergrad 1.0)
     # ours
@@ -109,8 +110,8 @@ class OptimizerConfig:
 @dataclass
 class ThreadConfig:
     name: str = "a"
-    channel: NonNegative = 0   # recorder channel whose counts are this thread's score (the server checks
-    #                            it against the recorder's channel count at the recorder's hello)
+    # the recorder channel whose counts are this thread's score (checked against the recorder's hello)
+    channel: NonNegative = 0
     seed: Seed = 0
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -126,11 +127,13 @@ class ReferenceConfig:
 class PresentationConfig:
     on_ms: Annotated[float, Meta(gt=0)] = 100.0
     off_ms: Annotated[float, Meta(ge=0)] = 100.0
-    image_size_px: Annotated[int, Meta(ge=MIN_IMAGE_PX, le=MAX_IMAGE_PX)] = 256   # sent and drawn at this size
+    # images are sent and drawn at this size
+    image_size_px: Annotated[int, Meta(ge=MIN_IMAGE_PX, le=MAX_IMAGE_PX)] = 256
     # The presenter's screen: `xdream dry-run` starts its presenter with these; a
     # presenter started by hand takes --window-size/--frame-rate and warns if the
     # refresh rate differs from frame_rate_hz.
-    window_size: Annotated[list[Annotated[int, Meta(ge=1)]], Meta(min_length=2, max_length=2)] = field(default_factory=lambda: [512, 512])
+    window_size: Annotated[list[Annotated[int, Meta(ge=1)]], Meta(min_length=2, max_length=2)] = field(
+        default_factory=lambda: [512, 512])
     frame_rate_hz: Positive = 60.0
     max_event_code: Annotated[int, Meta(ge=1, le=65535)] = 255  # 8-bit parallel ports are common; 0 is never
     #                                                             used; the wire carries 16 bits
@@ -150,13 +153,17 @@ class NetworkConfig:
     bind: str = "tcp://127.0.0.1:0"   # port 0: the OS picks a free port
     heartbeat_s: Annotated[float, Meta(ge=MIN_HEARTBEAT_S)] = 1.0
     peer_timeout_s: Positive = 10.0   # more than two heartbeats: one lost heartbeat must not drop a peer
+    # CURVE (docs/protocol.md, xdream/curve.py): required for a bind beyond loopback (or --insecure)
+    curve_server_secret_key: str = ""   # the server's key pair: KEYS/server/server.key_secret
+    curve_allowed_clients: str = ""     # the folder of allowed clients' public keys: KEYS/allowed
 
 
 @dataclass
 class UnitConfig:
     layer: str = "conv4"
     channel: NonNegative = 0
-    position: Annotated[list[NonNegative], Meta(max_length=2)] = field(default_factory=list)  # [row, col]; empty: centre
+    # [row, col]; empty: centre
+    position: Annotated[list[NonNegative], Meta(max_length=2)] = field(default_factory=list)
 
 
 @dataclass
@@ -208,6 +215,9 @@ class Config:
         if net.peer_timeout_s <= 2 * net.heartbeat_s:
             raise ConfigError(f"config.network.peer_timeout_s is {net.peer_timeout_s}: allowed > 2 x "
                               f"network.heartbeat_s = {2 * net.heartbeat_s}")
+        if bool(net.curve_server_secret_key) != bool(net.curve_allowed_clients):
+            raise ConfigError("config.network.curve_server_secret_key and network.curve_allowed_clients go "
+                              "together: give both (CURVE) or neither")
         p = self.presentation
         if min(p.window_size) < p.image_size_px:
             raise ConfigError(f"presentation.window_size must be [width, height], each >= image_size_px "
