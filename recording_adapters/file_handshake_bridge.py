@@ -45,7 +45,7 @@ class _Block:
 class FileHandshakeBridge:
     def __init__(self, server: str, folder, channels: int, name: str = "xdream-files",
                  image_format: str = "png", answer_timeout_s: float = 600.0, corrupt_after_s: float = 5.0,
-                 poll_s: float = 0.02, context=None):
+                 poll_s: float = 0.02, context=None, curve=None):
         if channels < 1:
             raise ConfigError("the bridge needs channels >= 1: how many columns the rig's tEvokedResp has")
         if image_format not in xf.IMAGE_FORMATS:
@@ -62,8 +62,10 @@ class FileHandshakeBridge:
         self.answer_timeout_s = answer_timeout_s
         self.corrupt_after_s = corrupt_after_s
         self.poll_s = poll_s
-        self.presenter = PeerConnection(server, "presenter", f"{name}-presenter", context=context)
-        self.recorder = PeerConnection(server, "recorder", f"{name}-recorder", channels=channels, context=context)
+        self.presenter = PeerConnection(server, "presenter", f"{name}-presenter", context=context,
+                                        curve=curve)
+        self.recorder = PeerConnection(server, "recorder", f"{name}-recorder", channels=channels, context=context,
+                                       curve=curve)
         self.archive = self.folder / "done" / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
         self._queue: deque[protocol.Message] = deque()
         self._current: _Block | None = None

@@ -39,6 +39,7 @@ class InServerRecorder:
         self._make_source = make_source
         self.counter_options = counter_options or {}
         self.name = name
+        self.curve = None   # CURVE keys (xdream/curve.py), set before start() for a server that requires them
         self.reported = 0
         self.missing = 0
         self.error: BaseException | None = None
@@ -83,7 +84,8 @@ class InServerRecorder:
             return
         recorder = None
         try:
-            conn = PeerConnection(endpoint, "recorder", self.name, channels=source.channels)
+            conn = PeerConnection(endpoint, "recorder", self.name, channels=source.channels,
+                                  curve=self.curve)
             recorder = Recorder(conn, source, self.counter_options, halt=self._halt)
             recorder.run()
             log.info("in-server recorder: reported counts for %d presentations (%d missing)",

@@ -25,7 +25,7 @@ from server.references import load_references
 from server.resume import Recovery, checkpoint_arrays, last_endpoint, restore_checkpoint
 from server.scheduler import BlockProgress, Presentation, ScheduledBlock, Scheduler
 from server.threads import EvolutionThread, build_threads
-from xdream import protocol, scoring
+from xdream import curve, protocol, scoring
 from xdream.errors import ProtocolError, SessionError
 from xdream.protocol import MsgType
 
@@ -58,8 +58,15 @@ class EvolutionServer:
     (docs/journal.md); `bind` overrides where it listens (by default a resumed
     server binds the endpoint the session last listened on)."""
 
-    def __init__(self, cfg, session_dir: Path, *, resume: bool = False, bind: str | None = None):
+    def __init__(self, cfg, session_dir: Path, *, resume: bool = False, bind: str | None = None,
+                 insecure: bool = False):
         self.cfg = cfg
+        self.insecure = insecure   # allow a bind beyond loopback without CURVE (xdream/curve.py)
+        net = cfg.network
+        self.curve_keys = (curve.server_keys(net.curve_server_secret_key, net.curve_allowed_clients)
+                           if net.curve_server_secret_key else None)
+        self.curve_auth: curve.ServerAuth | None = None
+        curve.check_bind(bind or net.bind, self.curve_keys, insecure)   # before the session folder
         self.journal = Journal(session_dir, resume=resume)
         if not resume:
             self.journal.save_config(cfg)
@@ -125,6 +132,7 @@ class EvolutionServer:
     # ------------------------------------------------------------------ run
     async def run(self, on_endpoint: Callable[[str], None] | None = None,
                   on_generation: Callable[[int, list[dict]], None] | None = None) -> list[dict]:
+        curve.check_bind(self.bind, self.curve_keys, self.insecure)   # a resumed server's endpoint too
         ctx = zmq.asyncio.Context()
         self.socket = ctx.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 1000)
@@ -133,6 +141,9 @@ class EvolutionServer:
         # faster than the loop reads is held back by TCP, not queued here without end
         self.socket.setsockopt(zmq.MAXMSGSIZE, inbound_frame_limit())
         self.socket.setsockopt(zmq.RCVHWM, INBOUND_QUEUE)
+        if self.curve_keys is not None:
+            self.curve_auth = curve.ServerAuth(ctx, self.curve_keys)
+            curve.secure_server(self.socket, self.curve_keys)
         if self._recovery is not None and self.start_generation < self.cfg.session.generations:
             # rebuild the block in flight before any peer can report on it
             self._prepared = await self._prepare(self.start_generation)
@@ -164,6 +175,8 @@ class EvolutionServer:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             self.socket.close(linger=1000)
+            if self.curve_auth is not None:
+                self.curve_auth.stop()
             ctx.term()
             self._executor.shutdown(wait=True)
             self.journal.close()
@@ -426,6 +439,16 @@ class EvolutionServer:
 
     async def _on_hello(self, routing_id: bytes, msg: protocol.Message) -> None:
         hello: protocol.Hello = msg.body
+        if hello.role == "recorder":
+            # a thread's channel the recorder lacks: every count would be refused and each block
+            # would time out; refused here instead (_reject: ERROR reply, log line, journal record)
+            beyond = [t for t in self.threads if t.channel >= hello.channels]
+            if beyond:
+                t = beyond[0]
+                raise ProtocolError(f"recorder {hello.name!r} refused: thread {t.name} listens on channel "
+                                    f"{t.channel}, and the recorder has {hello.channels} channels "
+                                    f"(0..{hello.channels - 1}); connect a recorder with at least "
+                                    f"{max(b.channel for b in beyond) + 1} channels or change threads.channel")
         known = self.peers.get(routing_id)
         if known is not None and (known.role, known.name) == (hello.role, hello.name):
             # a second hello on the same connection (it answered several 'say hello first'):

@@ -63,14 +63,23 @@ class SimulatedRig:
                 except ProtocolError as exc:
                     log.error("dropped a malformed screen frame: %s", exc)
         events = RigEvents()
-        onsets = [m for m in frames if m.type == MsgType.SCREEN_FRAME and m.body.code != 0]
+        # in arrival order: an idle frame moves the clock on for the onsets after it, so how many
+        # frames one poll happened to collect must not change any onset's time
+        onsets: list = []
+        for m in frames:
+            if m.type != MsgType.SCREEN_FRAME:
+                continue
+            if m.body.code != 0:
+                onsets.append(m)
+                continue
+            if onsets:
+                self._fire(onsets, events)
+                onsets = []
+            t = self._clock.time_of(m.body)   # screen idle: the clock runs on
+            self._watermark = max(self._watermark, t + IDLE_GAP_S)
+            self._clock.last_t = self._watermark
         if onsets:
             self._fire(onsets, events)
-        for m in frames:
-            if m.type == MsgType.SCREEN_FRAME and m.body.code == 0:  # screen idle: the clock runs on
-                t = self._clock.time_of(m.body)
-                self._watermark = max(self._watermark, t + IDLE_GAP_S)
-                self._clock.last_t = self._watermark
         self._draw_baseline(self._watermark, events)
         # counts are final only where baseline spikes have been drawn too
         events.watermark = min(self._watermark, self._baseline_bins * BIN_S)
@@ -78,8 +87,10 @@ class SimulatedRig:
 
     def _fire(self, onsets, events: RigEvents) -> None:
         views = np.stack([self._receptive_field(m.images()[0]) for m in onsets])
-        rates = self.units.rates(views)
-        times, chans = [], []
+        # one view per forward pass: a batch's size (how many onsets one poll collected) may pick
+        # another float kernel on some CPUs, and a rate that differs in its last bit can change a draw
+        rates = np.concatenate([self.units.rates(view[None]) for view in views])
+        times, chans = [events.spike_times], [events.spike_channels]
         for m, view, rate in zip(onsets, views, rates):
             t = self._clock.time_of(m.body)
             events.codes.append((t, m.body.code))

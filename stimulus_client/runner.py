@@ -26,7 +26,7 @@ def refresh_mismatch(measured: float | None, configured: float) -> bool:
     return measured is None or abs(measured - configured) > max(1.0, 0.02 * configured)
 
 
-def run(cfg: PresenterConfig, *, headless: bool = False, screen_tap: str | None = None) -> Result:
+def run(cfg: PresenterConfig, *, headless: bool = False, screen_tap: str | None = None, curve=None) -> Result:
     """Open the display, the marker output and the eye, connect, present until the end."""
     if not cfg.connection.server:
         raise ConfigError("no server endpoint: give --server or connection.server in the presenter config")
@@ -54,7 +54,7 @@ def run(cfg: PresenterConfig, *, headless: bool = False, screen_tap: str | None 
         tap = ScreenTap(screen_tap, zmq.Context.instance()) if screen_tap else None
         if tap:
             opened.append(tap.close)
-        conn = PeerConnection(cfg.connection.server, "presenter", cfg.connection.name)
+        conn = PeerConnection(cfg.connection.server, "presenter", cfg.connection.name, curve=curve)
     except BaseException:
         for close in reversed(opened):
             close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -25,16 +26,32 @@ from xdream.errors import ConfigError
 from xdream.optimizer_kinds import OPTIMIZER_KINDS, canonical_kind
 
 NonNegative = Annotated[int, Meta(ge=0)]
+Positive = Annotated[float, Meta(gt=0)]
+Fraction = Annotated[float, Meta(ge=0.0, le=1.0)]
+Seed = NonNegative   # numpy's SeedSequence takes no negative seeds
+
+# The wire carries images of at most 8192 px a side (xdream/protocol.py, ImageSide); below 16 px
+# a generator's image is a few blurred pixels.
+MIN_IMAGE_PX, MAX_IMAGE_PX = 16, 8192
+# The server holds a block's images (uint8 RGB) and sends them in one message: past this, a typo
+# in image_size_px becomes an allocation of many GiB on the rig's day.
+MAX_BLOCK_BYTES = 2 << 30
+# Heartbeats faster than this would keep the server's loop busy sending them.
+MIN_HEARTBEAT_S = 0.05
+# The smallest population each optimizer kind accepts (its constructor refuses fewer;
+# tests/test_config_ranges.py checks that the two agree).
+MIN_POPULATION: dict[str, int] = {"ga": 2, "cmaes": 2, "sphere-cma": 3, "pycma": 4, "pycma-diag": 4,
+                                  "nevergrad-cma": 4, "sphere-es": 4}
 
 
 @dataclass
 class SessionConfig:
     name: str = "dry-run"
-    seed: int = 0
+    seed: Seed = 0
     generations: Annotated[int, Meta(ge=1)] = 20
     out_dir: str = "sessions"
-    block_timeout_s: float = 60.0     # a block not complete by then: the rest is 'missing'
-    wait_for_peers_s: float = 120.0   # how long to wait for a presenter and a recorder
+    block_timeout_s: Positive = 60.0     # a block not complete by then: the rest is 'missing'
+    wait_for_peers_s: Positive = 120.0   # how long to wait for a presenter and a recorder
     abort_policy: Literal["requeue", "nan"] = "requeue"   # an aborted presentation: requeue (show again
     max_requeues: NonNegative = 2     # later in the block) | nan; after max_requeues it is scored NaN
 
@@ -44,11 +61,11 @@ class GeneratorConfig:
     kind: str = "deepsim-fc6"  # deepsim-<layer> (norm1 ... fc8) | fourier | dcgan-face
     weights: str = ""          # a file, or a known name ('fc6') in weights_dir; empty: random weights
     weights_dir: str = ""      # default: $XDREAM_WEIGHTS, else ~/.cache/xdream/weights
-    seed: int = 0
+    seed: Seed = 0
     device: str = "auto"       # auto | cpu | cuda
-    precision: str = "fp32"    # fp32 | bf16 (CPUs with avx512_bf16/AMX, and CUDA): about 2x faster
-    fit: str = "resize"        # to the stimulus size: resize (whole image) | crop (centre square)
-    init_sd: float = 1.0       # first generation: N(0, init_sd) ...
+    precision: Literal["fp32", "bf16"] = "fp32"    # fp32 | bf16 (CPUs with avx512_bf16/AMX, and CUDA): about 2x faster
+    fit: Literal["resize", "crop"] = "resize"        # to the stimulus size: resize (whole image) | crop (centre square)
+    init_sd: Positive = 1.0       # first generation: N(0, init_sd) ...
     init_stats: str = ""       # ... or per-unit mean/std from an .npz ('mean', 'std')
     init_clip: bool = False    # clip initial codes at 0 (generators trained on post-ReLU features)
 
@@ -58,32 +75,33 @@ class OptimizerConfig:
     """One table for every kind; each kind reads its own keys (server.optimizers.CONFIG_PARAMS)."""
     KINDS: typing.ClassVar[tuple[str, ...]] = OPTIMIZER_KINDS   # xdream/optimizer_kinds.py
     kind: str = "ga"
-    population: int = 20
+    population: Annotated[int, Meta(ge=1)] = 20   # and the kind's own minimum: MIN_POPULATION
     # ga: XDream's defaults (willwx/XDream)
-    mutation_rate: float = 0.5
-    mutation_size: float = 0.5
-    selectivity: float = 2.0
-    heritability: float = 0.5
-    n_elites: int = 1
+    mutation_rate: Fraction = 0.5
+    mutation_size: Positive = 0.5
+    selectivity: Positive = 2.0
+    heritability: Fraction = 0.5
+    n_elites: NonNegative = 1        # below population
     # cmaes: the Ponce lab's Cholesky CMA-ES as run online and in GECCO 2022
-    init_sigma: float = 3.0
-    a_update_freq: int = 10          # generations between updates of the Cholesky factor
+    init_sigma: Positive = 3.0
+    a_update_freq: Annotated[int, Meta(ge=1)] = 10          # generations between updates of the Cholesky factor
     # sphere-cma and ours: the sample angle decays exponentially (GECCO 2022: 50 -> 7.33 deg in 75)
-    angle_init_deg: float = 50.0
-    angle_final_deg: float = 7.33
-    decay_generations: int = 0       # 0: the session's generations (GECCO 2022: 75 of 75)
+    angle_init_deg: Annotated[float, Meta(gt=0, le=90)] = 50.0
+    angle_final_deg: Annotated[float, Meta(gt=0, le=90)] = 7.33
+    decay_generations: NonNegative = 0       # 0: the session's generations (GECCO 2022: 75 of 75)
     # sphere-cma
-    select_size: int = 0             # 0: half the population
-    lr: float = 1.5                  # extrapolation along the great circle
-    sphere_norm: float = 300.0       # GECCO 2022 for fc6 codes; 0: the mean norm of the first codes
+    select_size: NonNegative = 0             # 0: half the population
+    lr: Positive = 1.5                  # extrapolation along the great circle
+    # GECCO 2022 for fc6 codes; 0: the mean norm of the first codes
+    sphere_norm: Annotated[float, Meta(ge=0)] = 300.0
     # pycma, pycma-diag, nevergrad-cma
-    sigma0: float = 0.0              # 0: the GECCO 2022 values (pycma 2.0, nevergrad 1.0)
+    sigma0: Annotated[float, Meta(ge=0)] = 0.0              # 0: the GECCO 2022 values (pycma 2.0, nevergrad 1.0)
     # ours
-    step_ratio: float = 0.33         # the centre's step angle over the sample angle
-    norm_rate: float = 1.0           # how fast the code norm follows the scores; 0: fixed norm
-    init_norm_factor: float = 3.0    # the code norm starts at this times the first codes' norm ...
-    min_norm_factor: float = 3.0     # ... and stays within min .. max times it (3, 3, 10: for DeePSiM
-    max_norm_factor: float = 10.0    # fc6 codes drawn N(0, 1); 1, 0.5, 10 for a Gaussian-prior GAN)
+    step_ratio: Positive = 0.33         # the centre's step angle over the sample angle
+    norm_rate: Annotated[float, Meta(ge=0)] = 1.0           # how fast the code norm follows the scores; 0: fixed norm
+    init_norm_factor: Positive = 3.0    # the code norm starts at this times the first codes' norm ...
+    min_norm_factor: Positive = 3.0     # ... and stays within min .. max times it (3, 3, 10: for DeePSiM
+    max_norm_factor: Positive = 10.0    # fc6 codes drawn N(0, 1); 1, 0.5, 10 for a Gaussian-prior GAN)
 
     def __post_init__(self) -> None:
         self.kind = canonical_kind(self.kind)   # an old name ("ours") loads as the kind it names
@@ -92,8 +110,9 @@ class OptimizerConfig:
 @dataclass
 class ThreadConfig:
     name: str = "a"
-    channel: NonNegative = 0   # recorder channel whose counts are this thread's score
-    seed: int = 0
+    # the recorder channel whose counts are this thread's score (checked against the recorder's hello)
+    channel: NonNegative = 0
+    seed: Seed = 0
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
 
@@ -101,19 +120,21 @@ class ThreadConfig:
 @dataclass
 class ReferenceConfig:
     folder: str = ""           # PNG/JPEG files; empty: the built-in synthetic set
-    count: int = 8
+    count: NonNegative = 8
 
 
 @dataclass
 class PresentationConfig:
     on_ms: Annotated[float, Meta(gt=0)] = 100.0
     off_ms: Annotated[float, Meta(ge=0)] = 100.0
-    image_size_px: int = 256   # images are sent and drawn at this size
+    # images are sent and drawn at this size
+    image_size_px: Annotated[int, Meta(ge=MIN_IMAGE_PX, le=MAX_IMAGE_PX)] = 256
     # The presenter's screen: `xdream dry-run` starts its presenter with these; a
     # presenter started by hand takes --window-size/--frame-rate and warns if the
     # refresh rate differs from frame_rate_hz.
-    window_size: Annotated[list[int], Meta(min_length=2, max_length=2)] = field(default_factory=lambda: [512, 512])
-    frame_rate_hz: float = 60.0
+    window_size: Annotated[list[Annotated[int, Meta(ge=1)]], Meta(min_length=2, max_length=2)] = field(
+        default_factory=lambda: [512, 512])
+    frame_rate_hz: Positive = 60.0
     max_event_code: Annotated[int, Meta(ge=1, le=65535)] = 255  # 8-bit parallel ports are common; 0 is never
     #                                                             used; the wire carries 16 bits
     shuffle: bool = True
@@ -130,35 +151,39 @@ class ResponseConfig:
 @dataclass
 class NetworkConfig:
     bind: str = "tcp://127.0.0.1:0"   # port 0: the OS picks a free port
-    heartbeat_s: float = 1.0
-    peer_timeout_s: float = 10.0
+    heartbeat_s: Annotated[float, Meta(ge=MIN_HEARTBEAT_S)] = 1.0
+    peer_timeout_s: Positive = 10.0   # more than two heartbeats: one lost heartbeat must not drop a peer
+    # CURVE (docs/protocol.md, xdream/curve.py): required for a bind beyond loopback (or --insecure)
+    curve_server_secret_key: str = ""   # the server's key pair: KEYS/server/server.key_secret
+    curve_allowed_clients: str = ""     # the folder of allowed clients' public keys: KEYS/allowed
 
 
 @dataclass
 class UnitConfig:
     layer: str = "conv4"
-    channel: int = 0
-    position: list[int] = field(default_factory=list)  # [row, col]; empty: centre
+    channel: NonNegative = 0
+    # [row, col]; empty: centre
+    position: Annotated[list[NonNegative], Meta(max_length=2)] = field(default_factory=list)
 
 
 @dataclass
 class SimulatorConfig:
     """A ConvNet unit standing in for the neuron (simulators/)."""
-    seed: int = 0
+    seed: Seed = 0
     units: list[UnitConfig] = field(default_factory=lambda: [UnitConfig(channel=0), UnitConfig(channel=1)])
-    rf_size_px: int = 256      # the square of screen, centred, that the units see
-    latency_ms: float = 60.0
-    duration_ms: float = 120.0
-    baseline_hz: float = 8.0
-    gain_hz: float = 60.0      # rate added per standard deviation of activation
-    max_hz: float = 250.0
+    rf_size_px: Annotated[int, Meta(ge=1)] = 256      # the square of screen, centred, that the units see
+    latency_ms: Annotated[float, Meta(ge=0)] = 60.0
+    duration_ms: Positive = 120.0
+    baseline_hz: Annotated[float, Meta(ge=0)] = 8.0
+    gain_hz: Annotated[float, Meta(ge=0)] = 60.0      # rate added per standard deviation of activation
+    max_hz: Positive = 250.0
     device: str = "auto"
 
 
 @dataclass
 class Config:
     session: SessionConfig = field(default_factory=SessionConfig)
-    threads: list[ThreadConfig] = field(default_factory=lambda: [ThreadConfig()])
+    threads: list[ThreadConfig] = field(default_factory=list)   # none: an error, never a silent default
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     presentation: PresentationConfig = field(default_factory=PresentationConfig)
     response: ResponseConfig = field(default_factory=ResponseConfig)
@@ -168,15 +193,31 @@ class Config:
     def validate(self) -> Config:
         """The declared types and ranges (again: a config changed in code), then the rules across fields."""
         typed.check(self, root="config", error=ConfigError)
-        if not self.threads:
-            raise ConfigError("the config names no [[threads]]")
         names = [t.name for t in self.threads]
         if len(set(names)) != len(names):
             raise ConfigError(f"thread names must be unique, got {names}")
-        for t in self.threads:
+        for i, t in enumerate(self.threads):
             if t.optimizer.kind not in OptimizerConfig.KINDS:
                 raise ConfigError(f"thread {t.name}: unknown optimizer kind {t.optimizer.kind!r}; "
                                   f"known: {', '.join(OptimizerConfig.KINDS)}")
+            o, where = t.optimizer, f"config.threads[{i}].optimizer"
+            least = MIN_POPULATION[o.kind]
+            if o.population < least:
+                raise ConfigError(f"{where}.population is {o.population}: optimizer kind {o.kind!r} "
+                                  f"needs population >= {least}")
+            if o.kind == "ga" and o.n_elites >= o.population:
+                raise ConfigError(f"{where}.n_elites is {o.n_elites}: allowed 0..{o.population - 1} "
+                                  f"(below population = {o.population})")
+            if o.kind == "sphere-cma" and o.select_size >= o.population:
+                raise ConfigError(f"{where}.select_size is {o.select_size}: allowed 0..{o.population - 1} "
+                                  f"(0: half the population)")
+        net = self.network
+        if net.peer_timeout_s <= 2 * net.heartbeat_s:
+            raise ConfigError(f"config.network.peer_timeout_s is {net.peer_timeout_s}: allowed > 2 x "
+                              f"network.heartbeat_s = {2 * net.heartbeat_s}")
+        if bool(net.curve_server_secret_key) != bool(net.curve_allowed_clients):
+            raise ConfigError("config.network.curve_server_secret_key and network.curve_allowed_clients go "
+                              "together: give both (CURVE) or neither")
         p = self.presentation
         if min(p.window_size) < p.image_size_px:
             raise ConfigError(f"presentation.window_size must be [width, height], each >= image_size_px "
@@ -186,9 +227,19 @@ class Config:
             if not lo_hi[0] < lo_hi[1]:
                 raise ConfigError(f"response.{name} must be [start, end] with start < end, got {lo_hi}")
         block = sum(t.optimizer.population for t in self.threads) + self.reference.count
+        image_bytes = 3 * p.image_size_px ** 2
+        if block * image_bytes > MAX_BLOCK_BYTES:
+            largest = math.isqrt(MAX_BLOCK_BYTES // (3 * block))
+            raise ConfigError(f"config.presentation.image_size_px is {p.image_size_px}: a block of {block} "
+                              f"images of {p.image_size_px}x{p.image_size_px} px is "
+                              f"{block * image_bytes / 2**30:.1f} GiB, over the {MAX_BLOCK_BYTES >> 30} GiB a "
+                              f"block may take; allowed: image_size_px <= {largest} for this block")
         if block > p.max_event_code:
             raise ConfigError(f"a block of {block} presentations needs more event codes than "
                               f"presentation.max_event_code = {p.max_event_code}")
+        if not self.threads:
+            raise ConfigError("config has no [[threads]]: a session needs at least one thread "
+                              "(a [[threads]] table with name, channel, generator and optimizer)")
         return self
 
 

@@ -14,6 +14,7 @@ import time
 import zmq
 
 from xdream import protocol
+from xdream.curve import ClientKeys, secure_client
 from xdream.errors import ProtocolError, SessionError
 from xdream.protocol import MsgType
 
@@ -26,8 +27,9 @@ MAX_BACKOFF_S = 8.0
 
 class PeerConnection:
     def __init__(self, endpoint: str, role: str, name: str, channels: int = 0,
-                 context: zmq.Context | None = None):
+                 context: zmq.Context | None = None, curve: ClientKeys | None = None):
         self.endpoint = endpoint
+        self.curve = curve   # CURVE keys for a server that requires them (xdream/curve.py)
         self.hello = protocol.Hello(role, name, channels)
         self.hello.check()
         self.context = context or zmq.Context.instance()
@@ -113,6 +115,8 @@ class PeerConnection:
         self._socket.setsockopt(zmq.LINGER, 0)
         # no frame above the largest legal one (an image of 8192 x 8192) is taken in
         self._socket.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_FRAME_BYTES)
+        if self.curve is not None:
+            secure_client(self._socket, self.curve)
         self._socket.connect(self.endpoint)
         self._last_recv = time.monotonic()
         self._say_hello()
@@ -123,7 +127,13 @@ class PeerConnection:
         self._hello_at = time.monotonic()
 
     def _send_frames(self, frames) -> None:
-        self._socket.send_multipart(frames, copy=False)
+        try:
+            # never block: a DEALER with no live connection (a server not there yet, or one that
+            # refused this peer's CURVE handshake) would otherwise hang the caller forever; a report
+            # stays in the outbox and a hello is said again on reconnect
+            self._socket.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            log.debug("no connection to %s yet: a message was not queued", self.endpoint)
         self._last_send = time.monotonic()
 
     def _handle(self, msg: protocol.Message) -> bool:

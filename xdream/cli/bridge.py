@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from xdream.curve import add_peer_flags, peer_keys
+
 log = logging.getLogger("xdream")
 
 
@@ -19,6 +21,7 @@ def add_parser(sub) -> None:
     br.add_argument("--corrupt-after", type=float, default=5.0,
                     help="an answer unreadable and unchanged this long is corrupt (default 5 s)")
     br.add_argument("--name", default="xdream-files", help="this peer's name in the journal")
+    add_peer_flags(br)
     br.set_defaults(func=run)
 
 
@@ -27,7 +30,7 @@ def run(args) -> int:
 
     bridge = FileHandshakeBridge(args.server, args.dir, args.channels, name=args.name,
                                image_format=args.image_format, answer_timeout_s=args.answer_timeout,
-                               corrupt_after_s=args.corrupt_after)
+                               corrupt_after_s=args.corrupt_after, curve=peer_keys(args))
     reported = bridge.run()
     log.info("reported %d presentations (%d missing)", reported, bridge.missing)
     return 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from xdream.curve import add_peer_flags, peer_keys
+
 log = logging.getLogger("xdream")
 
 
@@ -25,6 +27,7 @@ def add_parser(sub) -> None:
     pr.add_argument("--screen-tap", help="send each onset frame as drawn to a simulated rig at this endpoint")
     pr.add_argument("--name", help="this peer's name in the journal (connection.name; default presenter)")
     pr.add_argument("--log-dir", help="folder for the presenter's JSONL log (log.dir; default: the current folder)")
+    add_peer_flags(pr)
     pr.set_defaults(func=run)
 
 
@@ -35,7 +38,7 @@ def run(args) -> int:
     cfg = presenter_config.apply_overrides(
         presenter_config.load(args.config), server=args.server, window_size=args.window_size,
         frame_rate=args.frame_rate, fullscreen=args.fullscreen, name=args.name, log_dir=args.log_dir)
-    result = runner.run(cfg, headless=args.headless, screen_tap=args.screen_tap)
+    result = runner.run(cfg, headless=args.headless, screen_tap=args.screen_tap, curve=peer_keys(args))
     log.info("presented %d images, %d aborted (%s)", result.shown, result.aborted, result.reason)
     if result.reason.startswith("interrupted"):
         return 130

@@ -7,6 +7,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from xdream.cli.common import load_config
+from xdream.curve import add_peer_flags, peer_keys
 from xdream.stdout_lines import SCREEN_TAP
 
 if TYPE_CHECKING:
@@ -26,6 +27,7 @@ def add_parser(sub) -> None:
                    help="instead of --simulate: a rig whose neuron is SESSION's journal; it fires the recorded "
                         "counts at each onset the presenter's --screen-tap shows (for `xdream replay --realtime`)")
     r.add_argument("--tap-bind", default="tcp://127.0.0.1:0", help="where the simulated rig listens")
+    add_peer_flags(r)
     r.add_argument("--name", default="recorder", help="this peer's name in the journal")
     r.add_argument("--rig", metavar="NAME",
                    help="the rig adapter (openephys, intan, lsl, plexon, blackrock; see docs/adapters.md); "
@@ -56,7 +58,7 @@ def run(args) -> int:
                   file=sys.stderr)
             return 2
         source = build_source(args.rig, options)
-        conn = PeerConnection(args.server, "recorder", args.name, channels=source.channels)
+        conn = PeerConnection(args.server, "recorder", args.name, channels=source.channels, curve=peer_keys(args))
         log.info("reported counts for %d presentations", Recorder(conn, source, counter_options(args)).run())
         return 0
     neuron: ReplayRig | SimulatedRig
@@ -75,7 +77,7 @@ def run(args) -> int:
         raise
     try:
         print(f"{SCREEN_TAP}{source.endpoint}", flush=True)  # only once the adapter is built
-        conn = PeerConnection(args.server, "recorder", args.name, channels=source.channels)
+        conn = PeerConnection(args.server, "recorder", args.name, channels=source.channels, curve=peer_keys(args))
         log.info("reported counts for %d presentations", Recorder(conn, source, counter_options(args)).run())
     finally:
         source.close()

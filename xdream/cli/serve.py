@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from xdream import config as config_mod
+from xdream import curve
 from xdream.cli.common import load_config
 from xdream.errors import ConfigError
 from xdream.files import time_stamp, unused_path
@@ -19,6 +20,13 @@ def add_parser(sub) -> None:
     s.add_argument("--out", help="override session.out_dir")
     s.add_argument("--bind", help="override network.bind, e.g. tcp://0.0.0.0:5555 for peers on other PCs; "
                                   "with --resume: instead of the endpoint the session last listened on")
+    s.add_argument("--curve-server-secret-key", metavar="FILE",
+                   help="override network.curve_server_secret_key: the server's CURVE key pair "
+                        "(KEYS/server/server.key_secret from `xdream keys`; docs/protocol.md)")
+    s.add_argument("--curve-allowed-clients", metavar="DIR",
+                   help="override network.curve_allowed_clients: the allowed clients' public keys (KEYS/allowed)")
+    s.add_argument("--insecure", action="store_true",
+                   help="serve on a non-loopback address without CURVE (anyone who reaches the port can join)")
     s.add_argument("--resume", metavar="SESSION",
                    help="continue this session folder where its server stopped (killed, crashed, power cut): "
                         "its own config, the same endpoint, the same optimizer state (docs/journal.md)")
@@ -52,6 +60,7 @@ def run(args) -> int:
         if not (folder / "config.json").is_file():
             raise ConfigError(f"--resume {folder}: no config.json there; not a session folder")
         cfg = config_mod.load(folder / "config.json").validate()
+        _curve_flags(args, cfg)
         server_options = {"resume": True, "bind": args.bind}
     else:
         if not args.config:
@@ -63,12 +72,13 @@ def run(args) -> int:
             cfg.session.out_dir = args.out
         if args.bind:
             cfg.network.bind = args.bind
+        _curve_flags(args, cfg)
         cfg.validate()
         folder = unused_path(Path(cfg.session.out_dir), f"{cfg.session.name}-{time_stamp()}")
         server_options = {}
     recorder = _in_server_recorder(args, cfg)   # first: a wrong rig option leaves no session folder behind
     try:
-        server = EvolutionServer(cfg, folder, **server_options)
+        server = EvolutionServer(cfg, folder, insecure=args.insecure, **server_options)
     except BaseException:
         if recorder is not None:
             recorder.stop()
@@ -77,6 +87,10 @@ def run(args) -> int:
 
     def on_endpoint(endpoint: str) -> None:
         print(f"{LISTENING}{endpoint}", flush=True)
+        if recorder is not None and server.curve_auth is not None:
+            # the in-process recorder gets a key pair of its own, admitted for this run only
+            recorder.curve = curve.ephemeral_client(server.curve_keys)
+            server.curve_auth.allow(recorder.curve.public)
         if recorder is not None:
             recorder.start(endpoint)   # only starts its thread: the loop never waits on the rig
 
@@ -97,6 +111,13 @@ def run(args) -> int:
         print(f"best image of thread {t.name} (score {finals[t.name]:.2f}): {folder / 'best' / f'best_{t.name}.png'}",
               flush=True)
     return 0 if best else 1
+
+
+def _curve_flags(args, cfg) -> None:
+    if args.curve_server_secret_key:
+        cfg.network.curve_server_secret_key = args.curve_server_secret_key
+    if args.curve_allowed_clients:
+        cfg.network.curve_allowed_clients = args.curve_allowed_clients
 
 
 def _in_server_recorder(args, cfg):
