@@ -21,6 +21,7 @@ import zmq.asyncio
 
 from server import faults
 from server.journal import Journal, safe_json
+from server.machine import machine_info
 from server.references import load_references
 from server.resume import Recovery, checkpoint_arrays, last_endpoint, restore_checkpoint
 from server.scheduler import BlockProgress, Presentation, ScheduledBlock, Scheduler
@@ -96,7 +97,7 @@ class EvolutionServer:
             return
         for ref in refs:
             self.journal.save_image_later(f"references/{ref.name}.png", ref.pixels)
-        self.journal.write("session_start", session=self.session_id,
+        self.journal.write("session_start", session=self.session_id, machine=machine_info(),
                            threads=[{"name": t.name, "channel": t.channel,
                                      "generator": t.generator.name, "device": str(t.generator.device),
                                      "precision": t.generator.precision,

@@ -24,6 +24,10 @@ reader (its seq numbers are consecutive).  What is not detectable: an edit
 that keeps every check consistent, e.g. a count changed together with its
 score in a way that does not change the optimizer's next codes (selection
 among parents is random, and a small change of weights may not change it).
+
+Bit for bit holds on the machine and kernel path that made the session: the
+`session_start` record's `machine` field (server/machine.py) says which, and a
+mismatch on another machine or kernel path names both.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from server.machine import describe, machine_info
 from server.references import ReferenceImage, builtin_references, load_references
 from server.scheduler import Scheduler
 from xdream.session_reader import SessionRecord, load_session
@@ -114,6 +119,7 @@ class Replayer:
             except XdreamError as exc:
                 mismatch = Mismatch(g, "", str(exc))
             if mismatch is not None:
+                mismatch.what += self._other_machine()
                 self.result.mismatch = mismatch
                 return self.result
             if all((g, t.name) in self.s.scores for t in self.threads):
@@ -122,6 +128,16 @@ class Replayer:
             self.result.notes.append("the journal has no session_end record: the server stopped "
                                      "without closing the session (crashed, or still running)")
         return self.result
+
+    def _other_machine(self) -> str:
+        """'' on the machine (and kernel path) that made the session; else both named, because
+        codes re-derived with other float kernels need not equal the recorded ones bit for bit."""
+        start = self.s.first("session_start") or {}
+        recorded, here = start.get("machine"), machine_info()
+        if recorded == here:
+            return ""
+        return (f" (recorded on {describe(recorded)}, replayed on {describe(here)}: bit-for-bit holds "
+                f"only on the machine and kernel path that made the session)")
 
     def _generation(self, g: int, last: bool) -> Mismatch | None:
         asked = {}

@@ -7,20 +7,27 @@ import numpy as np
 import pytest
 
 from tests.conftest import small_config
-from tests.dryrun_helpers import assert_responses_rise, dry_run, journal
+from tests.dryrun_helpers import assert_responses_rise, dry_run, embedded_config, journal
 from xdream import config as config_mod
 
 
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory):
-    """The embedded default config (two threads, two units), 15 generations."""
-    return dry_run(["--generations", "15"], tmp_path_factory.mktemp("default"))
+    """The embedded default config (two threads, two units), 15 generations (and a longer peer
+    timeout: see embedded_config)."""
+    tmp = tmp_path_factory.mktemp("default")
+    return dry_run([embedded_config(tmp), "--generations", "15"], tmp / "out")
 
 
 def test_simulated_neuron_response_to_generated_images_rises(default_run):
+    """15 generations: pooled and each thread on its own, generation 0 against the last 8
+    generations, t over 4 and x1.25 asked. Why the margin holds on any CPU: seen here, pooled
+    t 15.8 (x2.72), threads a 14.0 and b 9.0 on AVX2 (left alone or forced); t 22.2 (x3.11),
+    a 19.4 and b 13.5 on the portable kernels (ATEN_CPU_CAPABILITY=default,
+    ONEDNN_MAX_CPU_ISA=SSE41)."""
     _, folder = default_run
-    # a rise far beyond the Poisson noise: Welch's t over 60 images a side, and 25% at least
-    assert_responses_rise(journal(folder), generations=15, edge=3, t_min=4.0)
+    # pooled and each thread on its own: generation 0 against the last 8, t over 4
+    assert_responses_rise(journal(folder), generations=15, t_min=4.0, thread_t_min=4.0)
     summary = json.loads((folder / "summary.json").read_text())
     # the reference images are not evolved: the neuron's response to them stays low
     a = [r for r in summary if r["thread"] == "a"]

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from server.machine import describe, machine_info
 from server.replay import replay
 from tests.conftest import small_config
 from tests.dryrun_helpers import dry_run, journal
@@ -258,3 +259,34 @@ def test_realtime_replay_tests_a_presenter_alone(session, tmp_path):
     assert code == 1 and aborted
     assert {d["pid"] for d in comparison["differences"]} == aborted
     assert all("status shown, recorded aborted" == d["what"] for d in comparison["differences"])
+
+
+def test_the_session_names_the_machine_that_made_it(session):
+    machine = journal(session)[0]["machine"]
+    assert machine == machine_info()
+    assert machine["arch"] and machine["torch"] and machine["cpu_capability"] in ("DEFAULT", "AVX2", "AVX512")
+
+
+def test_another_machine_is_named_only_when_the_replay_differs(copy):
+    """A session that reproduces says nothing of machines; one that differs, replayed where the
+    recorded machine is not this one, names both (bit for bit holds only on the recording path)."""
+    recs = journal(copy)
+    recs[0]["machine"] = {**recs[0]["machine"], "cpu": "Old Rig CPU 3000", "cpu_capability": "AVX512",
+                          "env": {"ATEN_CPU_CAPABILITY": "avx512"}}
+    write(copy, recs)
+    assert replay(copy).ok
+    i = [j for j, r in enumerate(recs) if r["kind"] == "scores" and r["generation"] == 1][0]
+    recs[i]["scores"][0] = (recs[i]["scores"][0] or 0) + 1.0
+    write(copy, recs)
+    what = replay(copy).mismatch.what
+    assert "recorded on x86_64, Old Rig CPU 3000" in what and "AVX512, ATEN_CPU_CAPABILITY=avx512" in what
+    assert f"replayed on {describe(machine_info())}:" in what
+    assert "bit-for-bit holds only on the machine and kernel path that made the session" in what
+
+
+def test_a_mismatch_on_the_recording_machine_names_no_machine(copy):
+    recs = journal(copy)
+    i = [j for j, r in enumerate(recs) if r["kind"] == "scores" and r["generation"] == 0][0]
+    recs[i]["scores"][0] = (recs[i]["scores"][0] or 0) + 1.0
+    write(copy, recs)
+    assert "recorded on" not in replay(copy).mismatch.what
