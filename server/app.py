@@ -107,7 +107,10 @@ class EvolutionServer:
 
     def _resume(self, bind: str | None) -> None:
         """Restore the last checkpoint; keep the journal's record of the generation in flight."""
-        records = self.journal.recovered.records
+        recovered = self.journal.recovered
+        if recovered is None:
+            raise SessionError(f"resume: {self.session_id}'s journal was not read")
+        records = recovered.records
         ends = [r for r in records if r["kind"] == "session_end"]
         if ends and ends[-1]["reason"] == "finished" and ends[-1]["seq"] == records[-1]["seq"]:
             raise SessionError(f"session {self.session_id} finished; there is nothing to resume")
@@ -122,7 +125,7 @@ class EvolutionServer:
                 self._sent_before.setdefault(r["block_id"], set()).update(p["pid"] for p in r["presentations"])
         self.journal.summary = [r for r in self.journal.summary if r["generation"] < self.start_generation]
         self.bind = bind or last_endpoint(records) or self.cfg.network.bind
-        dropped = self.journal.recovered.dropped_bytes
+        dropped = recovered.dropped_bytes
         log.warning("resuming session %s at generation %d%s", self.session_id, self.start_generation,
                     f" (a torn last record of {dropped} bytes was cut from the journal)" if dropped else "")
         self.journal.write("session_resumed", session=self.session_id, generation=self.start_generation,
@@ -294,7 +297,7 @@ class EvolutionServer:
     def _requeue(self, progress: BlockProgress) -> list:
         """New presentations for the aborted ones, by the session's policy."""
         session = self.cfg.session
-        extra = []
+        extra: list[Presentation] = []
         for pid in self._aborted:
             original = progress.by_pid[pid]
             if session.abort_policy != "requeue" or original.attempt >= session.max_requeues:

@@ -51,5 +51,5 @@ def reach(point: str) -> None:
 
 
 def die(point: str) -> None:
-    print(f"XDREAM_FAULT: killing the server at {point}:{_target[1]}", file=sys.stderr, flush=True)
+    print(f"XDREAM_FAULT: killing the server at {point}:{_target[1] if _target else '?'}", file=sys.stderr, flush=True)
     os.kill(os.getpid(), signal.SIGKILL)

@@ -133,7 +133,7 @@ class Journal:
     def save_checkpoint(self, arrays: dict[str, np.ndarray]) -> Path:
         """Everything a resume needs after a generation, replacing the last one atomically."""
         path = self.folder / CHECKPOINT
-        self._atomic(path, lambda f: np.savez(f, **arrays))
+        self._atomic(path, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]  # numpy stubs: savez(**arrays)
         return path
 
     def load_checkpoint(self) -> dict[str, np.ndarray] | None:

@@ -35,7 +35,7 @@ def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
 
 def machine_info() -> dict:
     """A small, JSON-safe description of this machine's float path (journaled once per session)."""
-    info = {"arch": platform.machine(), "cpu": cpu_model(), "torch": torch.__version__,
+    info: dict[str, object] = {"arch": platform.machine(), "cpu": cpu_model(), "torch": torch.__version__,
             "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     env = {k: os.environ[k] for k in KERNEL_ENV if os.environ.get(k)}
     if env:

@@ -180,7 +180,8 @@ class Replayer:
     def _check_blocks(self, g: int, asked) -> Mismatch | None:
         """The scheduler, fed the same ids, must build the journaled block and re-queues."""
         records = self.blocks[g]
-        block = self.scheduler.build_block(g, {name: (c.ids, [None] * len(c.ids)) for name, c in asked.items()})
+        no_pixels: dict = {name: (c.ids, [None] * len(c.ids)) for name, c in asked.items()}   # ids and order only
+        block = self.scheduler.build_block(g, no_pixels)
         first = records[0]
         if int(first["block_id"]) != block.block_id:
             return Mismatch(g, "", f"block id {first['block_id']} in the journal, {block.block_id} rebuilt")

@@ -151,8 +151,8 @@ class Recovery:
         old = self.scores.get(thread)
         if old is None:
             return None
-        old = np.array([math.nan if s is None else s for s in old], dtype=float)
-        return old.shape == scores.shape and bool(np.array_equal(old, scores, equal_nan=True))
+        journaled = np.array([math.nan if s is None else s for s in old], dtype=float)
+        return journaled.shape == scores.shape and bool(np.array_equal(journaled, scores, equal_nan=True))
 
 
 def _body(cls, record: dict):

@@ -163,7 +163,7 @@ class ServerAuth:
 
     def __init__(self, context: zmq.Context, keys: ServerKeys):
         # a sync context on the same libzmq context: ZAP works for an asyncio server socket too
-        self._shadow = zmq.Context.shadow(context.underlying)
+        self._shadow: zmq.Context = zmq.Context.shadow(context.underlying)
         self.auth = ThreadAuthenticator(self._shadow, log=logging.getLogger(__name__ + ".zap"))
         self.auth.start()
         self.auth.configure_curve(domain=ZAP_DOMAIN, location=str(keys.allowed_dir))

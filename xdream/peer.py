@@ -30,7 +30,7 @@ class PeerConnection:
                  context: zmq.Context | None = None, curve: ClientKeys | None = None):
         self.endpoint = endpoint
         self.curve = curve   # CURVE keys for a server that requires them (xdream/curve.py)
-        self.hello = protocol.Hello(role, name, channels)
+        self.hello = protocol.Hello(role, name, channels)  # type: ignore[arg-type]  # checked just below
         self.hello.check()
         self.context = context or zmq.Context.instance()
         self.session = ""
@@ -80,11 +80,17 @@ class PeerConnection:
         out.extend(self._poll_socket(timeout_s))
         return out
 
+    def _live_socket(self) -> zmq.Socket:
+        if self._socket is None:
+            raise SessionError(f"the connection to {self.endpoint} is closed")
+        return self._socket
+
     def _poll_socket(self, timeout_s: float) -> list[protocol.Message]:
         out = []
-        if self._socket.poll(int(timeout_s * 1000)):
-            while self._socket.poll(0):
-                frames = self._socket.recv_multipart(copy=False)
+        sock = self._live_socket()
+        if sock.poll(int(timeout_s * 1000)):
+            while sock.poll(0):
+                frames = sock.recv_multipart(copy=False)
                 self._last_recv = time.monotonic()
                 try:
                     msg = protocol.decode(frames)
@@ -131,7 +137,7 @@ class PeerConnection:
             # never block: a DEALER with no live connection (a server not there yet, or one that
             # refused this peer's CURVE handshake) would otherwise hang the caller forever; a report
             # stays in the outbox and a hello is said again on reconnect
-            self._socket.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
+            self._live_socket().send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
         except zmq.Again:
             log.debug("no connection to %s yet: a message was not queued", self.endpoint)
         self._last_send = time.monotonic()
@@ -191,7 +197,7 @@ class PeerConnection:
             if now >= self._retry_at:
                 self._retry_at = None
                 self.reconnects += 1
-                self._socket.close(linger=0)
+                self._live_socket().close(linger=0)
                 self._connect()
             return
         if now - self._last_send > self.heartbeat_s:

@@ -71,16 +71,17 @@ def run(args) -> int:
     # with --rig, the neuron's events go through that rig's simulated wire peer to the real adapter
     from simulators.simulated_source import SimulatedSource
     try:
-        source = SimulatedSource(rig=args.rig or None, rig_options=options, neuron=neuron)
+        simulated = SimulatedSource(rig=args.rig or None, rig_options=options, neuron=neuron)
     except BaseException:
         neuron.close()
         raise
     try:
-        print(f"{SCREEN_TAP}{source.endpoint}", flush=True)  # only once the adapter is built
-        conn = PeerConnection(args.server, "recorder", args.name, channels=source.channels, curve=peer_keys(args))
-        log.info("reported counts for %d presentations", Recorder(conn, source, counter_options(args)).run())
+        print(f"{SCREEN_TAP}{simulated.endpoint}", flush=True)  # only once the adapter is built
+        conn = PeerConnection(args.server, "recorder", args.name, channels=simulated.channels,
+                              curve=peer_keys(args))
+        log.info("reported counts for %d presentations", Recorder(conn, simulated, counter_options(args)).run())
     finally:
-        source.close()
+        simulated.close()
     return 0
 
 

@@ -87,7 +87,7 @@ def run(args) -> int:
 
     def on_endpoint(endpoint: str) -> None:
         print(f"{LISTENING}{endpoint}", flush=True)
-        if recorder is not None and server.curve_auth is not None:
+        if recorder is not None and server.curve_auth is not None and server.curve_keys is not None:
             # the in-process recorder gets a key pair of its own, admitted for this run only
             recorder.curve = curve.ephemeral_client(server.curve_keys)
             server.curve_auth.allow(recorder.curve.public)
