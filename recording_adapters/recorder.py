@@ -63,6 +63,7 @@ class Recorder:
             try:
                 return self.conn.wait_welcome(min(0.5, max(deadline - time.monotonic(), 0.01)))
             except SessionError:
-                if time.monotonic() >= deadline:
-                    raise
+                if time.monotonic() >= deadline:   # the whole wait, not the last step's (0 s)
+                    raise SessionError(f"no welcome from the server at {self.conn.endpoint} within "
+                                       f"{timeout_s:.0f} s: is it running, and is that its endpoint?") from None
         return None

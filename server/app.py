@@ -8,7 +8,9 @@ generation).  Torch work runs in a one-thread executor, never on the loop.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -20,17 +22,30 @@ import zmq
 import zmq.asyncio
 
 from server import faults
-from server.journal import Journal, safe_json
+from server.journal import JOURNAL, Journal, JournalRead, JournalWriteError, safe_json
 from server.machine import machine_info
 from server.references import load_references
-from server.resume import Recovery, checkpoint_arrays, last_endpoint, restore_checkpoint
+from server.resume import Recovery, checkpoint_arrays, last_endpoint, resume_point
 from server.scheduler import BlockProgress, Presentation, ScheduledBlock, Scheduler
 from server.threads import EvolutionThread, build_threads
 from xdream import curve, protocol, scoring
+from xdream.endpoints import bind_socket, check_bind
 from xdream.errors import ProtocolError, SessionError
 from xdream.protocol import MsgType
 
 log = logging.getLogger(__name__)
+
+
+class SessionStopped(SessionError):
+    """A signal (SIGTERM, SIGINT) stopped the session; it was closed as on any error."""
+
+    def __init__(self, signal_name: str):
+        super().__init__(f"stopped by {signal_name}: session_end journaled, the peers told")
+        self.signal_name = signal_name
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + int(signal.Signals[self.signal_name])
 
 
 @dataclass
@@ -57,7 +72,13 @@ class Prepared:
 class EvolutionServer:
     """`resume=True` continues the session in `session_dir` where it stopped
     (docs/journal.md); `bind` overrides where it listens (by default a resumed
-    server binds the endpoint the session last listened on)."""
+    server binds the endpoint the session last listened on).
+
+    Start-up checks everything that can fail before anything is written: the
+    threads (optimizers, generators, weights), the references, and for a
+    resume the folder's lock, journal and checkpoint (here); the bind (first
+    thing in `run`).  Only then is a new session folder made, or a resumed
+    one's journal appended to, so a failed start leaves nothing behind."""
 
     def __init__(self, cfg, session_dir: Path, *, resume: bool = False, bind: str | None = None,
                  insecure: bool = False):
@@ -67,12 +88,9 @@ class EvolutionServer:
         self.curve_keys = (curve.server_keys(net.curve_server_secret_key, net.curve_allowed_clients)
                            if net.curve_server_secret_key else None)
         self.curve_auth: curve.ServerAuth | None = None
-        curve.check_bind(bind or net.bind, self.curve_keys, insecure)   # before the session folder
-        self.journal = Journal(session_dir, resume=resume)
-        if not resume:
-            self.journal.save_config(cfg)
-        self.session_id = Path(session_dir).name
-        self.bind = bind or cfg.network.bind
+        self.folder = Path(session_dir)
+        self.resume = resume
+        self.session_id = self.folder.name
         self.start_generation = 0
         self._recovery: Recovery | None = None
         self._prepared: Prepared | None = None
@@ -82,61 +100,106 @@ class EvolutionServer:
         self.progress: BlockProgress | None = None
         self.past_blocks: dict[int, BlockProgress] = {}
         self.endpoint = ""
+        self._stop_signal: str | None = None   # SIGTERM/SIGINT asked the session to stop
         self._changed = asyncio.Event()   # set whenever a report, count or peer arrives
         self._aborted: list[str] = []     # pids reported aborted, not yet re-queued
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch")
         self._seq = 0
         self._n_peers = 0
         size = cfg.presentation.image_size_px
         self.threads, sched_rng = build_threads(cfg)
-        refs = load_references(cfg.reference.folder, cfg.reference.count, size)
-        self.scheduler = Scheduler(refs, sched_rng, cfg.presentation.max_event_code,
+        self.refs = load_references(cfg.reference.folder, cfg.reference.count, size)
+        self.scheduler = Scheduler(self.refs, sched_rng, cfg.presentation.max_event_code,
                                    cfg.presentation.shuffle)
+        self._journal: Journal | None = None
         if resume:
-            self._resume(bind)
-            return
-        for ref in refs:
-            self.journal.save_image_later(f"references/{ref.name}.png", ref.pixels)
-        self.journal.write("session_start", session=self.session_id, machine=machine_info(),
-                           threads=[{"name": t.name, "channel": t.channel,
-                                     "generator": t.generator.name, "device": str(t.generator.device),
-                                     "precision": t.generator.precision,
-                                     "generator_weights": t.generator.cfg.weights,
-                                     "generator_sha256": t.generator.weights_sha256} for t in self.threads])
-        self.journal.sync()
+            self._journal = Journal(self.folder, resume=True)   # locked: a second server stops here
+            try:
+                self._restore()
+            except BaseException:
+                self.journal.close()
+                raise
+            self.bind = bind or last_endpoint(self.recovered.records) or cfg.network.bind
+        else:
+            if self.folder.exists():
+                raise SessionError(f"session folder {self.folder} exists already; sessions are never "
+                                   f"overwritten (to continue one: xdream serve --resume {self.folder})")
+            self.bind = bind or cfg.network.bind
+        check_bind(self.bind)
+        curve.check_bind(self.bind, self.curve_keys, insecure)   # before the session folder
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch")
 
-    def _resume(self, bind: str | None) -> None:
-        """Restore the last checkpoint; keep the journal's record of the generation in flight."""
-        recovered = self.journal.recovered
-        if recovered is None:
-            raise SessionError(f"resume: {self.session_id}'s journal was not read")
-        records = recovered.records
+    @property
+    def recovered(self) -> JournalRead:
+        """What a resume read of the journal (resumed servers only)."""
+        read = self.journal.recovered
+        if read is None:
+            raise SessionError(f"{self.folder}: not opened for a resume")
+        return read
+
+    @property
+    def journal(self) -> Journal:
+        if self._journal is None:
+            raise SessionError(f"no session folder yet: {self.folder} is made when the server has bound (run)")
+        return self._journal
+
+    def _check_journal(self) -> None:
+        """The disk refused a journal write (in a handler, say): stop the session here."""
+        if self._journal is not None and self._journal.failed is not None:
+            raise self._journal.failed
+
+    def _restore(self) -> None:
+        """A resume's checks, before anything is written: the session is unfinished, and the
+        checkpoint is the one the journal says was written last (docs/journal.md)."""
+        journal = self.journal
+        records = self.recovered.records
         ends = [r for r in records if r["kind"] == "session_end"]
         if ends and ends[-1]["reason"] == "finished" and ends[-1]["seq"] == records[-1]["seq"]:
             raise SessionError(f"session {self.session_id} finished; there is nothing to resume")
-        arrays = self.journal.load_checkpoint()
-        if arrays is not None:
-            self.start_generation = restore_checkpoint(arrays, self.threads, self.scheduler)
+        if not any(r["kind"] == "session_start" for r in records):
+            raise SessionError(f"{journal.folder / JOURNAL} has no session_start record: not a session "
+                               f"this server can resume")
+        arrays = journal.load_checkpoint()
+        self.start_generation = resume_point(records, arrays, journal.folder, self.threads, self.scheduler)
+        self._checkpoint_found = arrays is not None
         self._recovery = Recovery(records, self.start_generation)
         self._journaled = {(r["kind"], r["pid"]) for r in records if r["kind"] in ("shown", "counts")}
         # what the session sent before the restart: a late report must name one of these
         for r in records:
             if r["kind"] == "block":
                 self._sent_before.setdefault(r["block_id"], set()).update(p["pid"] for p in r["presentations"])
-        self.journal.summary = [r for r in self.journal.summary if r["generation"] < self.start_generation]
-        self.bind = bind or last_endpoint(records) or self.cfg.network.bind
-        dropped = recovered.dropped_bytes
-        log.warning("resuming session %s at generation %d%s", self.session_id, self.start_generation,
-                    f" (a torn last record of {dropped} bytes was cut from the journal)" if dropped else "")
-        self.journal.write("session_resumed", session=self.session_id, generation=self.start_generation,
-                           checkpoint=arrays is not None, torn_bytes=dropped,
-                           block_in_flight=self._recovery.block["block_id"] if self._recovery.block else None)
-        self.journal.sync()
+        journal.summary = [r for r in journal.summary if r["generation"] < self.start_generation]
+
+    def _begin(self) -> None:
+        """After the bind: make the session folder (or append to the resumed one's journal)."""
+        if self.resume:
+            journal = self.journal
+            dropped = self.recovered.dropped_bytes
+            in_flight = self._recovery.block if self._recovery is not None else None
+            log.warning("resuming session %s at generation %d%s", self.session_id, self.start_generation,
+                        f" (a torn last record of {dropped} bytes was cut from the journal)" if dropped else "")
+            journal.write("session_resumed", session=self.session_id, generation=self.start_generation,
+                          checkpoint=self._checkpoint_found, torn_bytes=dropped,
+                          block_in_flight=in_flight["block_id"] if in_flight else None)
+            journal.sync()
+            return
+        self._journal = journal = Journal(self.folder)
+        journal.save_config(self.cfg)
+        for ref in self.refs:
+            journal.save_image_later(f"references/{ref.name}.png", ref.pixels)
+        journal.write("session_start", session=self.session_id, machine=machine_info(),
+                      threads=[{"name": t.name, "channel": t.channel,
+                                "generator": t.generator.name, "device": str(t.generator.device),
+                                "precision": t.generator.precision,
+                                "generator_weights": t.generator.cfg.weights,
+                                "generator_sha256": t.generator.weights_sha256} for t in self.threads])
+        journal.sync()
 
     # ------------------------------------------------------------------ run
     async def run(self, on_endpoint: Callable[[str], None] | None = None,
                   on_generation: Callable[[int, list[dict]], None] | None = None) -> list[dict]:
-        curve.check_bind(self.bind, self.curve_keys, self.insecure)   # a resumed server's endpoint too
+        """Bind, start (or resume) the session, run it to its end.  SIGTERM and SIGINT (when
+        run on the main thread) stop it as an error would: `session_end` with the signal,
+        END to the peers, then `SessionStopped`."""
         ctx = zmq.asyncio.Context()
         self.socket = ctx.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 1000)
@@ -148,42 +211,87 @@ class EvolutionServer:
         if self.curve_keys is not None:
             self.curve_auth = curve.ServerAuth(ctx, self.curve_keys)
             curve.secure_server(self.socket, self.curve_keys)
-        if self._recovery is not None and self.start_generation < self.cfg.session.generations:
-            # rebuild the block in flight before any peer can report on it
-            self._prepared = await self._prepare(self.start_generation)
-            self.progress = self._prepared.progress
-        self.socket.bind(self.bind)
-        self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.journal.write("listening", endpoint=self.endpoint, bind=self.bind)
-        self.journal.sync()
-        if on_endpoint:
-            on_endpoint(self.endpoint)
-        tasks = [asyncio.create_task(self._receive_loop(), name="receiver"),
-                 asyncio.create_task(self._heartbeat_loop(), name="heartbeats")]
+        tasks: list[asyncio.Task] = []
+        signals = self._catch_signals()
         reason = "finished"
+        begun = False
         try:
+            self.endpoint = bind_socket(self.socket, self.bind)   # before the folder: a failed bind leaves none
+            self._begin()
+            begun = True
+            if self._recovery is not None and self.start_generation < self.cfg.session.generations:
+                # rebuild the block in flight before any peer's report is read
+                self._prepared = await self._prepare(self.start_generation)
+                self.progress = self._prepared.progress
+            self.journal.write("listening", endpoint=self.endpoint, bind=self.bind)
+            self.journal.sync()
+            if on_endpoint:
+                on_endpoint(self.endpoint)
+            tasks = [asyncio.create_task(self._receive_loop(), name="receiver"),
+                     asyncio.create_task(self._heartbeat_loop(), name="heartbeats")]
             for generation in range(self.start_generation, self.cfg.session.generations):
                 records = await self._run_generation(generation)
                 if on_generation:
                     on_generation(generation, records)
             return self.journal.summary
         except BaseException as exc:
+            if self._stop_signal is not None and isinstance(exc, asyncio.CancelledError):
+                reason = f"stopped: {self._stop_signal}"
+                raise SessionStopped(self._stop_signal) from None
             reason = f"stopped: {exc!r}"
             raise
         finally:
-            for peer in list(self.peers.values()):
+            self._release_signals(signals)
+            failed = self._journal is not None and self._journal.failed is not None
+            for peer in list(self.peers.values()) if not failed else ():
+                # (a journal the disk refused: no END, the session is to be resumed; as after a
+                # crash, the peers keep their unacknowledged reports for the resumed server)
                 await self._send(peer.routing_id, MsgType.END, protocol.End(reason[:2000]))
-            self.journal.write("session_end", reason=reason)
-            self.journal.sync()
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if self._journal is not None:
+                try:
+                    if begun and self._journal.failed is None:
+                        self._journal.write("session_end", reason=reason)
+                        self._journal.sync()
+                except JournalWriteError:
+                    pass   # the disk is full: the error that stopped the session says so
+                finally:
+                    self._journal.close()
             self.socket.close(linger=1000)
             if self.curve_auth is not None:
                 self.curve_auth.stop()
             ctx.term()
             self._executor.shutdown(wait=True)
-            self.journal.close()
+
+    def _catch_signals(self) -> list[int]:
+        """SIGTERM (and SIGINT) cancel the session task, so that `run` ends it as it ends on an
+        error.  Only possible on the main thread's loop; elsewhere the caller owns signals."""
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        caught: list[int] = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self._on_signal, sig, task)
+                caught.append(sig)
+            except (RuntimeError, ValueError, NotImplementedError):   # not the main thread; Windows
+                pass
+        return caught
+
+    def _on_signal(self, sig: int, task: asyncio.Task | None) -> None:
+        name = signal.Signals(sig).name
+        if self._stop_signal is None:
+            log.warning("%s: stopping the session (session_end is journaled, the peers are told)", name)
+            self._stop_signal = name
+            if task is not None:
+                task.cancel()
+
+    @staticmethod
+    def _release_signals(caught: list[int]) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in caught:
+            loop.remove_signal_handler(sig)
 
     async def _run_generation(self, generation: int) -> list[dict]:
         t0 = time.perf_counter()
@@ -251,6 +359,7 @@ class EvolutionServer:
         timeout = self.cfg.session.block_timeout_s
         deadline = time.monotonic() + timeout
         while True:
+            self._check_journal()
             if self._aborted:  # before the completeness check: a last abort may still be re-queued
                 extra = self._requeue(progress)
                 if extra:
@@ -271,6 +380,7 @@ class EvolutionServer:
             except TimeoutError:
                 pass
         self._aborted.clear()
+        _drop_pixels(progress)   # kept for late reports, which need ids, not images (soak: flat memory)
         self.past_blocks[block.block_id] = progress
         self.progress = None
         return progress
@@ -348,6 +458,7 @@ class EvolutionServer:
         deadline = time.monotonic() + self.cfg.session.wait_for_peers_s
         warned = False
         while not self._have_peers():
+            self._check_journal()
             if time.monotonic() > deadline:
                 raise SessionError(f"no presenter and recorder connected within "
                                    f"{self.cfg.session.wait_for_peers_s:.0f} s (server at {self.endpoint})")
@@ -386,6 +497,9 @@ class EvolutionServer:
                 await self._receive(frames)
             except asyncio.CancelledError:
                 raise
+            except JournalWriteError:   # the disk refused the journal: the session loop stops on it
+                self._changed.set()
+                return
             except Exception as exc:  # a bug in a handler, or the journal, must not stop the session
                 log.exception("handler failed on a message from %r", frames[0].bytes[:32])
                 try:
@@ -582,6 +696,18 @@ class EvolutionServer:
                 self.journal.write("missing", block_id=progress.block.block_id, pids=missing,
                                    why=f"{peer.role} {peer.name} lost")
         self._changed.set()
+
+
+_BLANK = np.zeros((1, 1, 3), np.uint8)
+
+
+def _drop_pixels(progress: BlockProgress) -> None:
+    """A closed block's images: a zero-stride view of one black pixel, same shape, no memory.
+    Without this every block of the session stays in memory (docs/benchmarks.md, Soak)."""
+    light = {pid: dataclasses.replace(p, image=np.broadcast_to(_BLANK, p.image.shape))
+             for pid, p in progress.by_pid.items()}
+    progress.by_pid.update(light)
+    progress.block.presentations[:] = [light[p.pid] for p in progress.block.presentations]
 
 
 _SENDER_ROLE = {MsgType.SHOWN: "presenter", MsgType.COUNTS: "recorder"}

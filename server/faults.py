@@ -10,10 +10,15 @@ test), `reach` is one dict lookup.
     write        the N-th report record (shown or counts) is torn: half of it
                  written and fsynced, then killed (before its ACK, as a real
                  crash mid-write would be)
+    enospc       not a kill: from the N-th report record on, every journal
+                 write and fsync fails with ENOSPC (the disk is full and stays
+                 full for this process), as a full disk would; the server must
+                 stop cleanly without acknowledging that record
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -21,7 +26,7 @@ import sys
 
 log = logging.getLogger(__name__)
 
-POINTS = ("ack", "block_sent", "before_tell", "checkpoint", "write")
+POINTS = ("ack", "block_sent", "before_tell", "checkpoint", "write", "enospc")
 
 
 def _parse(spec: str) -> tuple[str, int] | None:
@@ -35,6 +40,27 @@ def _parse(spec: str) -> tuple[str, int] | None:
 
 _target = _parse(os.environ.get("XDREAM_FAULT", ""))
 _seen: dict[str, int] = {}
+_disk_full = False
+
+
+def configure(spec: str) -> None:
+    """Set (or with '' clear) the fault in this process, as XDREAM_FAULT would: for in-process tests."""
+    global _target, _disk_full
+    _target = _parse(spec)
+    _seen.clear()
+    _disk_full = False
+
+
+def fill_disk() -> None:
+    global _disk_full
+    log.warning("XDREAM_FAULT: the disk is full from here on (injected ENOSPC)")
+    _disk_full = True
+
+
+def disk() -> None:
+    """Before each journal write and fsync: raise ENOSPC once the injected disk is full."""
+    if _disk_full:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "journal.jsonl (XDREAM_FAULT=enospc)")
 
 
 def due(point: str) -> bool:

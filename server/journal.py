@@ -10,6 +10,17 @@
       best/               PNG of each generation's best image per thread
       references/         the reference images as shown
       summary.json        one record per generation per thread
+      server.lock         held (an OS file lock) by the one server writing the
+                          folder; it holds that server's PID
+
+One server per folder: the lock is taken before anything is written (a new
+folder, or a resume's repair of a torn tail), held until `close`, and a second
+server is refused with the PID of the holder.  The OS drops the lock when the
+process dies, so a SIGKILLed server never leaves a stale one.
+
+A write the disk refuses (ENOSPC, EIO) raises `JournalWriteError`: the record
+is not acknowledged (the server journals before it ACKs), the session stops,
+and `xdream serve --resume` continues it once there is space.
 
 Durability (docs/journal.md): the server fsyncs the journal before it
 acknowledges a report and before it sends a block; codes, the checkpoint and
@@ -20,11 +31,14 @@ fsynced: they can be made again from the codes.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
 import os
+import sys
 import time
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -40,6 +54,71 @@ from xdream.errors import SessionError
 
 log = logging.getLogger(__name__)
 
+LOCK = "server.lock"
+
+
+class JournalWriteError(SessionError):
+    """The disk refused a journal write or fsync (full, or failing): the session stops."""
+
+
+class FolderLock:
+    """An exclusive OS lock on SESSION/server.lock, held for the server's life.
+
+    fcntl.flock on POSIX (per open file: a second server in the same process is
+    refused too), msvcrt.locking on Windows.  The file holds the holder's PID, so
+    that the refusal can name it; the lock, not the file, is what counts."""
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / LOCK
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            _lock_fd(fd)
+        except OSError as exc:
+            holder = _read_pid(fd)
+            os.close(fd)
+            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK, errno.EDEADLK):
+                raise SessionError(f"cannot lock the session folder ({self.path}): {exc}") from None
+            who = f"process {holder}" if holder else "another process"
+            raise SessionError(f"session folder {self.path.parent} is in use by another server "
+                               f"({who} holds {self.path}); one server per session folder: stop that "
+                               f"one first") from None
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            os.ftruncate(fd, 0)   # no stale PID for a reader; the lock goes with the close
+        except OSError:
+            pass
+        os.close(fd)
+
+
+def _lock_fd(fd: int) -> None:
+    if sys.platform == "win32":
+        import msvcrt
+        os.lseek(fd, 0, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)   # type: ignore[attr-defined]
+    else:
+        import fcntl
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        text = os.read(fd, 32).decode().strip()
+        return int(text) if text.isdigit() else None
+    except (OSError, ValueError):
+        return None
+
 
 class Journal:
     """The session folder; `resume=True` reopens an existing one to append to it."""
@@ -49,26 +128,34 @@ class Journal:
         self.summary: list[dict] = []
         self.recovered: JournalRead | None = None
         self.fsyncs = 0            # how many: the cost of durability (benchmarks/journal.py)
+        self.lock = FolderLock(self.folder)
+        self._dirty = False
+        self.failed: JournalWriteError | None = None   # the disk refused a write: nothing more is written
         if resume:
-            self._reopen()
+            if not (self.folder / JOURNAL).is_file():
+                raise SessionError(f"{self.folder}: no {JOURNAL}; not a session folder")
+            self.lock.acquire()     # before the repair below: a second server writes nothing
+            try:
+                self._reopen()
+            except BaseException:
+                self.lock.release()
+                raise
         else:
             try:
                 self.folder.mkdir(parents=True, exist_ok=False)
             except FileExistsError:
                 raise SessionError(f"session folder {self.folder} exists already; sessions are never "
                                    f"overwritten (to continue one: xdream serve --resume {self.folder})") from None
+            self.lock.acquire()
             for sub in ("codes", "best", "references"):
                 (self.folder / sub).mkdir()
             self._file = open(self.folder / JOURNAL, "ab")
             self._seq = 0
             fsync_dir(self.folder)          # the journal's name is durable too
             fsync_dir(self.folder.parent)
-        self._dirty = False
         self._archive = ThreadPoolExecutor(max_workers=1, thread_name_prefix="archive")
 
     def _reopen(self) -> None:
-        if not (self.folder / JOURNAL).is_file():
-            raise SessionError(f"{self.folder}: no {JOURNAL}; not a session folder")
         read = read_journal(self.folder)
         if not read.records:
             raise SessionError(f"{self.folder / JOURNAL} holds no whole record: nothing to resume")
@@ -107,16 +194,46 @@ class Journal:
             self._file.flush()
             os.fsync(self._file.fileno())
             faults.die("write")
+        self._append(line, kind)
+
+    def _append(self, line: bytes, kind: str) -> None:
+        """Write one encoded record whole, or raise JournalWriteError and write nothing more.
+
+        A short or failed write may leave part of the line in the file: it is a torn
+        tail, which the next reader drops (and a resume cuts), so seq stays gapless."""
+        if self.failed is not None:
+            raise self.failed
+        try:
+            if kind in ("shown", "counts") and faults.due("enospc"):   # test only: the disk fills here
+                faults.fill_disk()
+            faults.disk()
+            self._file.write(line)
+            self._file.flush()
+        except OSError as exc:
+            raise self._fail(f"writing a {kind!r} record", exc) from None
         self._seq += 1
-        self._file.write(line)
-        self._file.flush()
         self._dirty = True
+
+    def _fail(self, doing: str, exc: OSError) -> JournalWriteError:
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        self.failed = JournalWriteError(
+            f"the journal {self.folder / JOURNAL} could not be written ({doing}: {why}); the session "
+            f"stops here, with every acknowledged report on disk. Free space, then continue it: "
+            f"xdream serve --resume {self.folder}")
+        log.error("%s", self.failed)
+        return self.failed
 
     def sync(self) -> None:
         """fsync the journal if anything was written since the last sync."""
+        if self.failed is not None:
+            raise self.failed
         if not self._dirty:
             return
-        os.fsync(self._file.fileno())
+        try:
+            faults.disk()
+            os.fsync(self._file.fileno())
+        except OSError as exc:
+            raise self._fail("fsync", exc) from None
         self.fsyncs += 1
         self._dirty = False
 
@@ -137,11 +254,17 @@ class Journal:
         return path
 
     def load_checkpoint(self) -> dict[str, np.ndarray] | None:
+        """The checkpoint's arrays, None if there is no file; SessionError naming the
+        file if it cannot be read (truncated, not an npz, edited)."""
         path = self.folder / CHECKPOINT
         if not path.is_file():
             return None
-        with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return {k: data[k] for k in data.files}
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+            raise SessionError(f"{path} cannot be read ({type(exc).__name__}: {str(exc)[:200]}); it is "
+                               f"not a checkpoint this server wrote, or it was damaged") from None
 
     def save_image_later(self, relpath: str, pixels: np.ndarray) -> Path:
         """PNG-encode off the hot path (250-400 ms a generation if done inline)."""
@@ -155,13 +278,26 @@ class Journal:
         self._atomic(self.folder / "summary.json", lambda f: f.write(text.encode()))
 
     def _atomic(self, path: Path, write) -> None:
-        write_atomic(path, write)
+        if self.failed is not None:
+            raise self.failed
+        try:
+            write_atomic(path, write)
+        except OSError as exc:   # ENOSPC on codes, checkpoint or summary: as for the journal
+            raise self._fail(f"writing {path.name}", exc) from None
         self.fsyncs += 2   # the file and its folder
 
     def close(self) -> None:
-        self._archive.shutdown(wait=True)
-        self.sync()
-        self._file.close()
+        """Flush the archive, fsync, close, and release the folder's lock (always)."""
+        try:
+            self._archive.shutdown(wait=True)
+            if self.failed is None:
+                self.sync()
+        finally:
+            try:
+                self._file.close()
+            except OSError:   # the buffered tail of a failed write: already reported
+                pass
+            self.lock.release()
 
 
 CHECKPOINT = "checkpoint.npz"

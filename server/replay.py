@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,11 +42,14 @@ import numpy as np
 from server.machine import describe, machine_info
 from server.references import ReferenceImage, builtin_references, load_references
 from server.scheduler import Scheduler
+from xdream.journal_file import JOURNAL
 from xdream.session_reader import SessionRecord, load_session
 from server.threads import build_threads
 from xdream.errors import SessionError, XdreamError
 
 log = logging.getLogger(__name__)
+
+_CODES = re.compile(r"^gen(\d+)_.+\.npz$")
 
 
 @dataclass
@@ -78,6 +82,9 @@ class ReplayResult:
             out.append(f"MISMATCH at {self.mismatch}")
         out += [f"note: {n}" for n in self.notes]
         verdict = "reproduced" if self.ok else "NOT reproduced"
+        if not self.threads:   # refused before any thread was built: nothing was re-derived
+            out.append(f"{verdict}: {self.folder} cannot be replayed")
+            return out
         out.append(f"{verdict}: {self.generations_checked} generations of threads "
                    f"{', '.join(self.threads)} re-derived from the recorded responses ({self.folder})")
         return out
@@ -87,11 +94,35 @@ def replay(folder) -> ReplayResult:
     """Re-derive the session in `folder`; never raises for a session that differs."""
     try:
         session = load_session(folder)
+        check_replayable(session)
     except XdreamError as exc:
         result = ReplayResult(str(folder))
         result.problems.append(str(exc))
         return result
     return Replayer(session).run()
+
+
+def check_replayable(session: SessionRecord) -> None:
+    """What a replay needs before it can say 'reproduced': a journal with records, a
+    session_start, and every generation of codes/ on the journal.  Zero generations
+    checked is no evidence, so an empty or foreign folder is refused, not passed."""
+    journal = session.folder / JOURNAL
+    if not session.records:
+        size = journal.stat().st_size if journal.is_file() else 0
+        raise SessionError(f"{journal} holds no record ({size} bytes): nothing to replay")
+    if session.first("session_start") is None:
+        raise SessionError(f"{journal} has no session_start record (its first is {session.records[0]['kind']!r}"
+                           f" at seq {session.records[0]['seq']}): not a whole session journal")
+    on_disk = sorted({int(m[1]) for p in (session.folder / "codes").glob("gen*_*.npz")
+                      if (m := _CODES.match(p.name))})
+    journaled = set(session.generations) | {int(r["generation"]) for r in session.records
+                                            if r["kind"] == "checkpoint"}
+    extra = [g for g in on_disk if g not in journaled]
+    # the last asked generation may have codes and no block yet (the session stopped there)
+    if extra and (len(extra) > 1 or extra[0] != (max(journaled) + 1 if journaled else 0)):
+        raise SessionError(f"{session.folder / 'codes'} holds generation(s) {extra[:10]} that the journal "
+                           f"has no block or scores for: the journal is not this folder's whole record "
+                           f"(truncated, or replaced)")
 
 
 class Replayer:

@@ -25,6 +25,7 @@ from server.optimizers.base import from_arrays, to_arrays
 from server.scheduler import BlockProgress, ScheduledBlock, Scheduler
 from xdream import protocol
 from xdream.errors import SessionError
+from server.journal import CHECKPOINT
 from xdream.session_reader import codes_path
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,46 @@ def restore_checkpoint(arrays: dict[str, np.ndarray], threads, scheduler: Schedu
         t.best_score = float(meta["best_scores"][i])
     scheduler.load_state_dict(meta["scheduler"])
     return int(meta["generation"]) + 1
+
+
+def resume_point(records: list[dict], arrays: dict[str, np.ndarray] | None, folder: Path,
+                 threads, scheduler: Scheduler) -> int:
+    """The generation a resume starts at, with the checkpoint (if any) loaded into `threads`
+    and `scheduler`.  The journal is the truth: its `checkpoint` records say which generation
+    was checkpointed last (N), and the file must be that checkpoint, or N+1's (the server
+    died between writing the file and its record).  A missing, unreadable or older file is
+    refused, naming it: starting over would re-run finished generations and overwrite their
+    codes and journal records."""
+    path = Path(folder) / CHECKPOINT
+    marks = [r for r in records if r["kind"] == "checkpoint"]
+    last = int(marks[-1]["generation"]) if marks else None
+    scored = sorted({int(r["generation"]) for r in records if r["kind"] == "scores"})
+    if arrays is None:
+        if last is not None:
+            raise SessionError(f"{path} is missing, but the journal says generation {last} was checkpointed "
+                               f"(record seq {marks[-1]['seq']}): resuming without it would run generations "
+                               f"0..{last} again over their codes and records. Put the file back (a backup), "
+                               f"or start a new session")
+        start = 0
+    else:
+        try:
+            start = restore_checkpoint(arrays, threads, scheduler)
+        except SessionError as exc:
+            raise SessionError(f"{path}: {exc}") from None
+        except (KeyError, ValueError, TypeError, IndexError) as exc:
+            raise SessionError(f"{path} is not a checkpoint of this session's threads ({type(exc).__name__}: "
+                               f"{str(exc)[:200]})") from None
+        expected = (0,) if last is None else (last + 1, last + 2)
+        if start not in expected:
+            said = "no generation" if last is None else f"generation {last}"
+            raise SessionError(f"{path} is the checkpoint of generation {start - 1}, but the journal says "
+                               f"{said} was checkpointed last: the file is not the one this session wrote "
+                               f"last (restored from an older copy?); not resuming over finished generations")
+    finished = [g for g in scored if g > start]
+    if finished:
+        raise SessionError(f"the journal holds scores of generation {finished[0]}, after generation {start} "
+                           f"where {path.name} resumes: resuming would overwrite finished generations")
+    return start
 
 
 def last_endpoint(records: list[dict]) -> str | None:

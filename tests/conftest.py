@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import zmq
 
 from xdream import config as config_mod
 
@@ -35,6 +36,19 @@ def small_config(tmp_path: Path, **session) -> config_mod.Config:
     cfg.network.heartbeat_s = 0.2
     cfg.network.peer_timeout_s = 5.0
     return cfg.validate()
+
+
+@pytest.fixture
+def zmq_ctx():
+    """A zmq context that is destroyed with linger 0 whatever the test did: a context left
+    to the garbage collector, with a socket still holding unsent messages, blocks forever
+    in `term()` inside a later, unrelated test."""
+    ctx = zmq.Context()
+    ctx.linger = 0
+    try:
+        yield ctx
+    finally:
+        ctx.destroy(linger=0)
 
 
 @pytest.fixture(scope="session")

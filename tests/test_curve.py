@@ -66,7 +66,7 @@ def test_keys_makes_a_server_pair_allowed_publics_and_client_bundles(tmp_path):
 
 
 @pytest.mark.timeout(600)
-def test_with_curve_only_allowed_keys_connect_and_a_session_runs(tmp_path):
+def test_with_curve_only_allowed_keys_connect_and_a_session_runs(tmp_path, zmq_ctx):
     keys = tmp_path / "keys"
     made = curve.make_keys(keys, ["presenter", "recorder"])
     stranger = curve.make_keys(tmp_path / "other", ["stranger"])["stranger"]   # a pair the server never saw
@@ -83,15 +83,11 @@ def test_with_curve_only_allowed_keys_connect_and_a_session_runs(tmp_path):
     procs = [server]
     try:
         endpoint = next(line[len(LISTENING):].strip() for line in server.stdout if line.startswith(LISTENING))
-        ctx = zmq.Context()
-        try:
-            for keyring in (None, curve.client_keys(stranger, server_public)):
-                conn = PeerConnection(endpoint, "recorder", "intruder", channels=2, context=ctx, curve=keyring)
-                with pytest.raises(SessionError, match="no welcome"):
-                    conn.wait_welcome(3.0)
-                conn.close()
-        finally:
-            ctx.destroy(linger=0)
+        for keyring in (None, curve.client_keys(stranger, server_public)):
+            conn = PeerConnection(endpoint, "recorder", "intruder", channels=2, context=zmq_ctx, curve=keyring)
+            with pytest.raises(SessionError, match="no welcome"):
+                conn.wait_welcome(3.0)
+            conn.close()
         recorder = subprocess.Popen([*CLI, "record", "--server", endpoint, "--simulate", str(cfg_file),
                                      *peer_flags("recorder")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     text=True)

@@ -53,8 +53,8 @@ def _server_frames():
 
 
 @pytest.mark.parametrize("role, channels", [("presenter", 0), ("recorder", 2)])
-def test_a_peer_never_crashes_on_what_a_hostile_server_sends_and_keeps_its_connection_logic(role, channels):
-    ctx = zmq.Context()
+def test_a_peer_never_crashes_on_what_a_hostile_server_sends_and_keeps_its_connection_logic(role, channels, zmq_ctx):
+    ctx = zmq_ctx
     router = ctx.socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)
     router.bind("tcp://127.0.0.1:0")
@@ -93,4 +93,3 @@ def test_a_peer_never_crashes_on_what_a_hostile_server_sends_and_keeps_its_conne
                 hello = msg
     assert hello is not None and hello.body.role == role
     conn.close()
-    ctx.destroy(linger=0)

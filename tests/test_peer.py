@@ -10,12 +10,11 @@ from xdream.peer import PeerConnection
 from xdream.protocol import MsgType
 
 
-def router():
-    ctx = zmq.Context()
+def router(ctx):
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.bind("tcp://127.0.0.1:0")
-    return ctx, sock, sock.getsockopt_string(zmq.LAST_ENDPOINT)
+    return sock, sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
 
 def recv(sock, timeout_s=5.0):
@@ -35,9 +34,9 @@ def pump(conn, seconds):
         conn.poll(0.02)
 
 
-def test_heartbeats_reconnect_and_unacked_reports_are_resent():
-    ctx, sock, ep = router()
-    conn = PeerConnection(ep, "presenter", "pres", context=ctx)
+def test_heartbeats_reconnect_and_unacked_reports_are_resent(zmq_ctx):
+    sock, ep = router(zmq_ctx)
+    conn = PeerConnection(ep, "presenter", "pres", context=zmq_ctx)
     ident, hello = recv(sock)
     assert hello.type == MsgType.HELLO and hello.body.name == "pres"
     welcome(sock, ident)
@@ -71,4 +70,3 @@ def test_heartbeats_reconnect_and_unacked_reports_are_resent():
                 resent = msg
     assert resent is not None and resent.seq == lost and resent.body.pid == "p1"
     conn.close()
-    ctx.destroy(linger=0)

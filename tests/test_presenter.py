@@ -30,6 +30,7 @@ def asymmetric_image(h=40, w=60, seed=0):
 class FakeServer:
     def __init__(self):
         self.ctx = zmq.Context()
+        self.ctx.linger = 0   # every socket: a failed test's context never blocks in term()
         self.router = self.ctx.socket(zmq.ROUTER)
         self.router.bind("tcp://127.0.0.1:0")
         self.tap = self.ctx.socket(zmq.PULL)

@@ -133,10 +133,10 @@ class FailingRig:
         self.closed.set()
 
 
-def test_a_rig_that_fails_mid_session_says_bye_and_closes(caplog):
+def test_a_rig_that_fails_mid_session_says_bye_and_closes(caplog, zmq_ctx):
     """A real ROUTER stands in for the server: the thread's peer says hello, is
     welcomed, then leaves with a BYE when its rig fails; the rig is closed."""
-    ctx = zmq.Context()
+    ctx = zmq_ctx
     server = ctx.socket(zmq.ROUTER)
     server.setsockopt(zmq.LINGER, 0)
     server.bind("tcp://127.0.0.1:0")
@@ -162,7 +162,6 @@ def test_a_rig_that_fails_mid_session_says_bye_and_closes(caplog):
     finally:
         recorder.stop()
         server.close()
-        ctx.term()
 
 
 # --- a lab's rig on the server PC: `xdream serve CONFIG --rig openephys --rig-option ...` -------

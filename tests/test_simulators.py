@@ -69,8 +69,8 @@ def _screen(ctx, endpoint):
     return push
 
 
-def test_rig_turns_screen_frames_into_codes_and_spikes(sim_cfg):
-    ctx = zmq.Context()
+def test_rig_turns_screen_frames_into_codes_and_spikes(sim_cfg, zmq_ctx):
+    ctx = zmq_ctx
     rig = SimulatedRig(sim_cfg, context=ctx)
     push = _screen(ctx, rig.endpoint)
     period = 1 / 60
@@ -97,7 +97,6 @@ def test_rig_turns_screen_frames_into_codes_and_spikes(sim_cfg):
     assert watermarks == sorted(watermarks)
     push.close()
     rig.close()
-    ctx.term()
 
 
 def test_rig_sees_only_its_receptive_field(sim_cfg):

@@ -79,6 +79,7 @@ class ScriptedServer:
         self.ack_delay_s, self.end_when_done, self.requeue = ack_delay_s, end_when_done, requeue
         self.disconnect_after, self.outage_s = disconnect_after, outage_s
         self.ctx = zmq.Context()
+        self.ctx.linger = 0   # every socket: a failed test's context never blocks in term()
         self.router = self._bind("tcp://127.0.0.1:0")
         self.endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.incarnation = 0              # bumped by a restart on the same endpoint

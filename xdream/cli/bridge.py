@@ -27,6 +27,9 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from recording_adapters.file_handshake_bridge import FileHandshakeBridge
+    from xdream.endpoints import check_connect
+
+    check_connect(args.server)
 
     bridge = FileHandshakeBridge(args.server, args.dir, args.channels, name=args.name,
                                image_format=args.image_format, answer_timeout_s=args.answer_timeout,

@@ -34,10 +34,13 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from stimulus_client import config as presenter_config
     from stimulus_client import runner
+    from xdream.endpoints import check_connect
 
     cfg = presenter_config.apply_overrides(
         presenter_config.load(args.config), server=args.server, window_size=args.window_size,
         frame_rate=args.frame_rate, fullscreen=args.fullscreen, name=args.name, log_dir=args.log_dir)
+    if cfg.connection.server:   # (none: the runner says so)
+        check_connect(cfg.connection.server, "--server" if args.server else "connection.server")
     result = runner.run(cfg, headless=args.headless, screen_tap=args.screen_tap, curve=peer_keys(args))
     log.info("presented %d images, %d aborted (%s)", result.shown, result.aborted, result.reason)
     if result.reason.startswith("interrupted"):

@@ -43,14 +43,21 @@ def add_parser(sub) -> None:
     r.add_argument("--photodiode-miss", choices=["missing", "code"], default="missing",
                    help="no crossing within the lag: report the presentation missing (default) or keep the "
                         "code's time as its onset")
+    r.add_argument("--welcome-timeout", type=float, default=60.0, metavar="S",
+                   help="give up when the server has not welcomed this recorder within S seconds (default 60)")
     r.set_defaults(func=run)
 
 
 def run(args) -> int:
     from recording_adapters.recorder import Recorder
     from recording_adapters.sources import build_source, parse_options
+    from xdream.endpoints import check_connect
+    from xdream.errors import ConfigError
     from xdream.peer import PeerConnection
 
+    check_connect(args.server)   # one clear line for a bad endpoint, before any rig is touched
+    if not args.welcome_timeout > 0:
+        raise ConfigError(f"--welcome-timeout {args.welcome_timeout}: must be > 0 seconds")
     options = parse_options(args.rig_option)
     if not args.simulate and not args.replay:
         if not args.rig:
@@ -58,8 +65,10 @@ def run(args) -> int:
                   file=sys.stderr)
             return 2
         source = build_source(args.rig, options)
-        conn = PeerConnection(args.server, "recorder", args.name, channels=source.channels, curve=peer_keys(args))
-        log.info("reported counts for %d presentations", Recorder(conn, source, counter_options(args)).run())
+        conn = PeerConnection(args.server, "recorder", args.name, channels=source.channels,
+                              curve=peer_keys(args))
+        reported = Recorder(conn, source, counter_options(args)).run(args.welcome_timeout)
+        log.info("reported counts for %d presentations", reported)
         return 0
     neuron: ReplayRig | SimulatedRig
     if args.replay:  # the neuron is a recorded session's journal (xdream replay --realtime)
@@ -79,7 +88,8 @@ def run(args) -> int:
         print(f"{SCREEN_TAP}{simulated.endpoint}", flush=True)  # only once the adapter is built
         conn = PeerConnection(args.server, "recorder", args.name, channels=simulated.channels,
                               curve=peer_keys(args))
-        log.info("reported counts for %d presentations", Recorder(conn, simulated, counter_options(args)).run())
+        reported = Recorder(conn, simulated, counter_options(args)).run(args.welcome_timeout)
+        log.info("reported counts for %d presentations", reported)
     finally:
         simulated.close()
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from xdream import config as config_mod
@@ -47,7 +48,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     import asyncio
 
-    from server.app import EvolutionServer
+    from server.app import EvolutionServer, SessionStopped
     from server.generators.fast import tune_cpu_allocator
 
     tune_cpu_allocator()  # before any thread allocates: keeps large activations' pages between generations
@@ -78,14 +79,16 @@ def run(args) -> int:
         server_options = {}
     recorder = _in_server_recorder(args, cfg)   # first: a wrong rig option leaves no session folder behind
     try:
+        # builds and checks everything (threads, references, the bind endpoint; for a resume the
+        # folder's lock and checkpoint); the folder itself is made by run(), once bound
         server = EvolutionServer(cfg, folder, insecure=args.insecure, **server_options)
     except BaseException:
         if recorder is not None:
             recorder.stop()
         raise
-    print(f"{SESSION_FOLDER}{folder}", flush=True)
 
     def on_endpoint(endpoint: str) -> None:
+        print(f"{SESSION_FOLDER}{folder}", flush=True)
         print(f"{LISTENING}{endpoint}", flush=True)
         if recorder is not None and server.curve_auth is not None and server.curve_keys is not None:
             # the in-process recorder gets a key pair of its own, admitted for this run only
@@ -101,6 +104,9 @@ def run(args) -> int:
 
     try:
         summary = asyncio.run(server.run(on_endpoint=on_endpoint, on_generation=on_generation))
+    except SessionStopped as exc:   # SIGTERM / SIGINT: closed like an error, journaled, peers told
+        print(f"xdream serve: {exc} (session folder {folder})", file=sys.stderr, flush=True)
+        return exc.exit_status
     finally:
         if recorder is not None:
             recorder.stop()
