@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
+from collections import deque
 
 import numpy as np
 import zmq
@@ -34,6 +36,7 @@ from xdream.protocol import MsgType
 log = logging.getLogger(__name__)
 
 BIN_S = 0.1           # baseline spikes are drawn per bin of rig time
+WORK_PER_POLL_S = 0.2  # a poll's budget of network passes (a few onsets on a CPU)
 
 
 class SimulatedRig:
@@ -51,39 +54,43 @@ class SimulatedRig:
         self._clock = RigClock()
         self._baseline_bins = 0     # bins [0, n) of baseline spikes already drawn
         self._watermark = 0.0
+        self._pending: deque = deque()   # frames received, not yet worked through
         self.seen: list[tuple[int, np.ndarray]] = []  # (code, RF view) kept for tests, if enabled
         self.keep_views = False
 
     def poll(self, timeout_s: float) -> RigEvents:
-        frames = []
-        if self.socket.poll(int(timeout_s * 1000)):
-            while self.socket.poll(0):
-                try:
-                    frames.append(protocol.decode(self.socket.recv_multipart(copy=False)))
-                except ProtocolError as exc:
-                    log.error("dropped a malformed screen frame: %s", exc)
+        if not self._pending:
+            self.socket.poll(int(timeout_s * 1000))
+        while self.socket.poll(0):
+            try:
+                self._pending.append(protocol.decode(self.socket.recv_multipart(copy=False)))
+            except ProtocolError as exc:
+                log.error("dropped a malformed screen frame: %s", exc)
         events = RigEvents()
         # in arrival order: an idle frame moves the clock on for the onsets after it, so how many
-        # frames one poll happened to collect must not change any onset's time
-        onsets: list = []
-        for m in frames:
+        # frames one poll happened to collect must not change any onset's time.  At most
+        # WORK_PER_POLL_S of network passes per poll: the caller's peer keeps its heartbeats
+        # going while a block's onsets are worked through (the rest waits for the next poll)
+        started = time.monotonic()
+        while self._pending and time.monotonic() - started < WORK_PER_POLL_S:
+            m = self._pending.popleft()
             if m.type != MsgType.SCREEN_FRAME:
                 continue
             if m.body.code != 0:
-                onsets.append(m)
+                self._fire([m], events)
                 continue
-            if onsets:
-                self._fire(onsets, events)
-                onsets = []
             t = self._clock.time_of(m.body)   # screen idle: the clock runs on
             self._watermark = max(self._watermark, t + IDLE_GAP_S)
             self._clock.last_t = self._watermark
-        if onsets:
-            self._fire(onsets, events)
         self._draw_baseline(self._watermark, events)
         # counts are final only where baseline spikes have been drawn too
         events.watermark = min(self._watermark, self._baseline_bins * BIN_S)
         return events
+
+    @property
+    def backlog(self) -> int:
+        """Screen frames received and not yet worked through."""
+        return len(self._pending)
 
     def _fire(self, onsets, events: RigEvents) -> None:
         views = np.stack([self._receptive_field(m.images()[0]) for m in onsets])

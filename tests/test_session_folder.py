@@ -7,6 +7,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -287,6 +288,88 @@ def test_a_full_disk_stops_the_session_cleanly_and_resume_goes_on(tmp_path):
     records = read_records(folder)
     sent = [p["pid"] for r in records if r["kind"] == "block" for p in r["presentations"]]
     assert len(sent) == len(set(sent)) == 2 * 8
+    for kind in ("shown", "counts"):
+        got = Counter(r["pid"] for r in records if r["kind"] == kind)
+        assert set(got) == set(sent) and set(got.values()) == {1}, kind
+    assert not [r for r in records if r["kind"] in ("missing", "orphan_shown", "orphan_counts")]
+    assert records[-1]["kind"] == "session_end" and records[-1]["reason"] == "finished"
+
+
+def _mount_tmpfs(where: Path, size: str) -> bool:
+    where.mkdir()
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                          capture_output=True).returncode == 0
+
+
+def test_a_real_full_disk_stops_the_session_cleanly_and_resume_goes_on_once_space_is_back(tmp_path):
+    """The same as above on a real filesystem that fills: a small tmpfs holds the session
+    folder, a filler file takes its last byte once the first block is out, so whatever the
+    server writes next (journal, codes, checkpoint, summary, images) fails with ENOSPC.
+    The server stops with one clear line and no traceback; nothing acknowledged is lost;
+    the filler removed, `serve --resume` runs the session to its end with every report once.
+    Needs a tmpfs mount (root or CAP_SYS_ADMIN); the injected-ENOSPC test above runs anywhere."""
+    from collections import Counter
+
+    from server.journal import read_journal, read_records
+    from tests.test_fault import _line, _start
+    from xdream.stdout_lines import LISTENING, SCREEN_TAP, SESSION_FOLDER
+
+    disk = tmp_path / "disk"
+    if not _mount_tmpfs(disk, "16m"):
+        pytest.skip("cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN)")
+    cfg = fourier_config(tmp_path, generations=3)
+    cfg.simulator.rf_size_px = 64
+    cfg.simulator.baseline_hz = 0.0
+    path = tmp_path / "c.json"
+    config_mod.save_json(cfg, path)
+    out = tmp_path / "run"
+    out.mkdir()
+    procs = []
+    try:
+        server = _start(CLI + ["-v", "serve", str(path), "--out", str(disk / "sessions")], out / "server0.log")
+        procs.append(server)
+        folder = Path(_line(server, SESSION_FOLDER, out / "server0.log"))
+        endpoint = _line(server, LISTENING, out / "server0.log")
+        recorder = _start(CLI + ["-v", "record", "--server", endpoint, "--simulate", str(path)], out / "rec.log")
+        procs.append(recorder)
+        tap = _line(recorder, SCREEN_TAP, out / "rec.log")
+        presenter = _start(CLI + ["-v", "present", "--server", endpoint, "--screen-tap", tap, "--headless",
+                                  "--window-size", "128", "128", "--log-dir", str(out)], out / "pres.log")
+        procs.append(presenter)
+        deadline = time.monotonic() + 120
+        while '"kind": "block"' not in (folder / "journal.jsonl").read_text():
+            assert time.monotonic() < deadline and server.poll() is None, (out / "server0.log").read_text()[-3000:]
+            time.sleep(0.05)
+        with open(disk / "filler", "wb") as f:    # the disk is full from here on
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+        server.stdout.read()
+        assert server.wait(timeout=300) == 2, (out / "server0.log").read_text()[-3000:]
+        log0 = (out / "server0.log").read_text()
+        assert "No space left on device" in log0 and f"xdream serve --resume {folder}" in log0
+        assert "Traceback" not in log0
+        assert not [r for r in read_journal(folder).records if r["kind"] == "session_end"]
+        (disk / "filler").unlink()                 # space is back
+        resumed = _start(CLI + ["-v", "serve", "--resume", str(folder)], out / "server1.log")
+        procs.append(resumed)
+        assert _line(resumed, LISTENING, out / "server1.log") == endpoint
+        resumed.stdout.read()
+        assert resumed.wait(timeout=300) == 0, (out / "server1.log").read_text()[-3000:]
+        for peer, name in ((recorder, "rec"), (presenter, "pres")):
+            assert peer.wait(timeout=60) == 0, (out / f"{name}.log").read_text()[-3000:]
+        records = read_records(folder)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+    sent = [p["pid"] for r in records if r["kind"] == "block" for p in r["presentations"]]
+    assert len(sent) == len(set(sent)) == 3 * 8
     for kind in ("shown", "counts"):
         got = Counter(r["pid"] for r in records if r["kind"] == kind)
         assert set(got) == set(sent) and set(got.values()) == {1}, kind

@@ -1,5 +1,7 @@
 """The simulated rig in-process: screen frames in, event codes and spikes out."""
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -114,3 +116,48 @@ def test_rig_time_never_goes_back():
     t2 = clock.time_of(protocol.ScreenFrame(1, 5, 0.01, 0.0, 0, 0))   # a restarted presenter
     t3 = clock.time_of(protocol.ScreenFrame(1, 6, 0.01, 0.0, 0, 0))
     assert t1 == pytest.approx(1.0) and t2 >= t1 and t3 == pytest.approx(t2 + 0.01)
+
+
+def _rig_output(sim_cfg, ctx, frames, per_poll):
+    """All codes and spikes the rig makes from `frames`, sent `per_poll` at a time (a rig
+    busy with its network collects several frames in one poll; an idle one, one)."""
+    rig = SimulatedRig(sim_cfg, context=ctx)
+    push = _screen(ctx, rig.endpoint)
+    codes, spikes = [], []
+    try:
+        for start in range(0, len(frames), per_poll):
+            for frame in frames[start:start + per_poll]:
+                push.send_multipart(frame)
+            time.sleep(0.2)             # all of this step's frames queued: one poll takes them all
+            polls = [rig.poll(5.0)]
+            while rig.backlog:          # a poll works through a bounded share of what it took
+                polls.append(rig.poll(0.0))
+            for events in polls:
+                codes += events.codes
+                spikes += zip(events.spike_times.round(9).tolist(), events.spike_channels.tolist())
+    finally:
+        push.close()
+        rig.close()
+    return codes, sorted(spikes)
+
+
+def test_the_rig_answers_the_same_however_many_frames_one_poll_collects(sim_cfg, zmq_ctx):
+    """Issue 12, defect 12: the end of one block (an idle frame) and the next block's onsets
+    collected by one poll gave those onsets other rig times (other baseline spikes) than
+    when polled one by one, so a seeded session differed from run to run under load."""
+    period = 1 / 60
+    rng = np.random.default_rng(5)
+    frames, index = [], 1
+    for block in range(2):
+        for code in (1, 2, 3):
+            image = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+            body = protocol.ScreenFrame(code + 10 * block, index, period, 0.0, 64, 64)
+            frames.append(protocol.encode(MsgType.SCREEN_FRAME, body, images=[image]))
+            index += 12
+        # the block is over: the screen goes gray (the presenter's tap sends code 0)
+        frames.append(protocol.encode(MsgType.SCREEN_FRAME, protocol.ScreenFrame(0, index, period, 0.0, 0, 0)))
+    one_by_one = _rig_output(sim_cfg, zmq_ctx, frames, 1)
+    all_at_once = _rig_output(sim_cfg, zmq_ctx, frames, len(frames))
+    assert [c for _, c in one_by_one[0]] == [1, 2, 3, 11, 12, 13]
+    assert all_at_once[0] == one_by_one[0]      # the same onset times
+    assert all_at_once[1] == one_by_one[1]      # and the same spikes
