@@ -8,7 +8,6 @@ generation).  Torch work runs in a one-thread executor, never on the loop.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import signal
 import time
@@ -98,7 +97,9 @@ class EvolutionServer:
         self._sent_before: dict[int, set[str]] = {}     # block id -> pids, sent before a restart
         self.peers: dict[bytes, Peer] = {}
         self.progress: BlockProgress | None = None
-        self.past_blocks: dict[int, BlockProgress] = {}
+        # a closed block keeps only its pids (a late report needs no more): its images and reports
+        # stay out of memory for the rest of the session (docs/benchmarks.md, Soak)
+        self._closed: dict[int, frozenset[str]] = {}
         self.endpoint = ""
         self._stop_signal: str | None = None   # SIGTERM/SIGINT asked the session to stop
         self._changed = asyncio.Event()   # set whenever a report, count or peer arrives
@@ -380,8 +381,7 @@ class EvolutionServer:
             except TimeoutError:
                 pass
         self._aborted.clear()
-        _drop_pixels(progress)   # kept for late reports, which need ids, not images (soak: flat memory)
-        self.past_blocks[block.block_id] = progress
+        self._closed[block.block_id] = frozenset(progress.by_pid)
         self.progress = None
         return progress
 
@@ -642,24 +642,23 @@ class EvolutionServer:
     async def _record(self, peer: Peer, msg: protocol.Message, kind: str, record) -> None:
         """Journal first, then acknowledge: an acked report is always on disk."""
         body = msg.body
-        progress = self.progress if self.progress and self.progress.block.block_id == body.block_id \
-            else self.past_blocks.get(body.block_id)
-        sent = progress.by_pid if progress is not None else self._sent_before.get(body.block_id, ())
-        if progress is not self.progress and body.pid not in sent:   # the block in flight checks its own
+        in_flight = self.progress is not None and self.progress.block.block_id == body.block_id
+        progress = self.progress if in_flight else None
+        closed = self._closed.get(body.block_id)
+        sent = closed if closed is not None else self._sent_before.get(body.block_id, ())
+        if not in_flight and body.pid not in sent:   # the block in flight checks its own
             # a block (or a presentation of one) this session never sent: nothing to keep
             raise ProtocolError(f"{kind} for presentation {body.pid[:100]!r} of block {body.block_id}, "
                                 f"which this session never sent")
-        if (kind, body.pid) in self._journaled and (progress is None or progress is not self.progress):
+        if (kind, body.pid) in self._journaled and not in_flight:
             # on the journal already: its ACK was lost (the server restarted); not counted twice
             log.info("%s for %s is on the journal already: acknowledged again", kind, body.pid)
         elif progress is None:
-            # a block this session sent before a restart, and closed since
+            # late: the block was closed without it (by this server, or before a restart); keep it
+            # on the journal all the same
             self.journal.write(f"late_{kind}", peer=peer.name, **asdict(body))
-            log.warning("late %s for %s (block %d closed before a restart)", kind, body.pid, body.block_id)
-        elif progress is not self.progress:
-            # late: the block was closed without it; keep it on the journal all the same
-            self.journal.write(f"late_{kind}", peer=peer.name, **asdict(body))
-            log.warning("late %s for %s (block %d already closed)", kind, body.pid, body.block_id)
+            log.warning("late %s for %s (block %d %s)", kind, body.pid, body.block_id,
+                        "already closed" if closed is not None else "closed before a restart")
         elif record(progress):
             self.journal.write(kind, peer=peer.name, **asdict(body))
             self._journaled.add((kind, body.pid))
@@ -696,18 +695,6 @@ class EvolutionServer:
                 self.journal.write("missing", block_id=progress.block.block_id, pids=missing,
                                    why=f"{peer.role} {peer.name} lost")
         self._changed.set()
-
-
-_BLANK = np.zeros((1, 1, 3), np.uint8)
-
-
-def _drop_pixels(progress: BlockProgress) -> None:
-    """A closed block's images: a zero-stride view of one black pixel, same shape, no memory.
-    Without this every block of the session stays in memory (docs/benchmarks.md, Soak)."""
-    light = {pid: dataclasses.replace(p, image=np.broadcast_to(_BLANK, p.image.shape))
-             for pid, p in progress.by_pid.items()}
-    progress.by_pid.update(light)
-    progress.block.presentations[:] = [light[p.pid] for p in progress.block.presentations]
 
 
 _SENDER_ROLE = {MsgType.SHOWN: "presenter", MsgType.COUNTS: "recorder"}
