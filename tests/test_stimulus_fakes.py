@@ -263,7 +263,7 @@ def recording_window(cfg, pace_s=0.0):
 
 def presenter(cfg, display, server: ScriptedServer, log_dir, **kwargs) -> Presenter:
     conn = PeerConnection(server.endpoint, "presenter", cfg.connection.name)
-    eye = kwargs.pop("eye", None) or make_eye(cfg.eye, tuple(cfg.fixation_point.position_deg))
+    eye = kwargs.pop("eye", None) or make_eye(cfg, display)
     return Presenter(conn, display, cfg, eye=eye, session_log=SessionLog(log_dir, cfg.connection.name), **kwargs)
 
 
