@@ -14,6 +14,7 @@ simulated rig's 'eye').
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -125,12 +126,15 @@ class PsychoPyDisplay(_Display):
                                             verbose=False, autoLog=False)
             self.monitor.setSizePix(list(m.resolution))
         bg = [layout.background] * 3
+        before = _pyglet_windows()
         try:
             self.win = visual.Window(size=list(m.resolution), fullscr=m.fullscreen, screen=m.screen,
                                      monitor=self.monitor, units="deg", color=bg, colorSpace="rgb255",
                                      allowGUI=not m.fullscreen, winType="pyglet", waitBlanking=True,
                                      checkTiming=False, autoLog=False)
         except OSError as exc:
+            for half_made in _pyglet_windows() - before:  # left open, it kills the process at exit
+                half_made.close()
             if m.calibration and "gamma" in str(exc).lower():
                 raise ConfigError(f"the gamma of the saved monitor {m.calibration!r} could not be set on this "
                                   f"display's hardware lookup table ({exc}); calibrate on a display whose "
@@ -220,6 +224,12 @@ class PsychoPyDisplay(_Display):
 
     def close(self) -> None:
         self.win.close()
+
+
+def _pyglet_windows() -> set:
+    """The pyglet windows open in this process (pyglet as PsychoPy's window backend loaded it)."""
+    app = sys.modules.get("pyglet.app")
+    return set(getattr(app, "windows", ()))
 
 
 def open_display(cfg: PresenterConfig, headless: bool) -> _Display:

@@ -12,14 +12,14 @@ returns its newest sample, converted to degrees of visual angle (x right,
 y up, 0 at the screen's centre); `None` means no valid sample (a blink, a lost
 pupil) and counts as outside the fixation window.  To plug in another tracker
 (an analog eye signal, ...), subclass EyeSource, implement `gaze` (and
-`calibrate`, `close`) and add it to `make_eye`.
+`calibrate`, `close`) and add it to eye_sources.make_eye.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from stimulus_client.config import EyeConfig, PresenterConfig
+from stimulus_client.config import EyeConfig
 
 AWAY_DEG = (30.0, 0.0)  # where the simulated eye looks during a break: well outside any window
 
@@ -95,15 +95,6 @@ class SimulatedEye(EyeSource):
         if t < self._away_until - 1e-9:
             return AWAY_DEG
         return self.target
-
-
-def make_eye(cfg: PresenterConfig, display=None) -> EyeSource:
-    """The configured eye source; `display` is the presenter's open display (iohub needs its window)."""
-    fixation_deg = (cfg.fixation_point.position_deg[0], cfg.fixation_point.position_deg[1])
-    if cfg.eye.source == "iohub":
-        from stimulus_client.iohub_eye import open_iohub_eye  # psychopy only where a tracker is used
-        return open_iohub_eye(cfg, display)
-    return make_scripted_eye(cfg.eye, fixation_deg)
 
 
 def make_scripted_eye(cfg: EyeConfig, fixation_deg: tuple[float, float]) -> EyeSource:

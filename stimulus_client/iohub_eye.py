@@ -46,14 +46,13 @@ is minimised meanwhile on Windows (psychopy.hardware.eyetracker.EyetrackerCalibr
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import tempfile
 import typing
 from collections.abc import Callable
 from pathlib import Path
-
-import yaml
 
 from stimulus_client.config import CalibrationConfig, PresenterConfig
 from stimulus_client.eye import EyeSource
@@ -274,8 +273,8 @@ def open_iohub_eye(cfg: PresenterConfig, display) -> IoHubEye:
     # launchHubServer reads the Display's settings only from a config file's monitor_devices
     # (a Display keyword is added as a second, ignored Display): written to a file it reads once
     with tempfile.TemporaryDirectory(prefix="xdream-iohub-") as tmp:
-        path = Path(tmp) / "iohub_config.yaml"
-        path.write_text(yaml.safe_dump({"monitor_devices": [{"Display": kwargs.pop("Display")}]}), encoding="utf-8")
+        path = Path(tmp) / "iohub_config.yaml"   # JSON is YAML: ioHub's yload reads it
+        path.write_text(json.dumps({"monitor_devices": [{"Display": kwargs.pop("Display")}]}), encoding="utf-8")
         try:
             io = launchHubServer(iohub_config_name=str(path), **kwargs)
         except Exception as exc:

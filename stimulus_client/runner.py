@@ -13,7 +13,7 @@ import zmq
 from stimulus_client.config import PresenterConfig, to_dict
 from xdream.peer import PeerConnection
 from stimulus_client.display import open_display
-from stimulus_client.eye import make_eye
+from stimulus_client.eye_sources import make_eye
 from stimulus_client.markers import make_markers
 from stimulus_client.monitor_center import apply_saved
 from stimulus_client.presenter import Presenter, Result, ScreenTap

@@ -83,7 +83,7 @@ def test_mousegaze_gaze_is_the_pointer_in_degrees_of_the_presenter_window(displa
             x.move(round(left + col), round(row + top))
             want = ((round(left + col) - left - RES_W / 2) / px(1), (RES_H / 2 - (round(row + top) - top)) / px(1))
 
-            def arrived():
+            def arrived(want=want):
                 g = eye.gaze(0.0)
                 return g is not None and math.hypot(g[0] - want[0], g[1] - want[1]) < 1.0 / px(1)
             wait_for(arrived, 10, f"gaze at {want}")

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from stimulus_client import config as pconfig
-from stimulus_client.eye import AWAY_DEG, NoEye, SimulatedEye, make_eye
+from stimulus_client.eye import AWAY_DEG, NoEye, SimulatedEye
+from stimulus_client.eye_sources import make_eye
 from stimulus_client.geometry import Layout, deg2pix
 from stimulus_client.markers import ParallelMarkers, SerialMarkers, strobe_bytes
 from tests.test_stimulus_fakes import REPO, FakeParallelPort, FakeSerialPort, config

@@ -21,7 +21,7 @@ import zmq
 from stimulus_client import config as pconfig
 from xdream.peer import PeerConnection
 from stimulus_client.display import HeadlessDisplay
-from stimulus_client.eye import make_eye
+from stimulus_client.eye_sources import make_eye
 from stimulus_client.presenter import Presenter
 from stimulus_client.session_log import SessionLog
 from xdream import protocol
