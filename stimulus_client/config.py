@@ -35,12 +35,17 @@ Corner = Literal["top-left", "top-right", "bottom-left", "bottom-right"]
 MarkerKind = Literal["none", "parallel", "serial", "lsl"]
 SerialStrobe = Literal["byte", "u16le", "u16be", "ascii"]
 LslFormat = Literal["int32", "string"]
-EyeSource = Literal["none", "simulated"]
+EyeSource = Literal["none", "simulated", "iohub"]
+EyeTracker = Literal["mouse", "eyelink", "tobii", "gazepoint"]
+KeyBackend = Literal["auto", "ptb", "iohub", "event"]
+CalibrationPoints = Literal["THREE_POINTS", "FIVE_POINTS", "NINE_POINTS", "THIRTEEN_POINTS"]
 CORNERS = typing.get_args(Corner)
 MARKER_KINDS = typing.get_args(MarkerKind)
 SERIAL_STROBES = typing.get_args(SerialStrobe)
 LSL_FORMATS = typing.get_args(LslFormat)
 EYE_SOURCES = typing.get_args(EyeSource)
+EYE_TRACKERS = typing.get_args(EyeTracker)
+KEY_BACKENDS = typing.get_args(KeyBackend)
 
 Positive = Annotated[float, Meta(gt=0)]
 NonNegative = Annotated[float, Meta(ge=0)]
@@ -51,6 +56,9 @@ Pair = Annotated[list[float], Meta(min_length=2, max_length=2)]  # [x, y] in deg
 @dataclass
 class MonitorConfig:
     name: str = "xdream-stimulus"   # a PsychoPy Monitor name (a temporary one: nothing is saved)
+    # the name of a monitor saved in PsychoPy's Monitor Center: its width, distance, size in
+    # pixels and gamma replace width_cm, distance_cm and resolution ("": use the keys below)
+    calibration: str = ""
     distance_cm: Positive = 57.0    # eye to screen
     width_cm: Positive = 40.0       # visible width of the screen
     resolution: Annotated[list[Annotated[int, Meta(ge=1)]], Meta(min_length=2, max_length=2)] = field(
@@ -103,13 +111,32 @@ class BreakConfig:
 
 
 @dataclass
+class CalibrationConfig:
+    """eye.source = iohub: the tracker's setup, as PsychoPy's EyetrackerCalibration takes it."""
+    points: CalibrationPoints = "NINE_POINTS"  # THREE_POINTS | FIVE_POINTS | NINE_POINTS | THIRTEEN_POINTS
+    auto_pace: bool = True          # next target after target_s (false: after the space key)
+    target_s: Positive = 1.5        # how long each target stays
+    delay_s: NonNegative = 1.0      # between targets
+    target_deg: Positive = 1.0      # the target's outer diameter
+
+
+@dataclass
 class EyeConfig:
-    source: EyeSource = "none"      # none (no fixation control) | simulated
+    source: EyeSource = "none"      # none (no fixation control) | simulated | iohub (a real tracker)
     seed: int = 0                   # simulated: seeds the per-trial breaks
     # simulated: chance that a trial has a break, at a uniform time in it
     break_probability: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.0
     breaks: list[BreakConfig] = field(default_factory=list)  # simulated: scripted breaks
     away_ms: NonNegative = 300.0    # simulated: how long the eye stays out after a break
+    # iohub: which tracker PsychoPy's ioHub drives (mouse = ioHub's MouseGaze, for tests and practice)
+    tracker: EyeTracker = "mouse"
+    # iohub: the tracker's ioHub device settings, passed through as they are (model_name,
+    # runtime_settings, calibration, ...; see the tracker's default_eyetracker.yaml in psychopy/iohub)
+    settings: dict[str, typing.Any] = field(default_factory=dict)
+    max_sample_age_ms: Positive = 50.0  # iohub: an older newest sample counts as no sample (outside)
+    calibrate_at_start: bool = False    # iohub: run the tracker's setup before connecting to the server
+    datastore: bool = False         # iohub: ioHub also saves every event to an HDF5 file in log.dir
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)  # iohub: [eye.calibration]
 
 
 @dataclass
@@ -124,6 +151,10 @@ class TrialConfig:
 class KeysConfig:
     pause: Annotated[str, Meta(min_length=1)] = "p"      # toggles pause (gray screen, heartbeats go on)
     quit: Annotated[str, Meta(min_length=1)] = "escape"  # ends cleanly: reports flushed, the server told
+    calibrate: Annotated[str, Meta(min_length=1)] = "c"  # eye.source = iohub: the tracker's calibration
+    # psychopy.hardware.keyboard's backend: auto (PsychoPy's choice: iohub when ioHub runs, else
+    # ptb when psychtoolbox loads, else event) | ptb | iohub | event
+    backend: KeyBackend = "auto"
 
 
 @dataclass
@@ -167,8 +198,11 @@ class PresenterConfig:
             raise ConfigError("markers.kind = 'serial' needs markers.port (e.g. COM3 or /dev/ttyUSB0)")
         if k.kind == "lsl" and not k.stream_name:
             raise ConfigError("markers.kind = 'lsl' needs markers.stream_name")
-        if self.keys.pause == self.keys.quit:
-            raise ConfigError(f"keys.pause and keys.quit must be two different keys, got {self.keys.pause!r} twice")
+        named = {"pause": self.keys.pause, "quit": self.keys.quit, "calibrate": self.keys.calibrate}
+        if len(set(named.values())) < len(named):
+            raise ConfigError(f"keys.pause, keys.quit and keys.calibrate must be three different keys, got {named}")
+        if self.keys.backend == "iohub" and self.eye.source != "iohub":
+            raise ConfigError("keys.backend = 'iohub' needs eye.source = 'iohub' (ioHub runs only for the tracker)")
         return self
 
 

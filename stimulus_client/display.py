@@ -14,6 +14,7 @@ simulated rig's 'eye').
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +23,8 @@ import numpy as np
 
 from stimulus_client.config import PresenterConfig
 from stimulus_client.geometry import Layout
-from stimulus_client.keys import KeySource, NoKeys, PsychoPyKeys
+from stimulus_client.keys import KeyboardKeys, KeySource, NoKeys
+from xdream.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +56,12 @@ class _Display:
         for fn, args in calls:
             fn(*args)
 
-    def keys(self, names: list[str]) -> KeySource:
+    def keys(self, names: list[str], backend: str = "auto") -> KeySource:
         return NoKeys()
+
+    def now(self) -> float:
+        """The presenter's clock (s): the one flip times are stamped with."""
+        return time.perf_counter()
 
     def close(self) -> None:
         raise NotImplementedError
@@ -110,15 +116,30 @@ class PsychoPyDisplay(_Display):
         m = cfg.monitor
         self.layout = layout = Layout(cfg)
         self.frame_period = 1.0 / m.refresh_hz
-        # a temporary Monitor (not saved): the rig's geometry lives in the presenter config
-        self.monitor = monitors.Monitor(m.name, width=m.width_cm, distance=m.distance_cm,
-                                        verbose=False, autoLog=False)
-        self.monitor.setSizePix(list(m.resolution))
+        if m.calibration:
+            # the saved Monitor Center calibration: its gamma goes to the window's lookup table
+            # (its width, distance and size are already in cfg.monitor: monitor_center.apply_saved)
+            self.monitor = monitors.Monitor(m.calibration, verbose=False, autoLog=False)
+        else:
+            # a temporary Monitor (not saved): the rig's geometry lives in the presenter config
+            self.monitor = monitors.Monitor(m.name, width=m.width_cm, distance=m.distance_cm,
+                                            verbose=False, autoLog=False)
+            self.monitor.setSizePix(list(m.resolution))
         bg = [layout.background] * 3
-        self.win = visual.Window(size=list(m.resolution), fullscr=m.fullscreen, screen=m.screen,
-                                 monitor=self.monitor, units="deg", color=bg, colorSpace="rgb255",
-                                 allowGUI=not m.fullscreen, winType="pyglet", waitBlanking=True,
-                                 checkTiming=False, autoLog=False)
+        before = _pyglet_windows()
+        try:
+            self.win = visual.Window(size=list(m.resolution), fullscr=m.fullscreen, screen=m.screen,
+                                     monitor=self.monitor, units="deg", color=bg, colorSpace="rgb255",
+                                     allowGUI=not m.fullscreen, winType="pyglet", waitBlanking=True,
+                                     checkTiming=False, autoLog=False)
+        except OSError as exc:
+            for half_made in _pyglet_windows() - before:  # left open, it kills the process at exit
+                half_made.close()
+            if m.calibration and "gamma" in str(exc).lower():
+                raise ConfigError(f"the gamma of the saved monitor {m.calibration!r} could not be set on this "
+                                  f"display's hardware lookup table ({exc}); calibrate on a display whose "
+                                  f"driver allows it, or name no calibration") from None
+            raise
         self.win.mouseVisible = not m.fullscreen
         # the fixed stimuli are made once; each frame only draws them
         self.fixation = None
@@ -144,8 +165,11 @@ class PsychoPyDisplay(_Display):
     def measure_refresh(self) -> float | None:
         return self.win.getActualFrameRate(nIdentical=10, nMaxFrames=120, nWarmUpFrames=10, threshold=1)
 
-    def keys(self, names: list[str]) -> KeySource:
-        return PsychoPyKeys(names)
+    def keys(self, names: list[str], backend: str = "auto") -> KeySource:
+        return KeyboardKeys(names, backend)
+
+    def now(self) -> float:
+        return self._core.getTime()
 
     def prepare(self, images: list[np.ndarray]) -> list:
         """One ImageStim per image, made before the block starts: nothing is created between flips."""
@@ -200,6 +224,12 @@ class PsychoPyDisplay(_Display):
 
     def close(self) -> None:
         self.win.close()
+
+
+def _pyglet_windows() -> set:
+    """The pyglet windows open in this process (pyglet as PsychoPy's window backend loaded it)."""
+    app = sys.modules.get("pyglet.app")
+    return set(getattr(app, "windows", ()))
 
 
 def open_display(cfg: PresenterConfig, headless: bool) -> _Display:

@@ -3,16 +3,16 @@
     EyeSource        the interface a tracker implements
      +-- NoEye       no fixation control: every trial starts at once, nothing aborts
      +-- SimulatedEye  a scripted eye for tests and dry runs
+     +-- iohub_eye.IoHubEye  a real tracker (EyeLink, Tobii, GazePoint; MouseGaze) through PsychoPy's ioHub
 
 The presenter asks for the gaze once per frame, before drawing it, with `t`:
 the time that frame will appear on the presenter's frame clock (flips times
 the nominal refresh period, in seconds).  A real tracker ignores `t` and
 returns its newest sample, converted to degrees of visual angle (x right,
 y up, 0 at the screen's centre); `None` means no valid sample (a blink, a lost
-pupil) and counts as outside the fixation window.  To plug in a tracker
-(EyeLink through pylink, an analog eye signal, ...), subclass EyeSource,
-implement `gaze` (and `open`/`close` for its connection) and add it to
-`make_eye`.
+pupil) and counts as outside the fixation window.  To plug in another tracker
+(an analog eye signal, ...), subclass EyeSource, implement `gaze` (and
+`calibrate`, `close`) and add it to eye_sources.make_eye.
 """
 
 from __future__ import annotations
@@ -26,6 +26,14 @@ AWAY_DEG = (30.0, 0.0)  # where the simulated eye looks during a break: well out
 
 class EyeSource:
     enabled = True
+    can_calibrate = False
+
+    def describe(self) -> dict:
+        return {"source": type(self).__name__}
+
+    def calibrate(self) -> dict:
+        """The tracker's setup (calibration / validation); blocks until it is done."""
+        raise NotImplementedError(f"{type(self).__name__} has no calibration")
 
     def begin_trial(self, trial: int, t: float, duration_s: float) -> None:
         """A trial's first frame will appear at `t`; the trial lasts `duration_s` if not broken."""
@@ -89,7 +97,7 @@ class SimulatedEye(EyeSource):
         return self.target
 
 
-def make_eye(cfg: EyeConfig, fixation_deg: tuple[float, float]) -> EyeSource:
+def make_scripted_eye(cfg: EyeConfig, fixation_deg: tuple[float, float]) -> EyeSource:
     if cfg.source == "simulated":
         return SimulatedEye(fixation_deg, seed=cfg.seed, break_probability=cfg.break_probability,
                             breaks={b.trial: b.at_ms for b in cfg.breaks}, away_ms=cfg.away_ms)

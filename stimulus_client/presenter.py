@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -121,9 +122,12 @@ class Presenter:
         self.layout = display.layout
         self.markers = markers or MarkerOutput()
         self.eye = eye or NoEye()
-        self.keys = keys or display.keys([cfg.keys.pause, cfg.keys.quit])
+        self.keys = keys or display.keys([cfg.keys.pause, cfg.keys.quit, cfg.keys.calibrate], cfg.keys.backend)
         self.log = session_log
         self.tap = tap
+        if self.log:
+            self.log.write("keys", backend=getattr(self.keys, "backend", None), keys=[cfg.keys.pause, cfg.keys.quit,
+                                                                                    cfg.keys.calibrate])
         self.queue: collections.deque[protocol.Message] = collections.deque()
         self.done: set[str] = set()               # pids shown or aborted: never shown again
         self.result = Result()
@@ -216,14 +220,54 @@ class Presenter:
                 log.warning("presenter ignores %s", msg.type.value)
 
     def _handle_keys(self) -> str | None:
-        """Between trials and while idle: the quit key quits, the pause key pauses."""
+        """Between trials and while idle: the quit key quits, the pause key pauses, the calibrate
+        key runs the tracker's setup."""
         for key in self.keys.poll():
             if key == self.cfg.keys.quit:
                 self._request_quit(f"quit: {key} pressed")
                 return "quit"
             if key == self.cfg.keys.pause:
                 return self._pause()
+            if key == self.cfg.keys.calibrate:
+                return self._calibrate()
         return None
+
+    def _calibrate(self) -> str:
+        """The tracker's own setup (calibration, validation), in a worker thread: it blocks for
+        minutes, and meanwhile this thread keeps the connection's heartbeats going and queues the
+        blocks that come.  Nothing else touches the tracker or the keyboard until it is over."""
+        if not self.eye.can_calibrate:
+            log.warning("calibrate key: the %s eye source has no calibration", type(self.eye).__name__)
+            return "resume"
+        log.warning("tracker setup started")
+        if self.log:
+            self.log.write("calibration_start")
+            self.log.flush()
+        self.display.draw(None, fixation=False, photodiode_white=False)
+        self._flip()
+        outcome: dict = {}
+
+        def setup() -> None:
+            try:
+                outcome["result"] = self.eye.calibrate()
+            except Exception as exc:  # the session goes on; without a tracker no trial starts
+                outcome["error"] = repr(exc)
+
+        worker = threading.Thread(target=setup, name="tracker-setup", daemon=True)
+        worker.start()
+        while worker.is_alive():
+            self._take(self.conn.poll(IDLE_POLL_S))
+        worker.join()
+        self.keys.clear()  # the setup's own keys (space, escape) were meant for it
+        self._idle_drawn = False
+        if "error" in outcome:
+            log.error("tracker setup failed: %s", outcome["error"])
+        else:
+            log.warning("tracker setup done: %s", outcome.get("result"))
+        if self.log:
+            self.log.write("calibration", when="session", **outcome)
+            self.log.flush()
+        return "resume"
 
     def _request_quit(self, reason: str) -> None:
         log.warning("%s: reporting what is left, then leaving", reason)
@@ -246,6 +290,11 @@ class Presenter:
                 if key == self.cfg.keys.quit:
                     self._request_quit(f"quit: {key} pressed while paused")
                     return "quit"
+                if key == self.cfg.keys.calibrate:
+                    self._calibrate()
+                    self.display.draw(None, fixation=False, photodiode_white=False)  # still paused
+                    self._flip()
+                    continue
                 if key == self.cfg.keys.pause:
                     log.warning("resumed")
                     if self.log:
@@ -384,6 +433,8 @@ class Presenter:
                         outcome, reason = "quit", self._quit or f"quit: {key} pressed"
                     elif key == self.cfg.keys.pause and outcome == "done":
                         outcome, reason = "pause", "paused"
+                    elif key == self.cfg.keys.calibrate and outcome == "done" and self.eye.can_calibrate:
+                        outcome, reason = "calibrate", "tracker setup"
                 if outcome == "done" and not self._eye_in():
                     outcome, reason = "break", "fixation break"
                 if outcome != "done":
@@ -413,6 +464,8 @@ class Presenter:
             self.log.flush()
         if outcome == "pause":
             return self._pause() or "pause"
+        if outcome == "calibrate":
+            self._calibrate()
         return outcome
 
     def _abort(self, records: list[Record], reason: str) -> None:

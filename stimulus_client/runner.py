@@ -13,8 +13,9 @@ import zmq
 from stimulus_client.config import PresenterConfig, to_dict
 from xdream.peer import PeerConnection
 from stimulus_client.display import open_display
-from stimulus_client.eye import make_eye
+from stimulus_client.eye_sources import make_eye
 from stimulus_client.markers import make_markers
+from stimulus_client.monitor_center import apply_saved
 from stimulus_client.presenter import Presenter, Result, ScreenTap
 from stimulus_client.session_log import SessionLog
 from xdream.errors import ConfigError
@@ -34,6 +35,7 @@ def run(cfg: PresenterConfig, *, headless: bool = False, screen_tap: str | None 
     log.info("presenter log: %s", session_log.path)
     opened = []
     try:
+        saved_monitor = apply_saved(cfg)  # before anything is laid out: the saved geometry wins
         display = open_display(cfg, headless)  # before hello: opening a window blocks for seconds
         opened.append(display.close)
         configured = cfg.monitor.refresh_hz
@@ -45,12 +47,16 @@ def run(cfg: PresenterConfig, *, headless: bool = False, screen_tap: str | None 
                           measured_hz=display.measured_hz, configured_hz=configured,
                           px_per_deg=display.layout.px_per_deg, python=sys.version.split()[0],
                           platform=platform.platform(), psychopy=_psychopy_version(headless),
-                          lslapicfg=os.environ.get("LSLAPICFG"))
+                          lslapicfg=os.environ.get("LSLAPICFG"), saved_monitor=saved_monitor)
         markers = make_markers(cfg.markers, cfg.connection.name)
         opened.append(markers.close)
-        x_deg, y_deg = cfg.fixation_point.position_deg
-        eye = make_eye(cfg.eye, (x_deg, y_deg))
+        eye = make_eye(cfg, display)
         opened.append(eye.close)
+        session_log.write("eye", **eye.describe())
+        if cfg.eye.calibrate_at_start and eye.can_calibrate:
+            result = eye.calibrate()  # before hello: a setup takes minutes, the server would call us lost
+            log.info("tracker setup: %s", result)
+            session_log.write("calibration", when="start", result=result)
         tap = ScreenTap(screen_tap, zmq.Context.instance()) if screen_tap else None
         if tap:
             opened.append(tap.close)

@@ -23,7 +23,10 @@ PY = sys.executable
 
 
 def env():
-    return {**os.environ, "LSLAPICFG": str(LSL_CFG)}
+    """The child's environment: this checkout's packages first (an editable install may point at
+    another checkout), and liblsl kept on this machine."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "LSLAPICFG": str(LSL_CFG), "PYTHONPATH": path}
 
 
 def wait_for(condition, timeout_s=30.0, what="condition"):

@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 
 from stimulus_client.geometry import Layout
-from stimulus_client.keys import KeySource, PsychoPyKeys
+from stimulus_client.keys import KeyboardKeys, KeySource
 from stimulus_client.markers import MarkerOutput, ParallelMarkers
 from stimulus_client.session_log import read
+from tests.xinput import XInput
 from tests.test_stimulus_fakes import (OFF, ON, SETTINGS, FakeParallelPort, ScriptedServer, asymmetric_image,
                                        config, make_block, presenter, recording_window, solid_image)
 
@@ -54,22 +55,26 @@ class RecordingMarkers(MarkerOutput):
 
 
 class KeyPresses(KeySource):
-    """The real PsychoPyKeys; key presses arrive as pyglet key events on the window, the way the
-    keyboard delivers them, when each scripted condition becomes true."""
+    """The real KeyboardKeys (psychopy.hardware.keyboard); each key is pressed through the X
+    server (XTEST, as a keyboard would) when its scripted condition becomes true."""
 
     def __init__(self, display, names, script):
         self.win = display.win
-        self.real = PsychoPyKeys(names)
+        self.real = KeyboardKeys(names)
         self.script = list(script)
         self.pressed: list[tuple[float, str]] = []
+        self.x = XInput()
+        self.x.point_at_window(self.win)
 
     def poll(self):
-        from pyglet.window import key
         if self.script and self.script[0][0]():
             _, name = self.script.pop(0)
-            self.win.winHandle.dispatch_event("on_key_press", getattr(key, name.upper()), 0)
+            self.x.press(name)
             self.pressed.append((time.monotonic(), name))
         return self.real.poll()
+
+    def close(self):
+        self.x.close()
 
 
 # ------------------------------------------------------------------ geometry

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from stimulus_client import config as pconfig
-from stimulus_client.eye import AWAY_DEG, NoEye, SimulatedEye, make_eye
+from stimulus_client.eye import AWAY_DEG, NoEye, SimulatedEye
+from stimulus_client.eye_sources import make_eye
 from stimulus_client.geometry import Layout, deg2pix
 from stimulus_client.markers import ParallelMarkers, SerialMarkers, strobe_bytes
 from tests.test_stimulus_fakes import REPO, FakeParallelPort, FakeSerialPort, config
@@ -158,8 +159,9 @@ def test_simulated_eye_seeded_break_probability():
 
 
 def test_make_eye():
-    assert isinstance(make_eye(pconfig.EyeConfig(), (0, 0)), NoEye)
-    eye = make_eye(pconfig.EyeConfig(source="simulated", breaks=[pconfig.BreakConfig(2, 5.0)]), (1.0, 2.0))
+    assert isinstance(make_eye(pconfig.from_dict({})), NoEye)
+    eye = make_eye(pconfig.from_dict({"eye": {"source": "simulated", "breaks": [{"trial": 2, "at_ms": 5.0}]},
+                                      "fixation_point": {"position_deg": [1.0, 2.0]}}))
     assert isinstance(eye, SimulatedEye) and eye.breaks == {2: 5.0} and eye.target == (1.0, 2.0)
 
 

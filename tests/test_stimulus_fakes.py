@@ -21,7 +21,7 @@ import zmq
 from stimulus_client import config as pconfig
 from xdream.peer import PeerConnection
 from stimulus_client.display import HeadlessDisplay
-from stimulus_client.eye import make_eye
+from stimulus_client.eye_sources import make_eye
 from stimulus_client.presenter import Presenter
 from stimulus_client.session_log import SessionLog
 from xdream import protocol
@@ -263,7 +263,7 @@ def recording_window(cfg, pace_s=0.0):
 
 def presenter(cfg, display, server: ScriptedServer, log_dir, **kwargs) -> Presenter:
     conn = PeerConnection(server.endpoint, "presenter", cfg.connection.name)
-    eye = kwargs.pop("eye", None) or make_eye(cfg.eye, tuple(cfg.fixation_point.position_deg))
+    eye = kwargs.pop("eye", None) or make_eye(cfg, display)
     return Presenter(conn, display, cfg, eye=eye, session_log=SessionLog(log_dir, cfg.connection.name), **kwargs)
 
 
