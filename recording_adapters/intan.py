@@ -123,8 +123,7 @@ class IntanOptions(SourceOptions):
                               "over the command port)")
         # RHX keeps the rest of a `set filename.path` line, words rejoined with one space; ';' ends it
         path = self.record_path
-        if path and (path != " ".join(path.split(" ")) or path != path.strip() or any(c in path for c in ";\r\n")
-                     or "  " in path):
+        if path and (path != path.strip() or "  " in path or any(c in path for c in ";\r\n")):
             raise OptionError("record_path", path, "a folder name without ';', line breaks, leading, "
                               "trailing or double spaces")
 
@@ -221,8 +220,13 @@ class IntanSource(RigSource):
     def session_started(self, session_id: str) -> None:
         """The recorder was welcomed into session `session_id` (recording_adapters/recorder.py):
         with record_raw, RHX's recording starts now, its file named after the session."""
-        if self.control is not None and self.record_raw:
-            self.control.start_recording(session_id)
+        if not self.record_raw:
+            return
+        if self.control is None:
+            log.error("intan: record_raw: RHX's command port is lost; RHX records nothing for session %s",
+                      session_id)
+            return
+        self.control.start_recording(session_id)
 
     def _open_port(self, port: str, timeout: float | None = None) -> socket.socket | None:
         deadline = time.monotonic() + (self.connect_timeout if timeout is None else timeout)
@@ -313,6 +317,9 @@ class IntanSource(RigSource):
         except (OSError, SessionError) as exc:
             log.error("intan: %s; the adapter can no longer ask RHX to listen again after a data port "
                       "drops. %s", exc, ONE_CLIENT_HELP)
+            if self.control is not None and self.control.started:
+                log.error("intan: this session put RHX in run mode %r and can no longer stop it: stop it in "
+                          "RHX when the session ends", self.control.started)
             if self.cmd is not None:
                 self.cmd.close()
             self.cmd = None

@@ -157,12 +157,12 @@ class ResegmentingProxy:
                 need_more = cut == 0    # a command not yet whole: read the rest first
                 if need_more:
                     continue
-                dst.sendall(bytes(buf[:cut]))
-                del buf[:cut]
-                with self._lock:
+                with self._lock:        # counted first, so that a reader who has the bytes sees them counted
                     self.pieces[direction] += 1
                     self.bytes[direction] += cut
                     self.sizes[direction].append(cut)
+                dst.sendall(bytes(buf[:cut]))
+                del buf[:cut]
                 if buf and self.gap_s:
                     time.sleep(self.gap_s)
         except (OSError, ValueError):      # a socket closed under us (close(), or the other side)

@@ -570,3 +570,12 @@ def test_the_recorder_hands_the_session_id_to_the_adapter():
     source = Source()
     Recorder(Conn(), source).run(1.0)
     assert source.started == ["20250601-100000"]
+
+
+@pytest.mark.parametrize("options, wrong", [({"record_raw": True, "configure": False, "sample_rate": 30000},
+                                             "record_raw"),
+                                            ({"record_path": "D:/a;set runmode stop"}, "record_path"),
+                                            ({"record_path": "D:/two  spaces"}, "record_path")])
+def test_record_options_that_rhx_would_misread_are_refused_before_connecting(options, wrong):
+    with pytest.raises(ConfigError, match=f"option {wrong}"):
+        IntanSource(connect_timeout_s=0.1, **options)
