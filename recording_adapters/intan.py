@@ -13,21 +13,25 @@ RHX (Intan-Technologies/Intan-RHX) streams, once a client is connected:
   carries no digital inputs, and nothing when no spike fires, so the
   waveform port gives both the event codes and the clock for the watermark.
 - command port (default 5000), GUI/Widgets/tcpdisplay.cpp and
-  Engine/Processing/commandparser.cpp: text commands separated by ';'.
+  Engine/Processing/commandparser.cpp: text commands separated by ';', each
+  reply its own write with no end mark; recording_adapters/rhx_commands.py
+  matches every reply to its command however the bytes arrive.
 - each port takes one client and stops listening (Engine/Processing/
   tcpcommunicator.cpp); after a drop it listens again only on
   `execute ConnectTCP{Waveform,Spike}DataOutput` or a click on Connect.
 
-With configure=true (default) the adapter stops RHX, clears its TCP outputs,
-enables spike output on the chosen channels and the DIGITAL-IN word, asks
-RHX to listen on both data ports, connects, and runs.  The waveform frame is
-then a timestamp and the digital-in word, nothing else.
+With configure=true (default) the adapter clears RHX's TCP outputs, enables
+spike output on the chosen channels and the DIGITAL-IN word, asks RHX to
+listen on both data ports, connects, and runs RHX if it found it stopped
+(recording_adapters/intan_control.py: never stops or restarts what ran
+before the session; record_raw makes RHX record a file named after the
+session).  The waveform frame is then a timestamp and the digital-in word.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-import re
 import select
 import socket
 import time
@@ -40,6 +44,7 @@ import numpy as np
 from recording_adapters.base import RigSource
 from recording_adapters.events import RigEvents
 from recording_adapters.holdback import CodeHold
+from recording_adapters.intan_control import RhxControl
 from recording_adapters.options import (
     Hertz,
     OptionError,
@@ -92,6 +97,8 @@ class IntanOptions(SourceOptions):
     photodiode_line: DigitalLine | None = None
     sample_rate: Hertz | None = None            # asked from RHX unless configure is false
     configure: bool = True
+    record_raw: bool = False    # RHX records its own file, named after the session (configure only)
+    record_path: str = ""       # that file's folder on the PC running RHX; "": RHX's own Filename.Path
     hold_s: Seconds = 0.3
     count_artifacts: bool = False
     connect_timeout_s: Seconds = 5.0
@@ -111,6 +118,14 @@ class IntanOptions(SourceOptions):
             raise OptionError("channels", _text(self.channels), "a count or distinct native names like A-010")
         if not self.configure and self.sample_rate is None:
             raise OptionError("sample_rate", None, "RHX's amplifier sample rate (Hz) when configure is false")
+        if self.record_raw and not self.configure:
+            raise OptionError("record_raw", True, "false when configure is false (RHX's recording is set "
+                              "over the command port)")
+        # RHX keeps the rest of a `set filename.path` line, words rejoined with one space; ';' ends it
+        path = self.record_path
+        if path and (path != path.strip() or "  " in path or any(c in path for c in ";\r\n")):
+            raise OptionError("record_path", path, "a folder name without ';', line breaks, leading, "
+                              "trailing or double spaces")
 
     def channel_names(self) -> list[str]:
         if isinstance(self.channels, int):
@@ -128,8 +143,11 @@ class IntanSource(RigSource):
 
     def _open(self, o: IntanOptions) -> None:
         self.cmd: socket.socket | None = None
+        self.control: RhxControl | None = None
         self.socks: dict[str, socket.socket | None] = {"waveform": None, "spike": None}
-        self._started_run = False
+        self.record_raw = o.record_raw
+        self.record_path = o.record_path
+        self._data_seen = False
         self.host = o.host
         self.ports = {"command": o.command_port, "waveform": o.waveform_port, "spike": o.spike_port}
         self.names = o.channel_names()
@@ -180,7 +198,9 @@ class IntanSource(RigSource):
             if self.cmd is None:
                 raise SessionError(f"intan: cannot reach RHX's command port {self.host}:{self.ports['command']}. "
                                    + ONE_CLIENT_HELP)
-            self.fs: float = self._setup()
+            self.control = RhxControl(self.cmd, self.connect_timeout, record_raw=self.record_raw,
+                                      record_path=self.record_path)
+            self.fs: float = self.control.set_up(self.names, self._first_line)
         elif sample_rate is None:
             raise labelled(OptionError("sample_rate", None, "RHX's amplifier sample rate (Hz) when configure "
                                        "is false"), self.label())
@@ -191,13 +211,22 @@ class IntanSource(RigSource):
             if self.socks[port] is None:
                 raise SessionError(f"intan: cannot reach RHX's {port} port {self.host}:{self.ports[port]}. "
                                    + ONE_CLIENT_HELP)
-        if self.configure:
-            # alone in its transmission: RHX parses nothing behind it until the board stops
-            self._send("set runmode run")
-            self._started_run = True
+        if self.control is not None:
+            self.control.start()
         log.info("intan: connected to RHX at %s (%d channels, %.0f Hz, code on DIGITAL-IN %02d-%02d)",
                  self.host, self.channels, self.fs, self._first_line,
                  self._first_line + int(self._mask).bit_length() - 1)
+
+    def session_started(self, session_id: str) -> None:
+        """The recorder was welcomed into session `session_id` (recording_adapters/recorder.py):
+        with record_raw, RHX's recording starts now, its file named after the session."""
+        if not self.record_raw:
+            return
+        if self.control is None:
+            log.error("intan: record_raw: RHX's command port is lost; RHX records nothing for session %s",
+                      session_id)
+            return
+        self.control.start_recording(session_id)
 
     def _open_port(self, port: str, timeout: float | None = None) -> socket.socket | None:
         deadline = time.monotonic() + (self.connect_timeout if timeout is None else timeout)
@@ -211,69 +240,6 @@ class IntanSource(RigSource):
                 if time.monotonic() >= deadline:
                     return None
                 time.sleep(0.05)   # RHX starts listening when it handles our command: poll for it
-
-    def _setup(self) -> float:
-        """Sets RHX's TCP outputs up; returns its amplifier sample rate (Hz)."""
-        mode = self._ask("get runmode", r"Return: RunMode (Stop|Run|Record|Trigger)")
-        if mode != "Stop":
-            log.warning("intan: RHX is in run mode %s; stopping it to set up the TCP outputs", mode)
-            self._batch(["set runmode stop"])
-        fs = float(self._ask("get sampleratehertz", r"Return: SampleRateHertz (\d+(?:\.\d+)?)Return"))
-        self._batch(["execute clearalldataoutputs"])
-        commands = [f"set {n.lower()}.tcpdataoutputenabledspike true" for n in self.names]
-        commands.append(f"set digital-in-{self._first_line:02d}.tcpdataoutputenabled true")
-        for i in range(0, len(commands), 32):     # small transmissions: RHX parses each read whole
-            self._batch(commands[i:i + 32])
-        self._batch(["execute connecttcpwaveformdataoutput", "execute connecttcpspikedataoutput"])
-        return fs
-
-    def _command(self) -> socket.socket:
-        """The command connection; only a configuring adapter has one, until RHX closes it."""
-        if self.cmd is None:
-            raise SessionError("intan: no command connection to RHX (configure is false, or RHX closed it). "
-                               + ONE_CLIENT_HELP)
-        return self.cmd
-
-    def _send(self, text: str) -> None:
-        self._command().sendall(text.encode("latin-1"))
-
-    def _ask(self, command: str, pattern: str) -> str:
-        """One get, answered; a sentinel get follows so that a value's end is known."""
-        self._send(f"{command};get runmode")
-        text = self._read_until(r"Return: RunMode (Stop|Run|Record|Trigger)")
-        m = re.search(pattern, text)
-        if not m:
-            raise SessionError(f"intan: RHX answered {text!r} to {command!r}")
-        return m.group(1)
-
-    def _batch(self, commands: list[str]) -> None:
-        """Send commands, then a sentinel get: anything RHX says before its answer is an error."""
-        self._send(";".join(commands + ["get runmode"]))
-        text = self._read_until(r"Return: RunMode (Stop|Run|Record|Trigger)")
-        errors = text[:text.rfind("Return: RunMode")]
-        if errors.strip():
-            raise SessionError(f"intan: RHX refused {commands[0]!r}...: {errors.strip()}")
-
-    def _read_until(self, pattern: str) -> str:
-        """Command-port text up to the sentinel's answer (RHX ends no reply; the sentinel is last)."""
-        text = ""
-        deadline = time.monotonic() + self.connect_timeout
-        cmd = self._command()
-        cmd.settimeout(0.2)
-        while not re.search(pattern + "$", text):
-            data: bytes | None
-            try:
-                data = cmd.recv(65536)
-            except TimeoutError:
-                data = None
-            if data == b"":
-                raise SessionError("intan: RHX closed the command connection. " + ONE_CLIENT_HELP)
-            if data:
-                text += data.decode("latin-1")
-            if time.monotonic() > deadline:
-                raise SessionError(f"intan: no answer from RHX's command port (got {text!r})")
-        cmd.settimeout(None)
-        return text
 
     # -- the stream (the contract: recording_adapters/base.py) ---------------------------------
     def _poll(self, timeout_s: float) -> RigEvents:
@@ -330,38 +296,34 @@ class IntanSource(RigSource):
                 got += len(data)
             if port == "waveform" and got:
                 self._last_data = time.monotonic()
+                if not self._data_seen and self.control is not None:
+                    self._data_seen = True
+                    self._command_lost_on(self.control.data_flows)
                 if self._stalled:
                     log.warning("intan: RHX's waveform stream is back")
                     self._stalled = False
-        if self.cmd is not None and self.cmd in ready:
-            self._read_command_replies()
+        if self.control is not None and (self.cmd in ready or self.control.port.waiting):
+            self._command_lost_on(self.control.pump)
         if (not self._stalled and self.socks["waveform"] is not None
                 and time.monotonic() - self._last_data > self.stall_s):
             self._stalled = True
             log.warning("intan: no data from RHX's waveform port for %.1f s: is RHX running? "
                         "Presentations wait, and are reported missing if it does not come back", self.stall_s)
 
-    def _read_command_replies(self) -> None:
-        cmd = self._command()
-        cmd.setblocking(False)
+    def _command_lost_on(self, action) -> None:
+        """Run a command-port action; if RHX closed the port, say what that costs and go on."""
         try:
-            data = cmd.recv(65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        finally:
-            try:
-                cmd.setblocking(True)
-            except OSError:
-                pass
-        if not data:
-            log.error("intan: RHX closed the command connection; the adapter can no longer ask RHX to "
-                      "listen again after a data port drops. %s", ONE_CLIENT_HELP)
-            cmd.close()
+            action()
+        except (OSError, SessionError) as exc:
+            log.error("intan: %s; the adapter can no longer ask RHX to listen again after a data port "
+                      "drops. %s", exc, ONE_CLIENT_HELP)
+            if self.control is not None and self.control.started:
+                log.error("intan: this session put RHX in run mode %r and can no longer stop it: stop it in "
+                          "RHX when the session ends", self.control.started)
+            if self.cmd is not None:
+                self.cmd.close()
             self.cmd = None
-            return
-        log.error("intan: RHX says: %s", data.decode("latin-1").strip())
+            self.control = None
 
     def _lost(self, port: str) -> None:
         s = self.socks[port]
@@ -386,11 +348,9 @@ class IntanSource(RigSource):
             return
         self._next_reconnect = time.monotonic() + self.reconnect_s
         for port in missing:
-            if self.cmd is not None:
-                try:
-                    self._send(f"execute connecttcp{port}dataoutput")
-                except OSError:
-                    self.cmd = None
+            control = self.control
+            if control is not None:
+                self._command_lost_on(functools.partial(control.reconnect, port))
             s = self._open_port(port, timeout=min(0.5, self.reconnect_s))
             if s is None:
                 log.warning("intan: RHX's %s port %s:%d still refuses; retrying. %s", port, self.host,
@@ -557,11 +517,9 @@ class IntanSource(RigSource):
                             "after it; dropped", int(t.size))
 
     def _close(self) -> None:
-        if self.cmd is not None and self._started_run:
-            try:
-                self._send("set runmode stop")
-            except OSError:
-                pass
+        control = getattr(self, "control", None)     # None after a failed start, or a lost command port
+        if control is not None:
+            control.close()
         for s in list(self.socks.values()) + [self.cmd]:
             if s is not None:
                 s.close()

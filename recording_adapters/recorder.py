@@ -38,6 +38,10 @@ class Recorder:
             welcome = self._wait_welcome(welcome_timeout_s)
             if welcome is None:
                 return self.reported
+            # an adapter that acts on the session: Intan's record_raw names RHX's file after it
+            session_started = getattr(self.source, "session_started", None)
+            if callable(session_started):
+                session_started(self.conn.session)
             window = [ms / 1000.0 for ms in welcome.settings["window_ms"]]
             baseline = [ms / 1000.0 for ms in welcome.settings["baseline_ms"]]
             counter = SpikeCounter(self.source.channels, window, baseline, **self.counter_options)

@@ -13,14 +13,26 @@ own, never with recording_adapters/intan.py's decoder or constants:
 - Engine/Processing/tcpcommunicator.cpp: a port accepts one client, then
   stops listening; after a drop it listens again only when told to
   (`execute ConnectTCPSpikeDataOutput`, or Connect in the GUI).
-- GUI/Widgets/tcpdisplay.cpp (parseCommands) and Engine/Processing/
-  commandparser.cpp: commands are separated by ';', words by spaces, case
-  does not matter; `get` answers "Return: <Parameter> <value>", errors are
-  plain text; nothing ends a reply.  `set runmode run` blocks the parser
-  until acquisition stops, so what follows it in the same transmission waits.
+- GUI/Widgets/tcpdisplay.cpp: readClientCommand parses whatever one read of
+  the socket returns (TCPCommunicator::read: readAll) with parseCommands:
+  split on ';' (a trailing ';' accepted, blank commands dropped), words on
+  spaces; `set` of note1-3 and Filename.* keeps the rest of the line, spaces
+  and case included.  Engine/Processing/commandparser.cpp answers: `get`
+  with "Return: <Parameter> <value>", errors as plain text, a `set` or
+  `execute` that succeeds with nothing.  Each reply is its own write
+  (TCPDisplay::TCPReturn / TCPError -> TCPCommunicator::writeQString:
+  socket->write, waitForBytesWritten); nothing ends a reply.
+- CommandParser::setRunModeCommand: `set runmode run` and `record` call
+  runController(), which returns only when the board stops, so what follows
+  in the same read waits until then; `record` needs Filename.Path and
+  Filename.BaseFilename (SystemState::filename, not settable while running);
+  getRunModeCommand answers Record, Run or Stop.  A channel's TCP outputs can
+  be set while running (not restricted; TCPDataOutputThread::run re-reads
+  them when SignalSources::getTcpFilterBands changes).
 
 Only what the adapter uses is modelled: amplifier channels on ports A-H (128
-each, "A-000"), DIGITAL-IN-01..16, spike and wideband outputs, run/stop.
+each, "A-000"), DIGITAL-IN-01..16, spike and wideband outputs, run/record/stop (not
+trigger), the recording's file name.
 """
 
 from __future__ import annotations
@@ -162,6 +174,10 @@ class IntanPeer:
         self.names = native_names(self.channels)
         self._name_bytes = np.array([n.encode() for n in self.names], dtype="S5")
         self.running = False
+        self.recording = False                  # RunMode Record: RHX writes its own data file
+        self.filename_path = ""                 # Filename.Path and Filename.BaseFilename (SystemState)
+        self.base_filename = ""
+        self.recordings: list[str] = []         # path/base of every recording started (for tests)
         self.spike_enabled: set[str] = set()
         self.wide_enabled: set[str] = set()
         self.digital_in_enabled: set[str] = set()
@@ -229,6 +245,13 @@ class IntanPeer:
     def flush(self) -> None:
         self.waveform.flush()
 
+    def start_in_gui(self, mode: str = "run", path: str = "D:/lab", base_filename: str = "monkey_day1") -> None:
+        """Someone clicked Run (or Record) in RHX's window before any client came."""
+        with self._lock:
+            if mode == "record":
+                self.filename_path, self.base_filename = path, base_filename
+            self._start(mode)
+
     def restart_acquisition(self) -> None:
         """Stop and run again, as a user in RHX's GUI would: timestamps restart at 0."""
         with self._lock:
@@ -285,6 +308,14 @@ class IntanPeer:
 
     # -- the command port ----------------------------------------------------------------
     def _serve_commands(self, conn: socket.socket) -> None:
+        def reply(text: str) -> None:
+            # TCPDisplay::TCPReturn / TCPError -> TCPCommunicator::writeQString: one
+            # socket->write (and waitForBytesWritten) per reply, nothing to end it
+            try:
+                conn.sendall(text.encode("latin-1"))
+            except OSError:
+                pass
+
         while True:
             try:
                 data = conn.recv(65536)
@@ -295,90 +326,126 @@ class IntanPeer:
                 if self.command.client is conn:
                     self.command.client = None
                 return
-            # like RHX: whatever one read returns is parsed at once, split on ';'
-            replies: list[str] = []
-            commands = [c for c in data.decode("latin-1").split(";") if c.strip()]
+            # TCPDisplay::readClientCommand: whatever one read returns (readAll) is parsed at once
             with self._lock:
-                self._run_commands(commands, replies)
-            if replies:
-                try:
-                    conn.sendall("".join(replies).encode("latin-1"))
-                except OSError:
-                    return
+                self._parse_commands(data.decode("latin-1"), reply)
 
-    def _run_commands(self, commands: list[str], replies: list[str]) -> None:
+    def _parse_commands(self, text: str, reply) -> None:
+        """TCPDisplay::parseCommands: split on ';', a trailing ';' accepted, blank commands dropped."""
+        commands = text.split(";")
+        if commands[-1] == "":
+            commands.pop()
+        self._run_commands([c for c in commands if c.strip()], reply)
+
+    def _run_commands(self, commands: list[str], reply) -> None:
         for i, command in enumerate(commands):
-            words = command.strip().lower().split()
-            self.commands.append(" ".join(words))
-            verb = words[0]
+            words = [w for w in (w.strip() for w in command.split(" ")) if w]
+            self.commands.append(" ".join(words).lower())
+            verb = words[0].lower()
             error = None
-            if verb == "get" and len(words) == 2:
-                replies.append(self._get(words[1]))
-            elif verb == "set" and len(words) == 3:
-                error = self._set(words[1], words[2])
-            elif verb == "execute" and len(words) == 2:
-                error = self._execute(words[1])
+            if verb == "set":
+                # note1-3 and the file names take a value with spaces (rejoined with one space)
+                if len(words) >= 2 and words[1].lower().startswith(("filename", "note1", "note2", "note3")):
+                    error = self._set(words[1].lower(), " ".join(words[2:]))
+                elif len(words) == 3:
+                    error = self._set(words[1].lower(), words[2])
+                else:
+                    error = f"Error - Command {i + 1}: Set commands require a parameter and a value"
+            elif verb == "get":
+                if len(words) == 2:
+                    reply(self._get(words[1].lower()))
+                else:
+                    error = f"Error - Command {i + 1}: Get commands require a parameter"
+            elif verb == "execute":
+                if len(words) == 2:
+                    error = self._execute(words[1].lower())
+                elif len(words) == 3:
+                    error = "Unrecognized action"      # the actions with a file name: not modelled
+                else:
+                    error = f"Error - Command {i + 1}: Execute commands require an action"
             else:
                 error = f"Error - Command {i + 1}: Unrecognized command"
             if error:
-                replies.append(error)
-            elif words[:3] == ["set", "runmode", "run"]:
-                # RHX's parser sits in runController() until the board stops: the rest of
-                # this transmission is parsed only then
+                reply(error)
+            elif verb == "set" and words[1].lower() == "runmode" and words[2].lower() in ("run", "record"):
+                # CommandParser::setRunModeCommand calls runController(), which returns only when
+                # the board stops: the rest of this read is parsed only then
                 self._held_back += commands[i + 1:]
                 return
-            elif words[:3] == ["set", "runmode", "stop"] and self._held_back:
+            elif verb == "set" and words[1].lower() == "runmode" and self._held_back:
                 held, self._held_back = self._held_back, []
-                self._run_commands(held, replies)
+                self._run_commands(held, reply)
 
     def _get(self, parameter: str) -> str:
+        if parameter in ("filename.path", "filename.basefilename"):
+            # CommandParser::getStateFilenameItemCommand: the item's name, then the part as typed
+            value = self.filename_path if parameter.endswith("path") else self.base_filename
+            return f"Return: Filename.{parameter.split('.', 1)[1]} {value}"
         if parameter == "sampleratehertz":
             return f"Return: SampleRateHertz {self.sample_rate}"
-        if parameter == "runmode":
-            return f"Return: RunMode {'Run' if self.running else 'Stop'}"
+        if parameter == "runmode":          # CommandParser::getRunModeCommand
+            mode = "Record" if self.recording else ("Run" if self.running else "Stop")
+            return f"Return: RunMode {mode}"
         if parameter in ("tcpwaveformdataoutputconnectionstatus", "tcpspikedataoutputconnectionstatus"):
             port = self.waveform if "waveform" in parameter else self.spike
             state = "Connected" if port.client else ("Pending" if port.listener else "Disconnected")
-            name = "TCPWaveformDataOutputConnectionStatus" if port is self.waveform else "TCPSpikeDataOutputConnectionStatus"
-            return f"Return: {name} {state}"
+            kind = "Waveform" if port is self.waveform else "Spike"
+            return f"Return: TCP{kind}DataOutputConnectionStatus {state}"
         return "Unrecognized parameter"
 
     def _set(self, parameter: str, value: str) -> str | None:
-        if parameter == "runmode":
-            if value == "run":
+        if parameter in ("filename.path", "filename.basefilename"):
+            # SystemState: filename->setRestricted(RestrictIfRunning, RunningErrorMessage)
+            if self.running:
+                return "Filename cannot be set while controller is running."
+            if parameter.endswith("path"):
+                self.filename_path = value
+            else:
+                self.base_filename = value
+            return None
+        value = value.lower()
+        if parameter == "runmode":          # CommandParser::setRunModeCommand
+            if value in ("run", "record"):
                 if self.running:
-                    return "Board must be stopped in order to start running"
-                self.running = True
-                self._origin = self._sent     # timestamps restart at each run
+                    return ("Board must be stopped in order to start running" if value == "run"
+                            else "Board must be stopped in order to start recording")
+                if value == "record" and not (self.filename_path and self.base_filename):
+                    return ("Filename.BaseFilename and Filename.Path must both be specified before "
+                            "recording can occur")
+                self._start(value)
                 return None
             if value == "stop":
                 if not self.running:
                     return "Board must be running in order to stop"
-                self.running = False
+                self.running = self.recording = False
                 return None
-            return "Invalid value for SetRunMode command"
+            return "Invalid value for SetRunMode command"       # trigger: not modelled
         if "." not in parameter:
             return "Unrecognized parameter"
         channel, item = parameter.split(".", 1)
         channel = channel.upper()
         digital = [f"DIGITAL-IN-{i:02d}" for i in range(1, 17)]
-        if channel not in self.names and channel not in digital:
-            return "Unrecognized parameter"
-        if value not in ("true", "false"):
-            return f"Invalid value for {item} command. Acceptable: true, false"
-        if self.running:
-            return f"{item} cannot be set while controller is running."
-        on = value == "true"
         if channel in digital and item == "tcpdataoutputenabled":
-            target = self.digital_in_enabled
+            target, name = self.digital_in_enabled, "TCPDataOutputEnabled"
         elif channel in self.names and item == "tcpdataoutputenabledspike":
-            target = self.spike_enabled
+            target, name = self.spike_enabled, "TCPDataOutputEnabledSpike"
         elif channel in self.names and item == "tcpdataoutputenabled":
-            target = self.wide_enabled
+            target, name = self.wide_enabled, "TCPDataOutputEnabled"
         else:
             return "Unrecognized parameter"
-        (target.add if on else target.discard)(channel)
+        # BooleanItem::setValue; a channel's TCP outputs are not restricted while running
+        # (TCPDataOutputThread::run re-reads them when SignalSources::getTcpFilterBands changes)
+        if value not in ("true", "false"):
+            return f"Invalid value for {name} command. Acceptable: True;False"
+        (target.add if value == "true" else target.discard)(channel)
         return None
+
+    def _start(self, mode: str) -> None:
+        self.running = True
+        self.recording = mode == "record"
+        self._origin = self._sent     # timestamps restart at each run
+        if self.recording:
+            self.recordings.append(f"{self.filename_path}/{self.base_filename}")
 
     def _execute(self, action: str) -> str | None:
         if action == "clearalldataoutputs":

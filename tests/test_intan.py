@@ -1,24 +1,39 @@
-"""The Intan RHX adapter against a simulated RHX speaking its TCP formats on 127.0.0.1."""
+"""The Intan RHX adapter against a simulated RHX speaking its TCP formats on 127.0.0.1.
+
+Every test that talks to the simulated RHX runs twice (the `route` fixture): straight to
+its ports, and through tests/resegmenting_proxy.py, which cuts and joins the bytes of all
+three ports at random places, as TCP may on a real network.  In the command port's
+direction towards RHX the proxy cuts only between commands: RHX parses each read whole
+(TCPDisplay::readClientCommand), so a command cut in two is broken in RHX itself.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import re
 import socket
 import struct
 import time
+import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from recording_adapters.events import RigEvents
-from recording_adapters.intan import IntanSource
+from recording_adapters.intan import IntanOptions, IntanSource
 from simulators.intan_peer import IntanPeer
+from tests.resegmenting_proxy import DOWN, UP, ResegmentingProxy
 from tests.dryrun_helpers import (assert_every_presentation_counted, assert_responses_rise,
                                   assert_wire_counts_like_in_process, dry_run_journal,
                                   embedded_config)
 from xdream.errors import ConfigError, SessionError
 
 FS = 30000
+
+
+PORTS = {"command_port": "command", "waveform_port": "waveform", "spike_port": "spike"}
 
 
 @pytest.fixture
@@ -28,11 +43,47 @@ def rhx():
     peer.close()
 
 
-def source_for(peer, **options):
-    source = IntanSource.from_strings({**peer.adapter_options(), "stall_s": "60", **options})
+class Route:
+    """The way to the simulated RHX: straight, or through a re-segmenting proxy per port."""
+
+    def __init__(self, resegmented: bool, seed: int):
+        self.resegmented = resegmented
+        self.seed = seed
+        self.proxies: list[ResegmentingProxy] = []
+
+    def __call__(self, peer: IntanPeer) -> dict[str, str]:
+        """The adapter's options to reach `peer` this way."""
+        options = peer.adapter_options()
+        if self.resegmented:
+            for key, port in PORTS.items():
+                proxy = ResegmentingProxy(("127.0.0.1", int(options[key])), self.seed + len(self.proxies),
+                                          connect_patience_s=1.0,
+                                          split_only_after={UP: b";"} if port == "command" else None)
+                self.proxies.append(proxy)
+                options[key] = str(proxy.port)
+        return options
+
+    def close(self) -> None:
+        for proxy in self.proxies:
+            proxy.close()
+
+
+@pytest.fixture(params=["direct", "resegmented"])
+def route(request):
+    r = Route(request.param == "resegmented", zlib.crc32(request.node.name.encode()))
+    yield r
+    r.close()
+
+
+def source_for(peer, route, **options):
+    source = IntanSource.from_strings({**route(peer), "stall_s": "60", **options})
     # `set runmode run` goes out unanswered (RHX answers nothing behind it)
     wait_for(lambda: peer.running and peer.waveform.client and peer.spike.client)
     return source
+
+
+def run_modes(peer) -> list[str]:
+    return [c for c in peer.commands if c.startswith("set runmode")]
 
 
 def wait_for(condition, limit_s: float = 10.0) -> None:
@@ -71,8 +122,9 @@ def sample(t):
     return np.floor(np.asarray(t) * FS) / FS
 
 
-def test_setup_commands_and_events_round_trip(rhx):
-    src = source_for(rhx)
+def test_setup_commands_and_events_round_trip(rhx, route, caplog):
+    caplog.set_level(logging.INFO)
+    src = source_for(rhx, route)
     try:
         assert src.channels == 4 and src.fs == FS
         assert "execute clearalldataoutputs" in rhx.commands
@@ -92,15 +144,21 @@ def test_setup_commands_and_events_round_trip(rhx):
         assert all(b >= a for a, b in zip(marks, marks[1:]))
     finally:
         src.close()
-    wait_for(lambda: not rhx.running)
-    assert rhx.commands[-1] == "set runmode stop"
+    assert not rhx.running and run_modes(rhx) == ["set runmode run", "set runmode stop"]
+    assert "found RHX in run mode Stop, left it in run mode Stop (this session started 'run'" in caplog.text
+    assert "RHX runs in mode Run" in caplog.text          # asked once the data came
 
 
-def test_rhx_takes_one_client_per_port_and_does_not_listen_again(rhx):
-    src = source_for(rhx)
+def test_rhx_takes_one_client_per_port_and_does_not_listen_again(rhx, route):
+    src = source_for(rhx, route)
     try:
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", rhx.spike.port), timeout=1).close()
+        if route.resegmented:        # the proxy accepts, finds RHX not listening, and resets
+            second = socket.create_connection(("127.0.0.1", route.proxies[2].port), timeout=5)
+            with second, pytest.raises(OSError):
+                if second.recv(1) == b"":
+                    raise ConnectionResetError("closed")
     finally:
         src.close()
 
@@ -114,13 +172,42 @@ def test_command_port_unreachable_says_how_to_connect():
         IntanSource(command_port=port, connect_timeout_s=0.3)
 
 
-def test_rhx_refusal_is_reported(rhx):
-    with pytest.raises(SessionError, match="Unrecognized parameter"):
-        source_for(rhx, channels="A-000,H-127")
+def test_a_refusal_names_the_refused_command_not_the_first_of_its_batch(rhx, route):
+    with pytest.raises(SessionError) as err:
+        source_for(rhx, route, channels="A-000,A-001,H-127,A-002")
+    assert ("RHX refused 'set h-127.tcpdataoutputenabledspike true': Unrecognized parameter"
+            == str(err.value).removeprefix("intan: "))
+    assert not rhx.running
 
 
-def test_wrong_magic_on_spike_port_drops_the_cut_presentation_and_goes_on(rhx, caplog):
-    src = source_for(rhx)
+def test_start_up_matches_each_reply_to_its_command_however_the_bytes_arrive():
+    """Defect 1: RHX writes each command's reply on its own (TCPCommunicator::writeQString per
+    reply).  The old adapter sent `get runmode;get runmode` and read up to the first
+    `Return: RunMode ...`; the second stayed in the socket and was taken for the answer to
+    `get sampleratehertz` ("RHX answered 'Return: RunMode Stop' to 'get sampleratehertz'"),
+    or its next transmission, sent too early and without a closing ';', ran into the one
+    before.  Through the re-segmenting proxy the old code failed 16 of 20 seeds here."""
+    for seed in range(12):
+        rhx = IntanPeer(4)
+        route = Route(True, seed)
+        try:
+            src = IntanSource.from_strings({**route(rhx), "stall_s": "60"})
+            try:
+                assert src.fs == FS and rhx.spike_enabled == {"A-000", "A-001", "A-002", "A-003"}
+                wait_for(lambda: rhx.running)   # noqa: B023 (called here, in this iteration)
+                assert rhx.running
+            finally:
+                src.close()
+            assert not rhx.running
+            command = route.proxies[0]
+            assert command.pieces[DOWN] > 1          # the replies did come in pieces
+        finally:
+            route.close()
+            rhx.close()
+
+
+def test_wrong_magic_on_spike_port_drops_the_cut_presentation_and_goes_on(rhx, route, caplog):
+    src = source_for(rhx, route)
     try:
         rhx.send(events([(0.1, 3)], [(0.15, 0), (0.2, 1)], watermark=0.5))
         rhx.flush()
@@ -138,8 +225,8 @@ def test_wrong_magic_on_spike_port_drops_the_cut_presentation_and_goes_on(rhx, c
         src.close()
 
 
-def test_truncated_and_corrupt_waveform_blocks_are_skipped_with_a_gap(rhx, caplog):
-    src = source_for(rhx)
+def test_truncated_and_corrupt_waveform_blocks_are_skipped_with_a_gap(rhx, route, caplog):
+    src = source_for(rhx, route)
     try:
         rhx.send(events([(0.05, 1)], watermark=0.5))
         rhx.flush()
@@ -156,8 +243,8 @@ def test_truncated_and_corrupt_waveform_blocks_are_skipped_with_a_gap(rhx, caplo
         src.close()
 
 
-def test_a_stream_that_stops_warns_and_holds_the_watermark(rhx, caplog):
-    src = source_for(rhx, stall_s="0.3")
+def test_a_stream_that_stops_warns_and_holds_the_watermark(rhx, route, caplog):
+    src = source_for(rhx, route, stall_s="0.3")
     try:
         rhx.send(events([(0.1, 9)], watermark=0.25))
         rhx.flush()
@@ -170,8 +257,8 @@ def test_a_stream_that_stops_warns_and_holds_the_watermark(rhx, caplog):
         src.close()
 
 
-def test_clock_going_back_closes_the_old_clock_first(rhx, caplog):
-    src = source_for(rhx)
+def test_clock_going_back_closes_the_old_clock_first(rhx, route, caplog):
+    src = source_for(rhx, route)
     try:
         rhx.send(events([(0.1, 1), (0.9, 2)], [(0.95, 0)], watermark=1.0))
         rhx.flush()
@@ -198,8 +285,8 @@ def test_clock_going_back_closes_the_old_clock_first(rhx, caplog):
         src.close()
 
 
-def test_a_dropped_spike_port_is_reconnected_and_cut_presentations_go_missing(rhx, caplog):
-    src = source_for(rhx, reconnect_s="0.1")
+def test_a_dropped_spike_port_is_reconnected_and_cut_presentations_go_missing(rhx, route, caplog):
+    src = source_for(rhx, route, reconnect_s="0.1")
     try:
         rhx.send(events([(0.1, 1)], [(0.2, 0)], watermark=0.5))
         rhx.flush()
@@ -226,12 +313,12 @@ def test_a_dropped_spike_port_is_reconnected_and_cut_presentations_go_missing(rh
         src.close()
 
 
-def test_configure_false_reads_what_the_lab_set_up(rhx):
+def test_configure_false_reads_what_the_lab_set_up(rhx, route):
     rhx.spike_enabled.update({"A-000", "A-001"})
     rhx.digital_in_enabled.add("DIGITAL-IN-01")
-    rhx.running = True
+    rhx.start_in_gui("run")
     rhx.command.close()
-    src = IntanSource.from_strings({**rhx.adapter_options(), "configure": "false", "sample_rate": str(FS),
+    src = IntanSource.from_strings({**route(rhx), "configure": "false", "sample_rate": str(FS),
                                     "channels": "A-000,A-001", "code_lines": "1-8"})
     wait_for(lambda: rhx.waveform.client and rhx.spike.client)
     try:
@@ -241,6 +328,156 @@ def test_configure_false_reads_what_the_lab_set_up(rhx):
         assert list(c) == [1] and np.allclose(t, sample(0.2))   # A-003 was not enabled
     finally:
         src.close()
+
+
+def test_counts_are_identical_straight_and_through_the_resegmenting_proxy():
+    """40 codes and about 5,000 spikes on 4 channels, sent as a stream: the spike counts per
+    code and channel in [onset + 50 ms, onset + 200 ms), on integer samples, are the same
+    straight and through the proxy, and the same as those of what was sent."""
+    rng = np.random.default_rng(11)
+    onsets = 0.1 + 0.2 * np.arange(40) + rng.uniform(0, 0.05, 40)
+    sent_codes = [(float(t), int(c)) for t, c in zip(onsets, rng.integers(1, 256, 40))]
+    spikes = sorted(zip(rng.uniform(0, 8.5, 5000), rng.integers(0, 4, 5000)))
+
+    def counts(codes, t, c):
+        on = np.round(np.array([tc for tc, _ in codes]) * FS).astype(np.int64)
+        s = np.round(np.asarray(t) * FS).astype(np.int64)
+        return [[int(((s >= o + 1500) & (s < o + 6000) & (np.asarray(c) == ch)).sum()) for ch in range(4)]
+                for o in on]
+
+    def run(resegmented: bool):
+        rhx = IntanPeer(4)
+        route = Route(resegmented, 7)
+        try:
+            src = source_for(rhx, route)
+            try:
+                for second in range(1, 10):      # a stream: a second of data at a time
+                    rhx.send(events([x for x in sent_codes if second - 1 <= x[0] < second],
+                                    [x for x in spikes if second - 1 <= x[0] < second], watermark=float(second)))
+                codes, t, c, _ = collect(src, until=8.5)
+            finally:
+                src.close()
+            if resegmented:
+                assert route.proxies[1].pieces[DOWN] > 50       # the waveform bytes did come in pieces
+            return codes, counts(codes, t, c)
+        finally:
+            route.close()
+            rhx.close()
+
+    straight_codes, straight = run(False)
+    cut_codes, cut = run(True)
+    assert [code for _, code in straight_codes] == [code for _, code in cut_codes] == [c for _, c in sent_codes]
+    # what was sent, on RHX's samples: one spike per channel and sample at most (a spike id per frame)
+    sent = np.unique(np.array([(int(np.floor(t * FS)), ch) for t, ch in spikes]), axis=0)
+    truth = counts([(np.floor(t * FS) / FS, c) for t, c in sent_codes], sent[:, 0] / FS, sent[:, 1])
+    assert straight == cut == truth
+    assert sum(map(sum, truth)) > 1000
+
+
+@pytest.mark.parametrize("mode", ["run", "record"])
+def test_a_board_already_running_is_neither_stopped_nor_restarted(rhx, route, caplog, mode):
+    """Defect 2: the old adapter stopped RHX when it found it running, even recording, then
+    ran it in "run" mode and stopped it on close.  Now the outputs are set up while it runs
+    (RHX allows that) and the run mode is left alone."""
+    caplog.set_level(logging.INFO)
+    rhx.start_in_gui(mode)
+    src = source_for(rhx, route)
+    try:
+        assert run_modes(rhx) == []
+        assert rhx.spike_enabled == {"A-000", "A-001", "A-002", "A-003"}
+        rhx.send(events([(0.1, 5)], [(0.15, 2)], watermark=1.0))
+        codes, _, c, _ = collect(src, until=0.5)
+        assert [code for _, code in codes] == [5] and list(c) == [2]
+    finally:
+        src.close()
+    assert rhx.running and rhx.recording == (mode == "record") and run_modes(rhx) == []
+    assert rhx.recordings == (["D:/lab/monkey_day1"] if mode == "record" else [])
+    found = mode.capitalize()
+    assert (f"found RHX in run mode {found}, left it in run mode {found} (this session started nothing)"
+            in caplog.text)
+    if mode == "record":
+        assert "RHX records to D:/lab/monkey_day1*, as the lab set it" in caplog.text
+
+
+def test_record_raw_records_a_file_named_after_the_session_and_stops_only_that(rhx, route, caplog):
+    caplog.set_level(logging.INFO)
+    src = IntanSource.from_strings({**route(rhx), "stall_s": "60", "record_raw": "true",
+                                    "record_path": "D:/data/xdream rig"})
+    try:
+        assert not rhx.running and run_modes(rhx) == []      # waits for the session id
+        src.session_started("20250601-100000 #7")
+        wait_for(lambda: rhx.recording and rhx.waveform.client and rhx.spike.client)
+        assert rhx.recordings == ["D:/data/xdream rig/xdream-20250601-100000__7"]
+        rhx.send(events([(0.1, 9)], [(0.12, 3)], watermark=1.0))
+        codes, _, c, _ = collect(src, until=0.5)
+        assert [code for _, code in codes] == [9] and list(c) == [3]
+    finally:
+        src.close()
+    assert not rhx.running and not rhx.recording
+    assert run_modes(rhx) == ["set runmode record", "set runmode stop"]
+    assert "RHX runs in mode Record" in caplog.text
+    assert "left it in run mode Stop (this session started 'record' and stopped it)" in caplog.text
+
+
+def test_record_raw_never_stops_a_board_someone_else_runs(rhx, route):
+    rhx.start_in_gui("run")
+    with pytest.raises(SessionError, match="never stops what it did not start"):
+        IntanSource.from_strings({**route(rhx), "record_raw": "true", "record_path": "D:/x"})
+    assert rhx.running and not rhx.recording and run_modes(rhx) == []
+
+
+def test_record_raw_leaves_the_labs_own_recording_alone(rhx, route, caplog):
+    rhx.start_in_gui("record", path="E:/lab", base_filename="m1")
+    src = source_for(rhx, route, record_raw="true")
+    try:
+        src.session_started("s1")
+    finally:
+        src.close()
+    assert rhx.recording and rhx.recordings == ["E:/lab/m1"] and run_modes(rhx) == []
+    assert "record_raw starts no recording of its own" in caplog.text
+
+
+def test_record_raw_without_a_folder_says_where_to_set_one(rhx, route):
+    src = IntanSource.from_strings({**route(rhx), "record_raw": "true"})
+    try:
+        with pytest.raises(SessionError, match="give record_path=FOLDER"):
+            src.session_started("s1")
+        assert not rhx.running and rhx.recordings == []
+    finally:
+        src.close()
+
+
+def test_simulated_rhx_records_only_with_a_file_name_and_a_stopped_board(rhx):
+    """The peer's `set runmode record` as CommandParser::setRunModeCommand has it."""
+    with socket.create_connection(("127.0.0.1", rhx.command.port), timeout=5) as s:
+        def say(text: str) -> str:
+            s.sendall(text.encode())
+            return s.recv(4096).decode()
+        assert say("set runmode record;") == ("Filename.BaseFilename and Filename.Path must both be "
+                                              "specified before recording can occur")
+        assert say("set Filename.Path C:/My  Data;set filename.basefilename Rat_A;get filename.path;") \
+            == "Return: Filename.path C:/My Data"             # words rejoined with one space, case kept
+        s.sendall(b"set runmode record;")
+        wait_for(lambda: rhx.recording)
+        assert say("set filename.basefilename x;") == "Filename cannot be set while controller is running."
+        assert say("set runmode run;") == "Board must be stopped in order to start running"
+        assert say("get runmode;") == "Return: RunMode Record"
+    assert rhx.recordings == ["C:/My Data/Rat_A"]
+
+
+def test_options_table_in_the_docs_gives_the_codes_defaults():
+    """docs/adapters.md's Intan table states each option's default as the code has it
+    (spike_grace_s said 0.05 there while the code said 0.1)."""
+    text = (Path(__file__).parent.parent / "docs" / "adapters.md").read_text()
+    section = text[text.index("## 4. Intan RHX"):text.index("## 5.")]
+    rows = dict(re.findall(r"^\| `(\w+)` \| ([^|]*) \|", section, re.M))
+    assert set(rows) == {f.name for f in dataclasses.fields(IntanOptions)}
+    for field in dataclasses.fields(IntanOptions):
+        doc, code = rows[field.name].strip(), field.default
+        if isinstance(code, bool):
+            assert doc == str(code).lower(), field.name
+        elif isinstance(code, (int, float)):
+            assert float(doc) == float(code), field.name
 
 
 # --- the closed loop through RHX's wire format ----------------------------------------------------
@@ -267,10 +504,10 @@ def test_dry_run_through_intan_counts_like_the_in_process_rig(tmp_path):
     assert_wire_counts_like_in_process("intan", tmp_path)
 
 
-def test_outputs_the_adapter_did_not_set_up_are_reported_not_misread(rhx, caplog):
+def test_outputs_the_adapter_did_not_set_up_are_reported_not_misread(rhx, route, caplog):
     """Someone enables a wideband output in RHX behind the adapter's back: the frame
     grows by a word, every block fails its checks, nothing is decoded as a code."""
-    src = source_for(rhx)
+    src = source_for(rhx, route)
     try:
         rhx.wide_enabled.add("A-001")
         rhx.send(events([(0.1, 5), (0.6, 9)], [(0.2, 1)], watermark=2.0))
@@ -282,9 +519,9 @@ def test_outputs_the_adapter_did_not_set_up_are_reported_not_misread(rhx, caplog
         src.close()
 
 
-def test_photodiode_line_gives_crossing_times():
+def test_photodiode_line_gives_crossing_times(route):
     rhx = IntanPeer(2, photodiode_line="12")
-    src = source_for(rhx)
+    src = source_for(rhx, route)
     try:
         assert src.fs == FS
         rhx.send(RigEvents([(0.1, 200), (0.5, 7)], np.empty(0), np.empty(0, int), 1.0, photodiode=[0.117, 0.52]))
@@ -301,3 +538,44 @@ def test_photodiode_line_gives_crossing_times():
         rhx.close()
     with pytest.raises(ConfigError, match="outside code_lines"):
         IntanSource(photodiode_line=3, code_lines=range(1, 9))
+
+
+def test_the_recorder_hands_the_session_id_to_the_adapter():
+    """recording_adapters/recorder.py calls `session_started(session)` once welcomed: that is
+    what names RHX's file with record_raw."""
+    from recording_adapters.recorder import Recorder
+    from xdream import protocol
+
+    class Conn:        # the PeerConnection surface the Recorder uses, already welcomed and ended
+        session, ended = "20250601-100000", True
+
+        def wait_welcome(self, timeout_s):
+            return protocol.Welcome("recorder-1", 1.0, 5.0, {"window_ms": [50, 200], "baseline_ms": [0, 50]})
+
+        def close(self):
+            pass
+
+    class Source:
+        channels, started = 2, []
+
+        def session_started(self, session_id):
+            self.started.append(session_id)
+
+        def poll(self, timeout_s):
+            return RigEvents()
+
+        def close(self):
+            pass
+
+    source = Source()
+    Recorder(Conn(), source).run(1.0)
+    assert source.started == ["20250601-100000"]
+
+
+@pytest.mark.parametrize("options, wrong", [({"record_raw": True, "configure": False, "sample_rate": 30000},
+                                             "record_raw"),
+                                            ({"record_path": "D:/a;set runmode stop"}, "record_path"),
+                                            ({"record_path": "D:/two  spaces"}, "record_path")])
+def test_record_options_that_rhx_would_misread_are_refused_before_connecting(options, wrong):
+    with pytest.raises(ConfigError, match=f"option {wrong}"):
+        IntanSource(connect_timeout_s=0.1, **options)
