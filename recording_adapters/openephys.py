@@ -59,7 +59,7 @@ import numpy as np
 import zmq
 
 from recording_adapters.base import RigSource
-from recording_adapters.events import RigEvents
+from recording_adapters.events import RigEvents, as_rate
 from recording_adapters.options import Hertz, OptionError, Port, Range, SourceOptions
 from xdream.logs import RateLimitedLog
 
@@ -441,11 +441,10 @@ class OpenEphysSource(RigSource):
             self.dropped_spikes += int(bad.sum())
             log.warning("openephys: dropped %d spikes from electrodes outside channels 0..%d (electrodes=%s)",
                         int(bad.sum()), self.channels - 1, "by name" if self.electrodes else "by number")
-        return RigEvents(codes=[(s / rate, c) for s, c in b.codes],
-                         spike_times=np.array(b.spike_samples, dtype=float)[~bad] / rate,
-                         spike_channels=chans[~bad],
-                         watermark=None if self._wm_sample is None else self._wm_sample / rate,
-                         photodiode=[s / rate for s in b.photodiode])
+        # sample numbers as they came, with the stream's rate: the counter counts on them
+        return RigEvents(codes=b.codes, spike_times=np.array(b.spike_samples, dtype=np.int64)[~bad],
+                         spike_channels=chans[~bad], watermark=self._wm_sample, photodiode=b.photodiode,
+                         rate=as_rate(rate))
 
     def _clock_jump(self, sample: int) -> None:
         self.clock_jumps += 1

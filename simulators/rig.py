@@ -34,6 +34,7 @@ from xdream.protocol import MsgType
 log = logging.getLogger(__name__)
 
 BIN_S = 0.1           # baseline spikes are drawn per bin of rig time
+RATE_HZ = 30000       # the rig's sample clock: events go out as its sample numbers, as a real rig's do
 
 
 class SimulatedRig:
@@ -83,7 +84,8 @@ class SimulatedRig:
         self._draw_baseline(self._watermark, events)
         # counts are final only where baseline spikes have been drawn too
         events.watermark = min(self._watermark, self._baseline_bins * BIN_S)
-        return events
+        # drawn in seconds, handed on as samples (nearest), as an acquisition system stamps them
+        return events.in_ticks(RATE_HZ)
 
     def _fire(self, onsets, events: RigEvents) -> None:
         views = np.stack([self._receptive_field(m.images()[0]) for m in onsets])

@@ -39,11 +39,15 @@ def rigs(*kinds, peer=None, adapter=None):
                                    indirect=True, ids=[f"{p}-{f}" for p, f in kinds])
 
 
-def collect(source, until: float, max_polls: int = 200) -> RigEvents:
-    """Poll until the watermark reaches `until` (or max_polls polls)."""
+def collect(source, until: float, max_polls: int = 200, raw: bool = False) -> RigEvents:
+    """Poll until the watermark reaches `until` s (or max_polls polls); in seconds, or with
+    `raw` as the adapter's ticks (what a counter is given)."""
     got = RigEvents()
+    rate = None
     for _ in range(max_polls):
         e = source.poll(0.05)
+        rate = e.rate or rate
+        e = e.in_seconds()
         got.codes += e.codes
         got.photodiode += e.photodiode
         got.spike_times = np.concatenate([got.spike_times, e.spike_times])
@@ -52,7 +56,7 @@ def collect(source, until: float, max_polls: int = 200) -> RigEvents:
             got.watermark = e.watermark
         if got.watermark is not None and got.watermark >= until:
             break
-    return got
+    return got.in_ticks(rate) if raw and rate is not None else got
 
 
 def sent(codes=(), spikes=(), watermark=None, photodiode=()):
@@ -166,7 +170,7 @@ def test_stream_that_stops_then_resumes(rig, caplog):
     counter.expect(0, [("p0", 1), ("p1", 2)])
     source.stall_warn_s = 0.05
     peer.send(sent([(1.0, 1)], [(1.1, 0)], 1.1))          # p0's window (to 1.2) is cut off
-    out = counter.add(collect(source, 1.05))
+    out = counter.add(collect(source, 1.05, raw=True))
     for _ in range(3):
         out += counter.add(source.poll(0.05))
     assert out == [] and "no message for" in caplog.text
