@@ -131,6 +131,11 @@ class OpenEphysPeer:
         for frames in messages:
             send(frames)
 
+    def lose_messages(self, n: int) -> None:
+        """The GUI's PUB drops the next `n` messages (a slow subscriber; ZMQ drops at the high-water
+        mark): the numbers are used up, nothing is sent for them (tests)."""
+        self._message_num += int(n)
+
     def send_raw(self, frames: list[bytes]) -> None:
         """Any frames at all (tests: corrupt messages)."""
         self._wait_subscriber()
