@@ -42,6 +42,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass
+from fractions import Fraction
 
 log = logging.getLogger(__name__)
 
@@ -52,19 +53,20 @@ class Expected:
     pid: str
     code: int
     since: float                   # wall time its BLOCK_INFO came
-    code_t: float | None = None    # rig time of its code, once matched
-    onset: float | None = None     # rig time of its onset, once final
+    # rig times: exact seconds (Fraction, tick / rate) from the counter, floats from older callers
+    code_t: float | Fraction | None = None    # rig time of its code, once matched
+    onset: float | Fraction | None = None     # rig time of its onset, once final
     flagged: bool = False          # the photodiode disagreed; onset kept at the code time
 
     @property
-    def matched_at(self) -> float:
+    def matched_at(self) -> float | Fraction:
         """The rig time of its code; only for a presentation the aligner has matched."""
         if self.code_t is None:
             raise RuntimeError(f"presentation {self.pid}: no event code matched yet")
         return self.code_t
 
     @property
-    def final_onset(self) -> float:
+    def final_onset(self) -> float | Fraction:
         """The rig time of its onset; only for a presentation `Aligner.resolve` returned."""
         if self.onset is None:
             raise RuntimeError(f"presentation {self.pid}: onset not final yet")
@@ -129,7 +131,7 @@ class Aligner:
         self._early, self._photodiode, self._last = [], [], None
 
     # --- output ------------------------------------------------------------------------------
-    def resolve(self, watermark: float | None) -> list[Expected]:
+    def resolve(self, watermark: float | Fraction | None) -> list[Expected]:
         """Presentations whose onset is now final (in order)."""
         if watermark is not None:
             if self._tentative is not None and watermark >= self._tentative[0] + self.confirm_after_s:
@@ -179,7 +181,7 @@ class Aligner:
         out, self._missing = self._missing, []
         return out
 
-    def oldest_open_time(self) -> float | None:
+    def oldest_open_time(self) -> float | Fraction | None:
         """The earliest rig time still needed (a code or onset not final), for trimming buffers."""
         times = [p.matched_at for p in self._matched] + [t for t, _ in self._early]
         if self._tentative is not None:
@@ -241,7 +243,7 @@ class Aligner:
         log.warning("event code %d at %.4f s dropped: %s", code, t, why)
 
     # --- photodiode --------------------------------------------------------------------------
-    def _photodiode_onset(self, p: Expected, watermark: float | None) -> bool:
+    def _photodiode_onset(self, p: Expected, watermark: float | Fraction | None) -> bool:
         """Sets p.onset (or reports p missing); False while the answer is not known yet."""
         lag = self.photodiode_max_lag_s
         if lag is None:
@@ -254,7 +256,7 @@ class Aligner:
         if not self._photodiode and (watermark is None or watermark < code_t + lag):
             return False             # a crossing may still come
         self.stats["photodiode_outliers"] += 1
-        later = f"the first at +{(self._photodiode[0] - code_t) * 1000:.0f} ms" if self._photodiode else "none"
+        later = f"the first at +{float(self._photodiode[0] - code_t) * 1000:.0f} ms" if self._photodiode else "none"
         if self.photodiode_miss == "code":
             p.onset, p.flagged = code_t, True
             log.warning("presentation %s: no photodiode crossing within %.0f ms of its code (%s); "

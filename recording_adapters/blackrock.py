@@ -142,6 +142,11 @@ class BlackrockSource(RigSource):
 
     # ------------------------------------------------------------ public
     def _poll(self, timeout_s: float) -> RigEvents:
+        # the NSP's times are ticks of sysfreq; the hold works in seconds (tick / sysfreq) and the
+        # events go on as the NSP's ticks again: exact below 2^51 ticks (events.round_ticks)
+        return self._poll_seconds(timeout_s).in_ticks(self.fs)
+
+    def _poll_seconds(self, timeout_s: float) -> RigEvents:
         deadline = time.monotonic() + timeout_s
         while True:
             with self._lock:

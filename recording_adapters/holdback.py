@@ -16,14 +16,19 @@ the default 0.3 s does; a lab with longer windows raises it.
 from __future__ import annotations
 
 import logging
+import math
 
 log = logging.getLogger(__name__)
 
 
 class CodeHold:
-    def __init__(self, hold_s: float = 0.3, before_s: float = 0.0, source: str = "rig"):
-        self.hold_s = float(hold_s)
-        self.before_s = float(before_s)
+    def __init__(self, hold_s: float = 0.3, before_s: float = 0.0, source: str = "rig",
+                 rate: float | None = None):
+        # with `rate`, times are the rig's ticks (sample numbers): the spans become whole ticks
+        # (rounded up: never shorter than asked) and log lines still say seconds
+        self.unit = float(rate) if rate else 1.0
+        self.hold_s = math.ceil(hold_s * rate) if rate else float(hold_s)
+        self.before_s = math.ceil(before_s * rate) if rate else float(before_s)
         self.source = source
         self._held: list[tuple[float, int]] = []
         self._gaps: list[tuple[float, float]] = []    # closed gaps still relevant to held codes
@@ -39,18 +44,18 @@ class CodeHold:
         if self._open_gap is None:
             self._open_gap = t0
             log.warning("%s: data lost from rig time %.4f s (%s); presentations whose windows "
-                        "overlap the gap will be reported missing", self.source, t0, why)
+                        "overlap the gap will be reported missing", self.source, t0 / self.unit, why)
 
     def close_gap(self, t1: float) -> None:
         if self._open_gap is not None:
             self._gaps.append((self._open_gap, t1))
-            log.warning("%s: data whole again from rig time %.4f s", self.source, t1)
+            log.warning("%s: data whole again from rig time %.4f s", self.source, t1 / self.unit)
             self._open_gap = None
 
     def gap(self, t0: float, t1: float, why: str) -> None:
         """Data between rig times t0 and t1 is lost."""
         log.warning("%s: data lost between rig times %.4f and %.4f s (%s); presentations whose "
-                    "windows overlap it will be reported missing", self.source, t0, t1, why)
+                    "windows overlap it will be reported missing", self.source, t0 / self.unit, t1 / self.unit, why)
         self._gaps.append((t0, t1))
 
     def release(self, stream_time: float) -> tuple[list[tuple[float, int]], float]:
@@ -87,4 +92,4 @@ class CodeHold:
     def _drop(self, t: float, code: int, why: str = "a gap in the stream cuts its window") -> None:
         self.dropped += 1
         log.warning("%s: event code %d at rig time %.4f s dropped: %s; its presentation will be "
-                    "reported missing", self.source, code, t, why)
+                    "reported missing", self.source, code, t / self.unit, why)

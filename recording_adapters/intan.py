@@ -243,6 +243,11 @@ class IntanSource(RigSource):
 
     # -- the stream (the contract: recording_adapters/base.py) ---------------------------------
     def _poll(self, timeout_s: float) -> RigEvents:
+        # decoded in seconds (timestamp / rate) and handed on as RHX's sample numbers: for a uint32
+        # timestamp the round trip gives the sample back exactly (events.round_ticks)
+        return self._poll_seconds(timeout_s).in_ticks(self.fs)
+
+    def _poll_seconds(self, timeout_s: float) -> RigEvents:
         self._maybe_reconnect()
         self._read(timeout_s)
         events = RigEvents()

@@ -38,7 +38,7 @@ import numpy as np
 from recording_adapters.base import RigSource
 from recording_adapters.events import RigEvents
 from recording_adapters.holdback import CodeHold
-from recording_adapters.options import OptionError, Range, Seconds, SourceOptions
+from recording_adapters.options import Hertz, OptionError, Range, Seconds, SourceOptions
 from xdream.errors import SessionError
 from xdream.logs import RateLimitedLog
 
@@ -60,8 +60,9 @@ def predicate(name: str, type_: str, source_id: str) -> str:
 class _Stream:
     """One inlet, the last timestamp it delivered, and how to find it again."""
 
-    def __init__(self, lsl, what: str, pred: str, resolve_timeout: float):
+    def __init__(self, lsl, what: str, pred: str, resolve_timeout: float, clock_sync: bool = True):
         self.lsl, self.what, self.pred = lsl, what, pred
+        self.flags = lsl.proc_clocksync if clock_sync else 0
         found = lsl.resolve_bypred(pred, 1, resolve_timeout)
         if not found:
             raise SessionError(f"lsl: no {what} stream matches {pred} after {resolve_timeout:g} s: is its "
@@ -83,10 +84,11 @@ class _Stream:
 
     def open(self, info) -> None:
         lsl = self.lsl
-        inlet = lsl.StreamInlet(info, max_buflen=BUFFER_S, recover=False, processing_flags=lsl.proc_clocksync)
+        inlet = lsl.StreamInlet(info, max_buflen=BUFFER_S, recover=False, processing_flags=self.flags)
         self.inlet = inlet
         inlet.open_stream(5.0)
-        inlet.time_correction(5.0)    # the first clock offset before any sample is trusted
+        if self.flags:
+            inlet.time_correction(5.0)    # the first clock offset before any sample is trusted
         self.resolver = None
 
     def lost(self) -> None:
@@ -114,6 +116,8 @@ class LslOptions(SourceOptions):
     hold_s: Seconds = 0.3
     resolve_timeout_s: Seconds = 10.0
     reconnect_s: Seconds = 1.0
+    tick_hz: Hertz = 1_000_000.0    # LSL times are float seconds: rounded to the nearest tick of this
+    clock_sync: bool = True         # liblsl's clock-offset correction; off only when every stream is local
 
     def check(self) -> None:
         for what in ("marker", "spike"):
@@ -139,9 +143,12 @@ class LslSource(RigSource):
         self.latency = o.latency_s
         self.reconnect_s = o.reconnect_s
         self.hold = CodeHold(o.hold_s, source="lsl")
+        self.tick_hz = o.tick_hz
         timeout = o.resolve_timeout_s
-        self.markers = _Stream(pylsl, "marker", predicate(o.marker_name, o.marker_type, o.marker_source_id), timeout)
-        self.spikes = _Stream(pylsl, "spike", predicate(o.spike_name, o.spike_type, o.spike_source_id), timeout)
+        self.markers = _Stream(pylsl, "marker", predicate(o.marker_name, o.marker_type, o.marker_source_id), timeout,
+                               o.clock_sync)
+        self.spikes = _Stream(pylsl, "spike", predicate(o.spike_name, o.spike_type, o.spike_source_id), timeout,
+                              o.clock_sync)
         info = self.spikes.info
         if info.channel_format() == pylsl.cf_string or info.channel_count() not in (1, 2):
             raise SessionError(f"lsl: the spike stream {info.name()!r} must be numeric with 1 or 2 channels "
@@ -156,6 +163,12 @@ class LslSource(RigSource):
                  self.markers.info.name(), info.name(), self.channels, self.latency)
 
     def _poll(self, timeout_s: float) -> RigEvents:
+        # LSL stamps are float seconds: every time goes on as the nearest tick of tick_hz (1 us by
+        # default; a sorter's sample rate to count on its grid), so that the counter's edges are
+        # integers (docs/adapters.md, "The counter")
+        return self._poll_seconds(timeout_s).in_ticks(self.tick_hz)
+
+    def _poll_seconds(self, timeout_s: float) -> RigEvents:
         events = RigEvents()
         self._search()
         got = self._pull_spikes(events)

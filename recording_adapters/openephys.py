@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import struct
 import time
@@ -59,8 +60,9 @@ import numpy as np
 import zmq
 
 from recording_adapters.base import RigSource
-from recording_adapters.events import RigEvents
-from recording_adapters.options import Hertz, OptionError, Port, Range, SourceOptions
+from recording_adapters.events import RigEvents, as_rate
+from recording_adapters.holdback import CodeHold
+from recording_adapters.options import Hertz, OptionError, Port, Range, Seconds, SourceOptions
 from xdream.logs import RateLimitedLog
 
 
@@ -118,6 +120,7 @@ class OpenEphysOptions(SourceOptions):
     sample_rate: Hertz | None = None              # None: from the stream
     lag_ms: Annotated[int, Range(0)] | None = None   # None: the plugin's default (20, 100)
     heartbeat: bool = True
+    hold_s: Seconds = 0.3                         # a code goes on once the stream is whole this far past it
 
     def check(self) -> None:
         if not self.code_lines:
@@ -162,6 +165,10 @@ class OpenEphysSource(RigSource):
         self.socket.setsockopt(zmq.RCVHWM, 0)      # queue rather than drop here; the GUI's own PUB may drop
         self.lost_messages = 0
         self._message_num: int | None = None
+        self.hold_s = o.hold_s
+        self.hold: CodeHold | None = None         # made once the sample rate is known (it counts in samples)
+        self._data_end: int | None = None         # end of the latest data message: the block before it is whole
+        self._lost_from: int | None = None        # a message_num gap opened here, before the hold existed
         self._channel_of: dict[str, int] = {}
         self.socket.connect(f"tcp://{o.host}:{self.port}")
         self._hb = None
@@ -243,6 +250,9 @@ class OpenEphysSource(RigSource):
             self._clock_jump(sample)
         if kind == "data":
             self._close_group(before=payload)   # TTL events of a block all precede its data
+            self._data_end = payload if self._data_end is None else max(self._data_end, payload)
+            if self.hold is not None:
+                self.hold.close_gap(payload)    # a gap's span ends with the first whole block after it
         elif kind == "ttl":
             line, state, word = payload
             if self._group_sample is not None and sample != self._group_sample:
@@ -360,6 +370,7 @@ class OpenEphysSource(RigSource):
             raise BadPacket(f"sample_rate {value!r}")
         if self.rate is None:
             self.rate = float(value)
+            self._get_hold(self.rate)    # before this message's data closes any gap already seen
         elif abs(value - self.rate) > 1e-6 * self.rate and not getattr(self, "_rate_warned", False):
             self._rate_warned = True
             log.warning("openephys: the stream says %.3f Hz, using %.3f Hz", value, self.rate)
@@ -388,10 +399,30 @@ class OpenEphysSource(RigSource):
             return
         if self._message_num is not None and num > self._message_num + 1:
             self.lost_messages += num - self._message_num - 1
+            self._lose_span()
             log.warning("openephys: %d messages lost before message %d (the GUI drops what a slow client "
                         "does not take in time); %d lost so far", num - self._message_num - 1, num,
                         self.lost_messages)
         self._message_num = num
+
+    def _lose_span(self) -> None:
+        """Messages were lost: the samples from the last whole block (less the spike lag) to the end
+        of the next data message may miss events or spikes; codes whose windows overlap that span
+        are dropped by the hold, so their presentations are reported missing, never counted short."""
+        lag = int(self.lag_s * self.rate) if self.rate else 0
+        start = max(0, (self._data_end if self._data_end is not None else 0) - lag)
+        if self.hold is not None:
+            self.hold.open_gap(start, "Open Ephys message_num gap: messages lost")
+        elif self._lost_from is None:
+            self._lost_from = start
+
+    def _get_hold(self, rate: float) -> CodeHold:
+        if self.hold is None:
+            self.hold = CodeHold(self.hold_s, source="openephys", rate=rate)
+            if self._lost_from is not None:
+                self.hold.open_gap(self._lost_from, "Open Ephys message_num gap: messages lost")
+                self._lost_from = None
+        return self.hold
 
     # --- event codes from TTL lines ----------------------------------------------------------
     def _close_group(self, before: int | None = None) -> None:
@@ -441,11 +472,13 @@ class OpenEphysSource(RigSource):
             self.dropped_spikes += int(bad.sum())
             log.warning("openephys: dropped %d spikes from electrodes outside channels 0..%d (electrodes=%s)",
                         int(bad.sum()), self.channels - 1, "by name" if self.electrodes else "by number")
-        return RigEvents(codes=[(s / rate, c) for s, c in b.codes],
-                         spike_times=np.array(b.spike_samples, dtype=float)[~bad] / rate,
-                         spike_channels=chans[~bad],
-                         watermark=None if self._wm_sample is None else self._wm_sample / rate,
-                         photodiode=[s / rate for s in b.photodiode])
+        hold = self._get_hold(rate)
+        hold.add(b.codes)
+        codes, horizon = hold.release(self._wm_sample if self._wm_sample is not None else -math.inf)
+        # sample numbers as they came, with the stream's rate: the counter counts on them
+        return RigEvents(codes=codes, spike_times=np.array(b.spike_samples, dtype=np.int64)[~bad],
+                         spike_channels=chans[~bad], watermark=int(horizon) if math.isfinite(horizon) else None,
+                         photodiode=b.photodiode, rate=as_rate(rate))
 
     def _clock_jump(self, sample: int) -> None:
         self.clock_jumps += 1
@@ -453,6 +486,9 @@ class OpenEphysSource(RigSource):
                     "following the new clock", self._wm_sample, sample)
         self._wm_sample, self._word = None, 0
         self._group, self._group_sample = [], None
+        self._data_end = self._lost_from = None
+        if self.hold is not None:   # codes whose windows the old clock did not complete: dropped (missing)
+            self.hold.restart(-math.inf)
 
     def _bad(self, why: str) -> None:
         self.bad_packets += 1

@@ -41,7 +41,7 @@ import numpy as np
 from recording_adapters.base import RigSource
 from recording_adapters.events import RigEvents
 from recording_adapters.holdback import CodeHold
-from recording_adapters.options import Range, Seconds, SourceOptions
+from recording_adapters.options import Hertz, Range, Seconds, SourceOptions
 from xdream.errors import ConfigError, SessionError
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,7 @@ class PlexonOptions(SourceOptions):
     hold_s: Seconds = 0.3
     lag_s: Seconds = 0.05
     reconnect_s: Seconds = 1.0
+    timestamp_hz: Hertz | None = None                  # None: OmniPlex's own (global parameters)
 
 
 class PlexonSource(RigSource):
@@ -92,6 +93,7 @@ class PlexonSource(RigSource):
         self.spike_source, n_spike = self._source(o.spike_source, getattr(self.api, "SPIKE_TYPE", 1), "spike")
         self.event_source, _ = self._source(o.event_source, getattr(self.api, "EVENT_TYPE", 4), "event")
         self.channels = o.channels if o.channels is not None else n_spike
+        self.tick_hz = self._timestamp_frequency(o.timestamp_hz)
         self._last_t = -math.inf       # the latest timestamp delivered
         self._retry_at: float | None = None
         self._stash = None             # a batch after a clock jump, for the next poll
@@ -99,6 +101,11 @@ class PlexonSource(RigSource):
 
     # ------------------------------------------------------------- public
     def _poll(self, timeout_s: float) -> RigEvents:
+        # the API gives seconds (doubles): rounded to the nearest tick of OmniPlex's timestamp clock
+        # (get_global_parameters().timestamp_frequency, 40 kHz), which is where they came from
+        return self._poll_seconds(timeout_s).in_ticks(self.tick_hz)
+
+    def _poll_seconds(self, timeout_s: float) -> RigEvents:
         events = RigEvents()
         if self._stash is not None:
             batch, self._stash = self._stash, None
@@ -134,6 +141,16 @@ class PlexonSource(RigSource):
             log.warning("plexon: disconnect failed: %s", exc)
 
     # ------------------------------------------------------------ private
+    def _timestamp_frequency(self, fixed: float | None) -> float:
+        """The clock OmniPlex's timestamps count in: the option, else the server's global parameters."""
+        if fixed is not None:
+            return fixed
+        hz = getattr(self.client.get_global_parameters(), "timestamp_frequency", None)
+        if not isinstance(hz, (int, float)) or isinstance(hz, bool) or not hz > 0:
+            raise SessionError(f"plexon: OmniPlex Server gave timestamp_frequency {hz!r}; set "
+                               "--rig-option timestamp_hz=40000 (OmniPlex's timestamp clock)")
+        return float(hz)
+
     def _take(self, batch, events: RigEvents) -> None:
         ts, src, ch, unit = batch
         ts = ts.astype(float)

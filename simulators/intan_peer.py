@@ -205,19 +205,27 @@ class IntanPeer:
 
     def send(self, events: RigEvents) -> None:
         fs = self.sample_rate
+        if events.rate is not None:     # ticks: the rig's sample numbers (rescaled if another rate)
+            events = events.in_ticks(fs)
+
+            def sample(t):
+                return np.asarray(t, dtype=np.int64)
+        else:                           # float seconds: the sample they fall in
+            def sample(t):
+                return np.floor(np.asarray(t, dtype=float) * fs).astype(np.int64)
         with self._lock:
             for t, code in events.codes:
-                self._codes.append((int(np.floor(t * fs)), int(code) & (0xFF if self.photodiode_line else 0xFFFF)))
+                self._codes.append((int(sample(t)), int(code) & (0xFF if self.photodiode_line else 0xFFFF)))
             if self.photodiode_line is not None:
-                self._photodiode += [int(np.floor(t * fs)) for t in events.photodiode]
+                self._photodiode += [int(sample(t)) for t in events.photodiode]
             if len(events.spike_times):
-                samples = np.floor(np.asarray(events.spike_times) * fs).astype(np.int64)
+                samples = sample(events.spike_times)
                 self._spikes = (np.concatenate([self._spikes[0], samples]),
                                 np.concatenate([self._spikes[1], np.asarray(events.spike_channels, np.int64)]))
             if events.watermark is None:
                 return
             # whole blocks only, counted from the run's first sample
-            end = int(np.floor(events.watermark * fs))
+            end = int(sample(events.watermark))
             end = self._origin + (end - self._origin) // _FRAMES * _FRAMES
             if end <= self._sent:
                 return
@@ -251,6 +259,13 @@ class IntanPeer:
             if mode == "record":
                 self.filename_path, self.base_filename = path, base_filename
             self._start(mode)
+
+    def skip_to(self, sample: int) -> None:
+        """Sample numbers jump ahead to `sample` before anything is sent (tests: a run that has been
+        going for hours, timestamps past 2^31; RHX's are uint32, so below 2^32)."""
+        with self._lock:
+            self._origin = 0
+            self._sent = sample - sample % _FRAMES
 
     def restart_acquisition(self) -> None:
         """Stop and run again, as a user in RHX's GUI would: timestamps restart at 0."""

@@ -63,6 +63,8 @@ class LslPeer:
         return rig_time + (self._offset or 0.0)
 
     def send(self, events: RigEvents) -> None:
+        grid = events.rate       # ticks: the offset is kept a whole number of ticks, so the
+        events = events.in_seconds()   # adapter's rounding gives the ticks' spacing back
         times = [t for t, _ in events.codes] + list(np.asarray(events.spike_times, float))
         if not times:
             return
@@ -73,6 +75,8 @@ class LslPeer:
             self._offset = want                 # behind wall time: stamp later, never in the past
         elif first >= self._last_marker_rig + _IN_FLIGHT_S:
             self._offset = max(want, self._last_stamp - first)   # ahead, nothing in flight: come back
+        if grid is not None:
+            self._offset = float(np.ceil(self._offset * float(grid)) / float(grid))
         for t, code in sorted(events.codes):
             self.push_marker(str(code) if self.string_markers else int(code), self.lsl_time(t))
             self._last_marker_rig = max(self._last_marker_rig, t)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import heapq
 import json
+from fractions import Fraction
 import logging
 import struct
 import time
@@ -74,6 +75,7 @@ class OpenEphysPeer:
         self._pending: list = []          # heap of (sample, order, kind, payload)
         self._order = 0
         self._capture: list | None = None  # encode(): messages kept here instead of sent
+        self._tick_rate: Fraction | None = None   # the rate of the ticks in the events being sent
 
     def adapter_options(self) -> dict[str, str]:
         opts = {"host": "127.0.0.1", "port": str(self.port), "plugin": self.plugin,
@@ -88,6 +90,7 @@ class OpenEphysPeer:
     def send(self, events) -> None:
         self._answer_heartbeats()
         self._wait_subscriber()
+        self._tick_rate = events.rate      # None: float seconds; else ticks (the rig's sample numbers)
         for t, code in events.codes:
             s = self._sample(t)
             lines = [b for b in range(8) if code >> b & 1]
@@ -100,7 +103,7 @@ class OpenEphysPeer:
             if self.photodiode_line is not None:
                 self._push(self._sample(t), "ttl", (self.photodiode_line, 1))
                 self._push(self._sample(t) + self.pulse, "ttl", (self.photodiode_line, 0))
-        for t, ch in zip(np.asarray(events.spike_times, dtype=float), np.asarray(events.spike_channels)):
+        for t, ch in zip(np.asarray(events.spike_times).tolist(), np.asarray(events.spike_channels).tolist()):
             self._push(self._sample(t), "spike", int(ch))
         if events.watermark is not None:
             self._advance(self._sample(events.watermark))
@@ -128,6 +131,11 @@ class OpenEphysPeer:
         for frames in messages:
             send(frames)
 
+    def lose_messages(self, n: int) -> None:
+        """The GUI's PUB drops the next `n` messages (a slow subscriber; ZMQ drops at the high-water
+        mark): the numbers are used up, nothing is sent for them (tests)."""
+        self._message_num += int(n)
+
     def send_raw(self, frames: list[bytes]) -> None:
         """Any frames at all (tests: corrupt messages)."""
         self._wait_subscriber()
@@ -139,8 +147,17 @@ class OpenEphysPeer:
             self.rep.close()
 
     # --- blocks -------------------------------------------------------------------------------
-    def _sample(self, t: float) -> int:
-        return int(round((t - self._epoch) * self.rate))
+    def _sample(self, t) -> int:
+        if self._tick_rate is None:
+            return int(round((t - self._epoch) * self.rate))
+        # ticks: exact integer arithmetic (the same rate: the tick is the sample number)
+        scaled = Fraction(int(t)) * Fraction(repr(self.rate)) / self._tick_rate
+        return int(round(scaled - Fraction(repr(self._epoch)) * Fraction(repr(self.rate))))
+
+    def skip_to(self, sample: int) -> None:
+        """Acquisition has run this long before the client looks: sample numbers go on from
+        `sample` (tests: numbers past 2^31 and 2^32 without sending hours of blocks)."""
+        self._sent_until = max(self._sent_until, int(sample))
 
     def _push(self, sample: int, kind: str, payload) -> None:
         self._order += 1

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 BIN_S = 0.1           # baseline spikes are drawn per bin of rig time
 WORK_PER_POLL_S = 0.2  # a poll's budget of network passes (a few onsets on a CPU)
+RATE_HZ = 30000       # the rig's sample clock: events go out as its sample numbers, as a real rig's do
 
 
 class SimulatedRig:
@@ -85,7 +86,8 @@ class SimulatedRig:
         self._draw_baseline(self._watermark, events)
         # counts are final only where baseline spikes have been drawn too
         events.watermark = min(self._watermark, self._baseline_bins * BIN_S)
-        return events
+        # drawn in seconds, handed on as samples (nearest), as an acquisition system stamps them
+        return events.in_ticks(RATE_HZ)
 
     @property
     def backlog(self) -> int:

@@ -173,7 +173,7 @@ def feed_and_collect(p: Pair, limit_s: float = 20.0) -> list[Poll]:
     polls: list[Poll] = []
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
-        ev = p.source.poll(0.05)
+        ev = p.source.poll(0.05).in_seconds()
         polls.append(Poll(list(ev.codes), np.asarray(ev.spike_times, float),
                           np.asarray(ev.spike_channels, int), ev.watermark))
         if ev.watermark is not None and ev.watermark >= p.case.clock(p.peer, WHOLE):

@@ -99,7 +99,7 @@ def collect(source, until: float, limit_s: float = 20.0):
     codes, times, chans, marks = [], [], [], []
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
-        ev = source.poll(0.05)
+        ev = source.poll(0.05).in_seconds()
         # a code comes before the watermark passes it: the counter still holds its spikes
         assert all(t >= max(marks, default=-1.0) for t, _ in ev.codes)
         codes += ev.codes
@@ -270,7 +270,7 @@ def test_clock_going_back_closes_the_old_clock_first(rhx, route, caplog):
         deadline = time.monotonic() + 10
         with caplog.at_level(logging.WARNING):
             while "clock went back" not in caplog.text and time.monotonic() < deadline:
-                ev = src.poll(0.05)
+                ev = src.poll(0.05).in_seconds()
                 codes += ev.codes
                 marks += [ev.watermark] if ev.watermark is not None else []
         assert "clock went back" in caplog.text
@@ -528,7 +528,7 @@ def test_photodiode_line_gives_crossing_times(route):
         photodiode, codes = [], []
         deadline = time.monotonic() + 10
         while len(codes) < 2 and time.monotonic() < deadline:
-            ev = src.poll(0.05)
+            ev = src.poll(0.05).in_seconds()
             photodiode += ev.photodiode
             codes += ev.codes
         assert [c for _, c in codes] == [200, 7]          # the photodiode line is not part of the code

@@ -41,7 +41,7 @@ def collect(source, until_lsl: float, limit_s: float = 15.0):
     codes, times, chans, marks = [], [], [], []
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
-        ev = source.poll(0.02)
+        ev = source.poll(0.02).in_seconds()
         assert all(t >= max(marks, default=-np.inf) for t, _ in ev.codes)   # codes before the watermark
         codes += ev.codes
         times.append(ev.spike_times)

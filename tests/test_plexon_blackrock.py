@@ -23,7 +23,7 @@ def drain(source, polls=5, timeout_s=0.0):
     """Everything several polls hand on: codes, spikes, and the watermarks in order."""
     codes, times, chans, marks = [], [], [], []
     for _ in range(polls):
-        ev = source.poll(timeout_s)
+        ev = source.poll(timeout_s).in_seconds()
         codes += ev.codes
         times += list(ev.spike_times)
         chans += list(ev.spike_channels)
@@ -139,11 +139,11 @@ def test_plexon_lost_connection_drops_the_codes_the_gap_cuts_and_reconnects(monk
 def test_plexon_clock_going_back_hands_on_the_old_stream_first(monkeypatch):
     source, _ = plexon(monkeypatch, [[(50.0, SPK, 1, 1), (50.1, DI, 1, 5)], [(51.0, SPK, 1, 1)],
                                      [(0.2, SPK, 2, 1), (0.3, DI, 1, 6)], [(1.0, SPK, 1, 1)]])
-    first = source.poll(0) , source.poll(0)
+    first = source.poll(0).in_seconds(), source.poll(0).in_seconds()
     assert first[1].codes == [(50.1, 5)]
-    restart = source.poll(0)
+    restart = source.poll(0).in_seconds()
     assert restart.watermark == 51.0 and len(restart.spike_times) == 0
-    after = [source.poll(0) for _ in range(2)]
+    after = [source.poll(0).in_seconds() for _ in range(2)]
     assert after[0].spike_times.tolist() == [0.2]
     assert [c for ev in after for c in ev.codes] == [(0.3, 6)]
     assert after[-1].watermark < 1.0
@@ -243,11 +243,11 @@ def test_blackrock_decodes_spikes_and_strobed_words_on_the_heartbeat_clock(monke
     assert source.channels == 6 and cbsdk.device.params["inst_addr"] == "127.0.0.1"
     cbsdk.device.send([spike(30000, 1), spike(30030, 3, 1), spike(30060, 2, 255), din(30300, 0x10000 | 42),
                        din(30400, 7, event_type=1), din(30500, 0), spike(30600, 9), beat(30900)])
-    ev = source.poll(0.5)
+    ev = source.poll(0.5).in_seconds()
     assert ev.codes == [] and ev.watermark == pytest.approx(1.010)   # code 42 held back until its window
     assert ev.spike_times.tolist() == [1.0, 1.001] and ev.spike_channels.tolist() == [0, 2]
     cbsdk.device.send([spike(40000, 4), beat(45000)])
-    ev = source.poll(0.5)
+    ev = source.poll(0.5).in_seconds()
     assert ev.codes == [(30300 / FS, 42)] and ev.watermark == pytest.approx(1.5)
     assert ev.spike_channels.tolist() == [3]
 
@@ -257,7 +257,7 @@ def test_blackrock_silence_opens_a_gap_drops_its_codes_and_reconnects(monkeypatc
     cbsdk.device.send([beat(30000), din(30600, 11), beat(31000)])
     with caplog.at_level(logging.WARNING):
         source.poll(0.01)
-        silent = [source.poll(0.1) for _ in range(2)]          # nothing comes: the NSP went silent
+        silent = [source.poll(0.1).in_seconds() for _ in range(2)]          # nothing comes: the NSP went silent
         cbsdk.device.send([beat(90000), din(91000, 12), beat(120000)])
         codes, _, _, marks = drain(source, polls=3, timeout_s=0.05)
     assert codes == [(91000 / FS, 12)] and source.hold.dropped == 1

@@ -92,8 +92,10 @@ def test_rig_turns_screen_frames_into_codes_and_spikes(sim_cfg, zmq_ctx):
             break
     codes = [c for ev in events for c in ev.codes]
     assert [c for _, c in codes] == [5, 6, 7]
-    # the rig's clock: frame index times the nominal period
-    assert [round(t / period) for t, _ in codes] == [1, 13, 25]
+    # the rig's clock: frame index times the nominal period, handed on as samples of its 30 kHz clock
+    assert all(ev.rate == 30000 for ev in events if not ev.empty)
+    assert [t for t, _ in codes] == [500, 6500, 12500]
+    assert all(np.asarray(ev.spike_times).dtype.kind == "i" for ev in events if len(ev.spike_times))
     assert [c.pid for c in counts] == ["p5", "p6", "p7"]
     watermarks = [ev.watermark for ev in events]
     assert watermarks == sorted(watermarks)
