@@ -27,6 +27,7 @@ import numpy as np
 
 from recording_adapters.aligner import Aligner, Expected
 from recording_adapters.events import RigEvents
+from recording_adapters.spike_times import offsets_us
 from xdream import protocol
 
 log = logging.getLogger(__name__)
@@ -34,10 +35,14 @@ log = logging.getLogger(__name__)
 
 class SpikeCounter:
     def __init__(self, n_channels: int, window_s=(0.05, 0.2), baseline_s=(0.0, 0.05), *,
-                 timeout_s: float = 30.0, jump_tolerance_s: float = 0.001, clock=time.monotonic, **aligner):
+                 timeout_s: float = 30.0, jump_tolerance_s: float = 0.001, clock=time.monotonic,
+                 spike_span_s=None, **aligner):
         self.n_channels = n_channels
         self.window_s = tuple(window_s)
         self.baseline_s = tuple(baseline_s)
+        # spike times reported in [onset+start, onset+end) besides the counts (spike_times.py); None: none
+        self.spike_span_s = tuple(spike_span_s) if spike_span_s else None
+        self._spans = [self.window_s, self.baseline_s] + ([self.spike_span_s] if self.spike_span_s else [])
         self.timeout_s = timeout_s
         self.jump_tolerance_s = jump_tolerance_s
         self.clock = clock
@@ -108,13 +113,19 @@ class SpikeCounter:
         self._latest_any = self._latest_mark = -math.inf
 
     def _complete(self, watermark: float) -> list[protocol.Counts]:
-        end = max(self.window_s[1], self.baseline_s[1])
+        end = max(span[1] for span in self._spans)
         done = [p for p, _ in self._open if p.onset + end <= watermark]
         if not done:
             return []
         self._open = [(p, t) for p, t in self._open if p.onset + end > watermark]
         return [protocol.Counts(p.block_id, p.pid, "ok", self._count(p.final_onset, self.window_s),
-                                self._count(p.final_onset, self.baseline_s), p.onset) for p in done]
+                                self._count(p.final_onset, self.baseline_s), p.onset,
+                                self._spike_times(p.final_onset)) for p in done]
+
+    def _spike_times(self, onset: float) -> list[list[int]]:
+        if self.spike_span_s is None:
+            return []
+        return offsets_us(self._times, self._channels, onset, self.spike_span_s, self.n_channels)
 
     def _stalled(self, now: float) -> list[protocol.Counts]:
         late = [p for p, t in self._open if now - t > self.timeout_s]
@@ -127,7 +138,7 @@ class SpikeCounter:
 
     def _trim(self, watermark: float | None) -> None:
         # spikes older than every window still open (or still to open) can go
-        start = min(self.window_s[0], self.baseline_s[0])
+        start = min(span[0] for span in self._spans)
         needed = [p.final_onset for p, _ in self._open]
         oldest = self.aligner.oldest_open_time()
         if oldest is not None:
