@@ -662,7 +662,8 @@ class EvolutionServer:
         if len(body.spike_times) > peer.channels:
             raise ProtocolError(f"spike_times for {body.pid} have {len(body.spike_times)} channels; recorder "
                                 f"{peer.name!r} said hello with {peer.channels}")
-        lo, hi = round(span[0] * 1000), round(span[1] * 1000)   # us; the end itself after rounding
+        # us; one more either side: an offset is rounded down from float seconds (spike_times.py)
+        lo, hi = round(span[0] * 1000) - 1, round(span[1] * 1000)
         for ch, offsets in enumerate(body.spike_times):
             if offsets and (offsets[0] < lo or offsets[-1] > hi or np.any(np.diff(offsets) < 0)):
                 raise ProtocolError(f"spike_times for {body.pid}, channel {ch}, are not ascending within "
