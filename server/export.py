@@ -421,7 +421,8 @@ def _add_units(nwb, session: SessionRecord, t: Tables) -> None:
     if not t.spikes:
         return
     lo_ms, hi_ms = t.spike_span_ms
-    onsets = {p.pid: float(p.counts["onset"]) for p in session.presentations if p.pid in t.spikes}
+    onsets = {p.pid: float(p.counts["onset"]) for p in session.presentations
+              if p.counts is not None and p.pid in t.spikes}
     channels = max(len(v) for v in t.spikes.values())
     per_channel: list[list[int]] = [[] for _ in range(channels)]   # absolute rig time, integer us
     spans = []
