@@ -4,7 +4,9 @@ baseline window (defaults 50-200 ms and 0-50 ms).
 
 Rules (docs/adapters.md, "The counter"):
 - A presentation is counted once the rig's watermark has passed the end of
-  both its windows, so a count is never taken from a window still filling.
+  both its windows (and of its spike-time span, when one is asked for:
+  recording_adapters/spike_times.py), so a count is never taken from a window
+  still filling.
 - It is reported `missing` instead, never counted, when its code never arrives
   (the aligner's rules), when the rig's clock jumps back before its windows
   are complete, or when its windows are still incomplete `timeout_s` of wall
