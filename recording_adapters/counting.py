@@ -18,7 +18,9 @@ For other uses of the same windows (per-presentation spike times):
 
 Rules (docs/adapters.md, "The counter"):
 - A presentation is counted once the rig's watermark has passed the end of
-  both its windows, so a count is never taken from a window still filling.
+  both its windows (and of its spike-time span, when one is asked for:
+  recording_adapters/spike_times.py), so a count is never taken from a window
+  still filling.
 - It is reported `missing` instead, never counted, when its code never arrives
   (the aligner's rules), when the rig's clock jumps back before its windows
   are complete, or when its windows are still incomplete `timeout_s` of wall
@@ -42,6 +44,7 @@ import numpy as np
 
 from recording_adapters.aligner import Aligner, Expected
 from recording_adapters.events import Rate, RigEvents, Time, as_rate, exact
+from recording_adapters.spike_times import ticks_to_us
 from xdream import protocol
 
 log = logging.getLogger(__name__)
@@ -74,10 +77,13 @@ def offsets_in(ticks: np.ndarray, channels: np.ndarray, n_channels: int, onset: 
 class SpikeCounter:
     def __init__(self, n_channels: int, window_s=(0.05, 0.2), baseline_s=(0.0, 0.05), *,
                  timeout_s: float = 30.0, jump_tolerance_s: float = 0.001, clock=time.monotonic,
-                 float_rate_hz: float = FLOAT_RATE_HZ, **aligner):
+                 float_rate_hz: float = FLOAT_RATE_HZ, spike_span_s=None, **aligner):
         self.n_channels = n_channels
         self.window_s = tuple(exact(x) for x in window_s)     # exact: 0.05 is 1/20
         self.baseline_s = tuple(exact(x) for x in baseline_s)
+        # spike times reported in [onset+start, onset+end) besides the counts (spike_times.py); None: none
+        self.spike_span_s = tuple(exact(x) for x in spike_span_s) if spike_span_s else None
+        self._spans = [self.window_s, self.baseline_s] + ([self.spike_span_s] if self.spike_span_s else [])
         self.float_rate = as_rate(float_rate_hz)
         self.rate: Rate | None = None                         # the ticks' rate, from the first timed events
         self.timeout_s = timeout_s
@@ -187,13 +193,22 @@ class SpikeCounter:
         self._latest_any = self._latest_mark = -math.inf
 
     def _complete(self, watermark: Time) -> list[protocol.Counts]:
-        end = max(self.window_s[1], self.baseline_s[1])
+        end = max(span[1] for span in self._spans)
         done = [p for p, _ in self._open if p.final_onset + end <= watermark]
         if not done:
             return []
         self._open = [(p, t) for p, t in self._open if p.final_onset + end > watermark]
         return [protocol.Counts(p.block_id, p.pid, "ok", self._count(p.final_onset, self.window_s),
-                                self._count(p.final_onset, self.baseline_s), float(p.final_onset)) for p in done]
+                                self._count(p.final_onset, self.baseline_s), float(p.final_onset),
+                                self._spike_times(p.final_onset)) for p in done]
+
+    def _spike_times(self, onset_s: Fraction | float) -> list[list[int]]:
+        """Per channel, the spikes in the spike-time span as whole microseconds from onset
+        (rounded down: those inside a counting window number exactly its count)."""
+        if self.spike_span_s is None:
+            return []
+        assert self.rate is not None
+        return [ticks_to_us(o, self.rate) for o in self.offsets(self.onset_tick(onset_s), self.spike_span_s)]
 
     def _stalled(self, now: float) -> list[protocol.Counts]:
         late = [p for p, t in self._open if now - t > self.timeout_s]
@@ -206,7 +221,7 @@ class SpikeCounter:
 
     def _trim(self, watermark: Time | None) -> None:
         # spikes older than every window still open (or still to open) can go
-        start = min(self.window_s[0], self.baseline_s[0])
+        start = min(span[0] for span in self._spans)
         needed = [p.final_onset for p, _ in self._open]
         oldest = self.aligner.oldest_open_time()
         if oldest is not None:

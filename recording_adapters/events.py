@@ -66,6 +66,12 @@ class RigEvents:
     def empty(self) -> bool:
         return not (self.codes or len(self.spike_times) or self.photodiode) and self.watermark is None
 
+    def watermark_s(self) -> float | None:
+        """The watermark in seconds of the rig clock, whichever unit the events are in."""
+        if self.watermark is None:
+            return None
+        return float(Fraction(self.watermark) / self.rate) if self.rate is not None else float(self.watermark)
+
     def in_ticks(self, rate: Rate | float | int) -> RigEvents:
         """The same events with every time an integer tick of `rate`: unchanged if already so;
         float seconds, or ticks of another rate, rounded to the nearest tick (round_ticks)."""

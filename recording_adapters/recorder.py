@@ -5,11 +5,21 @@ thread of the server's process (`xdream serve --rig NAME`:
 recording_adapters/in_process.py); either way it talks to the server through
 its own PeerConnection and reports every count reliably (kept until the server
 acknowledges it).
+
+What the server's WELCOME asks for (docs/protocol.md, "Features"): with the
+feature "spike_times", each COUNTS also carries the presentation's spike times
+in `settings["spike_times_ms"]` (recording_adapters/spike_times.py); with
+"rig_clock", the recorder sends a RIG_CLOCK pair (its wall time, the rig's time)
+at the first poll that brings a watermark and every `RIG_CLOCK_EVERY_S` after,
+which the server journals so that raw rig files line up with the session
+(docs/adapters.md, "Aligning raw data with the session"). An older server asks for
+neither, and gets counts only.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 
@@ -21,6 +31,8 @@ from xdream import protocol
 from xdream.protocol import MsgType
 
 log = logging.getLogger(__name__)
+
+RIG_CLOCK_EVERY_S = 60.0   # enough pairs to fit a drift between the two clocks over a session
 
 
 class Recorder:
@@ -44,12 +56,23 @@ class Recorder:
                 session_started(self.conn.session)
             window = [ms / 1000.0 for ms in welcome.settings["window_ms"]]
             baseline = [ms / 1000.0 for ms in welcome.settings["baseline_ms"]]
-            counter = SpikeCounter(self.source.channels, window, baseline, **self.counter_options)
+            features = welcome.settings.get("features") or ()
+            span_ms = welcome.settings.get("spike_times_ms") if "spike_times" in features else None
+            span = [ms / 1000.0 for ms in span_ms] if span_ms else None
+            counter = SpikeCounter(self.source.channels, window, baseline, spike_span_s=span,
+                                   **self.counter_options)
+            next_clock = 0.0 if "rig_clock" in features else math.inf
             while not self.conn.ended and not self.halt.is_set():
                 for msg in self.conn.poll(0.005):
                     if msg.type == MsgType.BLOCK_INFO:
                         counter.expect(msg.body.block_id, [(p.pid, p.code) for p in msg.body.presentations])
-                for counts in counter.add(self.source.poll(0.02)):
+                events = self.source.poll(0.02)
+                wall = time.time()
+                rig_s = events.watermark_s()
+                if rig_s is not None and wall >= next_clock:
+                    self.conn.send(MsgType.RIG_CLOCK, protocol.RigClock(wall, rig_s), reliable=True)
+                    next_clock = wall + RIG_CLOCK_EVERY_S
+                for counts in counter.add(events):
                     self.conn.send(MsgType.COUNTS, counts, reliable=True)
                     self.reported += 1
                     self.missing += counts.status == "missing"

@@ -188,6 +188,7 @@ class EvolutionServer:
         for ref in self.refs:
             journal.save_image_later(f"references/{ref.name}.png", ref.pixels)
         journal.write("session_start", session=self.session_id, machine=machine_info(),
+                      metadata=asdict(self.cfg.metadata), spike_times_ms=self.cfg.response.spike_times_ms,
                       threads=[{"name": t.name, "channel": t.channel,
                                 "generator": t.generator.name, "device": str(t.generator.device),
                                 "precision": t.generator.precision,
@@ -548,10 +549,11 @@ class EvolutionServer:
             MsgType.SHOWN: self._on_shown,
             MsgType.COUNTS: self._on_counts,
             MsgType.BYE: self._on_bye,
+            MsgType.RIG_CLOCK: self._on_rig_clock,
         }.get(msg.type)
         if handler is None:
             raise ProtocolError(f"a {peer.role} may not send {msg.type.value}")
-        if msg.type in (MsgType.SHOWN, MsgType.COUNTS) and peer.role != _SENDER_ROLE[msg.type]:
+        if msg.type in _SENDER_ROLE and peer.role != _SENDER_ROLE[msg.type]:
             raise ProtocolError(f"a {peer.role} may not send {msg.type.value}")
         await handler(peer, msg)
 
@@ -614,9 +616,19 @@ class EvolutionServer:
         self._changed.set()
 
     def _settings_for(self, role: str) -> dict:
+        """The peer's config table, and which of protocol.FEATURES it may use (an older peer
+        ignores both the key and the features; docs/protocol.md, "Features")."""
         if role == "presenter":
-            return {k: v for k, v in asdict(self.cfg.presentation).items()}
-        return {k: v for k, v in asdict(self.cfg.response).items()}
+            return asdict(self.cfg.presentation) | {"features": ["trial"]}
+        features = ["rig_clock"] + (["spike_times"] if self.cfg.response.spike_times_ms else [])
+        return asdict(self.cfg.response) | {"features": features}
+
+    async def _on_rig_clock(self, peer: Peer, msg: protocol.Message) -> None:
+        """Journal the recorder's (wall, rig) pair beside the server's own wall time at receipt."""
+        self.journal.write("rig_clock", peer=peer.name, wall=msg.body.wall, rig=msg.body.rig,
+                           server_wall=time.time())
+        self.journal.sync()
+        await self._send(peer.routing_id, MsgType.ACK, protocol.Ack(msg.seq))
 
     async def _on_heartbeat(self, peer: Peer, msg: protocol.Message) -> None:
         pass
@@ -633,11 +645,29 @@ class EvolutionServer:
             if n > peer.channels:
                 raise ProtocolError(f"{name} for {msg.body.pid} have {n} channels; recorder {peer.name!r} "
                                     f"said hello with {peer.channels}")
+        self._check_spike_times(peer, msg.body)
         needed = max(t.channel for t in self.threads) + 1
         if msg.body.status == "ok" and len(msg.body.counts) < needed:
             raise ProtocolError(f"counts for {msg.body.pid} have {len(msg.body.counts)} channels, "
                                 f"the threads need {needed}")
         await self._record(peer, msg, "counts", lambda progress: progress.record_counts(msg.body))
+
+    def _check_spike_times(self, peer: Peer, body: protocol.Counts) -> None:
+        """Bounded by the hello's channels and by the span this server asked for, ascending."""
+        if not body.spike_times:
+            return
+        span = self.cfg.response.spike_times_ms
+        if not span:
+            raise ProtocolError(f"counts for {body.pid} carry spike times, which this session did not ask for")
+        if len(body.spike_times) > peer.channels:
+            raise ProtocolError(f"spike_times for {body.pid} have {len(body.spike_times)} channels; recorder "
+                                f"{peer.name!r} said hello with {peer.channels}")
+        # us; one more either side: an offset is rounded down from float seconds (spike_times.py)
+        lo, hi = round(span[0] * 1000) - 1, round(span[1] * 1000)
+        for ch, offsets in enumerate(body.spike_times):   # plain Python: 4x faster than numpy on short lists
+            if offsets and (offsets[0] < lo or offsets[-1] > hi or any(b < a for a, b in zip(offsets, offsets[1:]))):
+                raise ProtocolError(f"spike_times for {body.pid}, channel {ch}, are not ascending within "
+                                    f"the span {span} ms ({lo}..{hi} us): first {offsets[0]}, last {offsets[-1]}")
 
     async def _record(self, peer: Peer, msg: protocol.Message, kind: str, record) -> None:
         """Journal first, then acknowledge: an acked report is always on disk."""
@@ -697,7 +727,7 @@ class EvolutionServer:
         self._changed.set()
 
 
-_SENDER_ROLE = {MsgType.SHOWN: "presenter", MsgType.COUNTS: "recorder"}
+_SENDER_ROLE = {MsgType.SHOWN: "presenter", MsgType.COUNTS: "recorder", MsgType.RIG_CLOCK: "recorder"}
 INBOUND_QUEUE = 100   # messages queued per connection before libzmq stops reading its socket
 
 

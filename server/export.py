@@ -3,19 +3,34 @@
 One row per presentation and one per generation and thread, computed once
 (`tables`) and written as CSV or as NWB (pynwb, the "export" extra).
 
-The clock.  Every time in the export is on the rig's clock (the recorder's
-onset: the time of the event code in the recording system, the clock the
-spike counts were taken in), shifted by one constant so that the earliest
-presentation starts at 0; the file's session_start_time is the server's wall
-time when it sent the first block (the first onset follows within the
-presenter's latency).  A presentation with no rig onset (aborted, or counts
-missing) gets its presenter onset (the flip time, presenter clock) moved
-onto the rig clock by the median rig-minus-presenter offset of its block's
-counted presentations (of the nearest block that has any; a session with no
-counts at all keeps the presenter's clock).  One that never reached the
-screen has no time (NaN).  A presentation lasts its reported
-on-frames at the config's frame rate.  Both raw clocks are kept beside the
-export's time (columns presenter_onset and rig_onset): the shift reads off.
+The clock: the rig's, unshifted, so that the file lies beside a raw-data NWB
+of the same recording (NeuroConv writes the rig's own sample times).  A
+presentation's time is the recorder's onset: the time of the event code in
+the recording system, the clock the spikes were counted in.  One with no rig
+onset (aborted, or counts missing) gets its presenter onset (the flip time,
+presenter clock) moved onto the rig clock by the median rig-minus-presenter
+offset of its block's counted presentations (of the nearest block that has
+any; a session with no counts at all keeps the presenter's clock).  One that
+never reached the screen has no time (NaN).  A presentation lasts its
+reported on-frames at the config's frame rate.  Both raw clocks are kept
+beside the export's time (columns presenter_onset and rig_onset).
+
+`timestamps_reference_time` (and `session_start_time`) is the wall time at
+rig time 0: the recorder's first journaled (wall, rig) pair, wall - rig
+(`rig_clock` records, docs/adapters.md "Aligning raw data with the
+session").  A journal without a pair (older sessions, no recorder) falls
+back to the server's wall time when it sent the first block, with a note:
+times are then still the rig's, but the reference time is not its zero.
+
+Tables: `presentations` (a TimeIntervals, one row per presentation), `trials`
+(the presenter's fixation trials: the presentations it showed under one
+fixation, from the trial number on its `shown` reports; absent for journals
+without them), `generations`, and `units` (one unit per recorder channel: the
+spike times the recorder reported around each presentation, its
+`obs_intervals` those spans).  The file's identifier is a new UUID; its
+session_id is the session's name.  Subject, experimenter, institution, lab
+and description come from the session config's [metadata] (journaled in
+session_start); the export's flags override them.
 
 Images.  Generated images are regenerated from the stored codes with the
 session's generator (deterministic for a given generator config, weights and
@@ -28,9 +43,11 @@ out (regenerating costs about one generation time per generation).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as dt
 import logging
 import math
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,10 +72,12 @@ PRESENTATION_COLUMNS = [
     ("status", "shown (and counted), aborted (fixation break) or missing (never reported or not counted)"),
     ("nan_by_policy", "aborted and scored NaN instead of re-queued"),
     ("missing_why", "why the server closed it as missing"),
-    ("time", "onset in the export's clock (rig clock, shifted; s); NaN if never on screen"),
+    ("time", "onset on the rig clock (s, unshifted); NaN if never on screen"),
     ("duration", "reported on-frames times the frame period (s)"),
     ("presenter_onset", "flip time of its first frame, presenter clock (s)"),
     ("rig_onset", "the event code's time in the recording system (s)"),
+    ("trial", "the presenter's fixation trial (its own numbering, per presenter); -1 if not reported"),
+    ("presenter", "the presenter that reported it (its hello's name)"),
     ("frames", "on-frames shown"),
     ("dropped_frames", "frames that took longer than 1.5 refresh periods"),
     ("response", "its thread's target-channel count (minus baseline if configured); NaN if not measured"),
@@ -71,9 +90,10 @@ class Tables:
     presentations: list[dict]
     generations: list[dict]
     channels: int
-    time_zero_rig: float                  # rig time that became 0
-    session_start: dt.datetime
+    reference_time: dt.datetime           # the wall time at rig time 0 (see the module docstring)
     notes: list[str] = field(default_factory=list)
+    spikes: dict[str, list[list[int]]] = field(default_factory=dict)   # pid -> per channel, us from onset
+    spike_span_ms: list[float] = field(default_factory=list)
 
 
 def tables(session: SessionRecord) -> Tables:
@@ -82,8 +102,6 @@ def tables(session: SessionRecord) -> Tables:
                     if p.counts and p.counts.get("counts")] or [0])
     period = 1.0 / cfg.presentation.frame_rate_hz
     rig = _rig_onsets(session)
-    known = [t for t in rig.values() if not math.isnan(t)]
-    zero = min(known) if known else 0.0
     channel_of = {t.name: t.channel for t in cfg.threads}
     subtract = cfg.response.subtract_baseline
     image_score: dict[str, float] = {}
@@ -96,10 +114,11 @@ def tables(session: SessionRecord) -> Tables:
         row = {"pid": p.pid, "block_id": p.block_id, "generation": p.generation, "thread": p.thread,
                "kind": p.kind, "image_id": p.image_id, "requeue_of": p.requeue_of, "event_code": p.code,
                "status": p.status, "nan_by_policy": p.nan_by_policy, "missing_why": p.missing_why,
-               "time": rig[p.pid] - zero, "duration": frames * period,
+               "time": rig[p.pid], "duration": frames * period,
                "presenter_onset": _num(p.shown.get("onset")) if p.shown else math.nan,
                "rig_onset": _num(p.counts.get("onset")) if p.counts else math.nan,
-               "frames": frames, "dropped_frames": int(p.shown["dropped"]) if p.shown else 0,
+               "trial": _trial(p), "presenter": p.shown_by, "frames": frames,
+               "dropped_frames": int(p.shown["dropped"]) if p.shown else 0,
                "response": p.response(channel_of[p.thread], subtract) if p.thread in channel_of else math.nan,
                "score": image_score.get(p.image_id, math.nan)}
         for ch in range(channels):
@@ -107,10 +126,30 @@ def tables(session: SessionRecord) -> Tables:
             base = counts.get("baseline") or [] if counts else []
             row[f"baseline_ch{ch}"] = float(base[ch]) if ch < len(base) else math.nan
         rows.append(row)
+    # every presentation the rig counted, aborted ones too: the units table is what was recorded
+    spikes = {p.pid: p.counts["spike_times"] for p in session.presentations
+              if p.counts and p.counts["status"] == "ok" and p.counts.get("spike_times")}
+    start = session.first("session_start") or {}
+    span = list(start.get("spike_times_ms") or cfg.response.spike_times_ms) if spikes else []
+    reference, notes = _reference_time(session)
+    return Tables(rows, _generation_rows(session, rows), channels, reference, notes, spikes, span)
+
+
+def _trial(p: Presentation) -> int:
+    trial = p.shown.get("trial") if p.shown else None
+    return -1 if trial is None else int(trial)
+
+
+def _reference_time(session: SessionRecord) -> tuple[dt.datetime, list[str]]:
+    """The wall time at rig time 0, from the first recorder's first (wall, rig) pair."""
+    if session.rig_clock:
+        pair = session.rig_clock[0]
+        return dt.datetime.fromtimestamp(pair["wall"] - pair["rig"], tz=dt.UTC), []
     first_block = next((r for r in session.records if r["kind"] == "block"), None) \
         or session.first("session_start") or {"t": 0.0}
-    start = dt.datetime.fromtimestamp(float(first_block["t"]), tz=dt.UTC)
-    return Tables(rows, _generation_rows(session, rows), channels, zero, start)
+    return (dt.datetime.fromtimestamp(float(first_block["t"]), tz=dt.UTC),
+            ["the journal holds no rig_clock pair (an older session, or no recorder): "
+             "timestamps_reference_time is when the first block was sent, not the rig clock's zero"])
 
 
 def _rig_onsets(session: SessionRecord) -> dict[str, float]:
@@ -206,9 +245,12 @@ def images_of(session: SessionRecord) -> tuple[dict[str, np.ndarray], list[str]]
 
 
 def write_nwb(session: SessionRecord, path: Path, with_images: bool = True, t: Tables | None = None,
-              subject_id: str = "", species: str = "", sex: str = "U", age: str = "") -> Tables:
-    """`age`: ISO 8601 duration (P5Y); unknown becomes the open range 'P0D/' (at least 0 days), which
-    is true and keeps the file valid for DANDI; `sex`: M, F, O or U (unknown)."""
+              subject_id: str = "", species: str = "", sex: str = "", age: str = "") -> Tables:
+    """The subject, experimenter, institution, lab and description come from the session's
+    [metadata]; `subject_id`, `species`, `sex` (M, F, O or U) and `age` (ISO 8601 duration,
+    P5Y), when given, override it (sessions made before [metadata] existed). An unknown age
+    becomes the open range 'P0D/' (at least 0 days), which is true and keeps the file valid
+    for DANDI."""
     from hdmf.backends.hdf5 import H5DataIO
     from hdmf.common import DynamicTable, VectorData
     from pynwb import NWBHDF5IO, NWBFile
@@ -219,17 +261,28 @@ def write_nwb(session: SessionRecord, path: Path, with_images: bool = True, t: T
 
     t = t or tables(session)
     cfg = session.cfg
-    nwb = NWBFile(session_description=f"xdream closed-loop image evolution, session {session.session_id}: "
-                                      f"{len(cfg.threads)} thread(s), {len(t.generations)} generation-threads",
-                  identifier=session.session_id, session_start_time=t.session_start,
+    meta = _metadata(session)
+    subj = meta.get("subject", {})
+    subject_id = subject_id or subj.get("subject_id", "")
+    species = species or subj.get("species", "")
+    given = {k: v for k in ("strain", "genotype", "weight") if (v := subj.get(k))}
+    description = meta.get("session_description") or (
+        f"xdream closed-loop image evolution, session {session.session_id}: {len(cfg.threads)} thread(s), "
+        f"{len(t.generations)} generation-threads")
+    nwb = NWBFile(session_description=description, identifier=str(uuid.uuid4()),
+                  session_id=session.session_id, session_start_time=t.reference_time,
+                  timestamps_reference_time=t.reference_time,
+                  experimenter=meta.get("experimenter") or None, institution=meta.get("institution") or None,
+                  lab=meta.get("lab") or None,
                   experiment_description="Images evolved to drive visual neurons (XDream, Xiao & Kreiman "
                                          "2019; Ponce et al. 2019), exported by xdream-lab.",
                   source_script="xdream export", source_script_file_name="server/export.py",
                   keywords=["xdream", "closed-loop", "image synthesis", "visual cortex", "generative network"],
                   subject=Subject(subject_id=subject_id or "unknown", species=species or None,
-                                  sex=sex, age=age or "P0D/",
-                                  description="" if subject_id else "not given at export "
-                                              "(xdream export --subject-id ID --species NAME)"))
+                                  sex=sex or subj.get("sex") or "U", age=age or subj.get("age") or "P0D/",
+                                  description=subj.get("description") or ("" if subject_id else
+                                              "not given (config [metadata.subject], or xdream export "
+                                              "--subject-id ID --species NAME)"), **given))
     rows = t.presentations
     # the images, in one ordered Images container, and which was shown when
     image_ids = sorted({r["image_id"] for r in rows})
@@ -254,7 +307,7 @@ def write_nwb(session: SessionRecord, path: Path, with_images: bool = True, t: T
                                      timestamps=np.array([r["time"] for r in timed]),
                                      description="index into stimulus_images of each presentation that "
                                                  "reached the screen, at its onset"))
-    # one trial per presentation, in onset order (those never on screen last), built column-wise:
+    # one row per presentation, in onset order (those never on screen last), built column-wise:
     # a row at a time costs hdmf's argument checks per cell (about 10 s for a 50-generation session)
     ordered = sorted(rows, key=_time_order)
     descriptions = dict(PRESENTATION_COLUMNS)
@@ -265,8 +318,8 @@ def write_nwb(session: SessionRecord, path: Path, with_images: bool = True, t: T
     data["spike_counts"] = np.array([[r[f"count_ch{c}"] for c in range(t.channels)] for r in ordered])
     data["baseline_counts"] = np.array([[r[f"baseline_ch{c}"] for c in range(t.channels)] for r in ordered])
     descriptions |= {
-        "start_time": "onset (rig clock, shifted so that the first presentation starts at 0; NaN if never "
-                      "on screen)",
+        "start_time": "onset on the rig clock (s, unshifted; timestamps_reference_time is its zero); NaN if "
+                      "never on screen",
         "stop_time": "onset plus the reported on-frames times the frame period",
         "image_index": "index into stimulus_images (and latent_codes for generated images)",
         "spike_counts": f"spikes per channel in the response window {cfg.response.window_ms} ms after onset, "
@@ -274,9 +327,13 @@ def write_nwb(session: SessionRecord, path: Path, with_images: bool = True, t: T
                         f"counts: they are kept, never scored)",
         "baseline_counts": f"spikes per channel in the baseline window {cfg.response.baseline_ms} ms; NaN if "
                            f"not counted"}
-    nwb.trials = TimeIntervals(name="trials", description="one row per presentation",
-                               columns=[VectorData(name=c, description=descriptions[c], data=v)
-                                        for c, v in data.items()])
+    presentations = TimeIntervals(name="presentations", description="one row per presentation (one showing of "
+                                  "one image), in onset order",
+                                  columns=[VectorData(name=c, description=descriptions[c], data=v)
+                                           for c, v in data.items()])
+    nwb.add_time_intervals(presentations)
+    _add_trials(nwb, ordered, t)
+    _add_units(nwb, session, t)
     # one interval per generation and thread
     gens = TimeIntervals(name="generations", description="one row per generation per thread: the span of "
                                                          "its block, and its scores")
@@ -312,6 +369,92 @@ def write_nwb(session: SessionRecord, path: Path, with_images: bool = True, t: T
     with NWBHDF5IO(str(path), "w") as io:
         io.write(nwb)
     return t
+
+
+def _metadata(session: SessionRecord) -> dict:
+    """[metadata] as journaled at session start; the config's for sessions that journaled none."""
+    start = session.first("session_start") or {}
+    meta = start.get("metadata")
+    return meta if isinstance(meta, dict) else dataclasses.asdict(session.cfg.metadata)
+
+
+def _add_trials(nwb, ordered: list[dict], t: Tables) -> None:
+    """The presenter's fixation trials: the presentations with one (presenter, trial) number."""
+    from hdmf.common import DynamicTableRegion
+
+    groups: dict[tuple[str, int], list[int]] = {}
+    for i, r in enumerate(ordered):
+        if r["trial"] >= 0:
+            groups.setdefault((r["presenter"], r["trial"]), []).append(i)
+    if not groups:
+        t.notes.append("the presenter reported no trial numbers (an older journal): no trials table")
+        return
+    for name, desc in (("trial_number", "the presenter's own trial number (from 0 at its start)"),
+                       ("presenter", "the presenter that ran it (its hello's name)"),
+                       ("block_id", "the block of its presentations"),
+                       ("n_shown", "its presentations shown to the end"),
+                       ("n_aborted", "its presentations aborted (a fixation break ends the trial)")):
+        nwb.add_trial_column(name, desc)
+    nwb.add_trial_column("presentations", "its rows in intervals/presentations, in order", index=True,
+                         table=True)
+    trial_rows = []
+    for (presenter, number), members in groups.items():
+        timed = [ordered[i] for i in members if not math.isnan(ordered[i]["time"])]
+        start = min((r["time"] for r in timed), default=math.nan)
+        stop = max((r["time"] + r["duration"] for r in timed), default=math.nan)
+        trial_rows.append((start, stop, number, presenter, members))
+    trial_rows.sort(key=lambda x: (math.isnan(x[0]), 0.0 if math.isnan(x[0]) else x[0], x[3], x[2]))
+    for start, stop, number, presenter, members in trial_rows:
+        statuses = [ordered[i]["status"] for i in members]
+        nwb.add_trial(start_time=start, stop_time=stop, trial_number=number, presenter=presenter,
+                      block_id=ordered[members[0]]["block_id"], n_shown=sum(s != "aborted" for s in statuses),
+                      n_aborted=statuses.count("aborted"), presentations=members)
+    region = nwb.trials["presentations"].target
+    if isinstance(region, DynamicTableRegion):   # made without its table: it points into presentations
+        region.table = nwb.intervals["presentations"]
+
+
+def _add_units(nwb, session: SessionRecord, t: Tables) -> None:
+    """One unit per recorder channel: the spike times reported around presentations (rig clock, s)."""
+    from pynwb.misc import Units
+
+    if not t.spikes:
+        return
+    lo_ms, hi_ms = t.spike_span_ms
+    onsets = {p.pid: float(p.counts["onset"]) for p in session.presentations
+              if p.counts is not None and p.pid in t.spikes}
+    channels = max(len(v) for v in t.spikes.values())
+    per_channel: list[list[int]] = [[] for _ in range(channels)]   # absolute rig time, integer us
+    spans = []
+    for pid, offsets in t.spikes.items():
+        onset_us = round(onsets[pid] * 1e6)
+        spans.append((onsets[pid] + lo_ms / 1000, onsets[pid] + hi_ms / 1000))
+        for ch, off in enumerate(offsets):
+            per_channel[ch].extend(onset_us + o for o in off)
+    observed = _merge(sorted(spans))
+    nwb.units = Units(name="units", resolution=1e-6, description=(
+        f"spikes the recorder reported from {lo_ms:g} to {hi_ms:g} ms around each presentation's onset "
+        f"(response.spike_times_ms), one unit per recorder channel; obs_intervals are those spans, the "
+        f"only times observed; kept to the microsecond (resolution), the journal's unit"))
+    nwb.add_unit_column("channel", "the recorder channel (its threshold crossings: multi-unit activity)")
+    for ch, times in enumerate(per_channel):
+        us = np.unique(np.asarray(times, dtype=np.int64))
+        # a spike in two presentations' overlapping spans, reported twice: one microsecond apart at most
+        us = us[np.concatenate([[True], np.diff(us) > SAME_SPIKE_US])] if us.size else us
+        nwb.add_unit(spike_times=us / 1e6, obs_intervals=observed, channel=ch)
+
+
+SAME_SPIKE_US = 2   # one spike reported by two presentations lands within rounding (1 us) of itself
+
+
+def _merge(spans: list[tuple[float, float]]) -> list[list[float]]:
+    out: list[list[float]] = []
+    for a, b in spans:
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return out
 
 
 def _time_order(r: dict):

@@ -134,6 +134,7 @@ class Presenter:
         self.timing: Timing | None = None
         self.trial_index = 0
         self._welcome = None
+        self._features: tuple = ()               # protocol.FEATURES the server's welcome lists
         self._unreported: dict[str, Record] = {}  # the current block's presentations not yet reported
         self._open: list[Record] = []             # on screen, or waiting for the flip that ends them
         self._marker_high = False
@@ -189,6 +190,7 @@ class Presenter:
             return
         self._welcome = welcome
         settings = welcome.settings
+        self._features = tuple(settings.get("features") or ())
         period = self.display.frame_period
         expected = settings.get("frame_rate_hz")
         if expected and abs(expected - 1.0 / period) > 0.01 * expected:
@@ -485,7 +487,9 @@ class Presenter:
             return
         period = self.display.frame_period
         dropped = sum(1 for dt in rec.intervals if dt > DROPPED_FACTOR * period)
-        body = protocol.Shown(rec.block_id, rec.spec.pid, rec.status, rec.onset, rec.frames, dropped)
+        # the trial number only to a server that asked for it (an older one refuses the field)
+        trial = rec.trial if "trial" in self._features else -1
+        body = protocol.Shown(rec.block_id, rec.spec.pid, rec.status, rec.onset, rec.frames, dropped, trial)
         self.conn.send(MsgType.SHOWN, body, reliable=True)
         self.done.add(rec.spec.pid)
         self._unreported.pop(rec.spec.pid, None)

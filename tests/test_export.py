@@ -6,26 +6,45 @@ import math
 import shutil
 import subprocess
 import sys
+import uuid
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from server.export import write_nwb
+from tests.conftest import small_config
+from xdream import config as config_mod
 from xdream.session_reader import load_session
-from tests.dryrun_helpers import journal as records
-from tests.test_replay import make_session, write
+from tests.dryrun_helpers import dry_run, journal as records
+from tests.test_replay import EYE_PRESENTER, write
+
+METADATA = {"session_description": "Evolving images for a simulated V4 site.",
+            "experimenter": ["Doe, Jane"], "institution": "Simulated Institute", "lab": "Closed-loop lab",
+            "subject": {"subject_id": "sim-1", "species": "Macaca mulatta", "sex": "M", "age": "P7Y",
+                        "weight": "9.5 kg", "description": "a ConvNet unit"}}
+
+
+def make_session(tmp):
+    """A small dry run whose simulated eye breaks fixation (aborts, re-queues, NaN by policy),
+    in trials of 4 presentations, with its [metadata] filled and spike times on (the default span)."""
+    cfg = small_config(tmp, generations=3, max_requeues=1)
+    data = config_mod.to_dict(cfg) | {"metadata": METADATA}
+    (tmp / "small.json").write_text(json.dumps(data))
+    (tmp / "eye.toml").write_text(EYE_PRESENTER)
+    _, folder = dry_run([str(tmp / "small.json"), "--presenter-config", str(tmp / "eye.toml")], tmp / "sessions")
+    return folder
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """A small session with aborts and re-queues, exported once through the CLI."""
+    """A small session with aborts and re-queues, exported once through the CLI (the subject and
+    the rest from the session's [metadata], no flags)."""
     tmp = tmp_path_factory.mktemp("export")
     folder = make_session(tmp)
     out = tmp / "out"
     result = subprocess.run([sys.executable, "-m", "xdream.cli", "export", str(folder), "--csv", str(out / "csv"),
-                             "--nwb", str(out / "session.nwb"), "--subject-id", "sim-1", "--species",
-                             "Macaca mulatta"], capture_output=True, text=True, timeout=300)
+                             "--nwb", str(out / "session.nwb")], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "note:" not in result.stdout, result.stdout   # the regenerated best images equal the stored ones
     return folder, out
@@ -76,7 +95,8 @@ def test_presentations_csv_holds_every_presentation(exported):
         if r["status"] == "shown":
             c = counts[p["pid"]]
             assert [num(r["count_ch0"]), num(r["count_ch1"])] == c["counts"]
-            assert num(r["rig_onset"]) == c["onset"] and num(r["presenter_onset"]) == shown[p["pid"]]["onset"]
+            assert num(r["rig_onset"]) == c["onset"] == num(r["time"])   # unshifted
+            assert num(r["presenter_onset"]) == shown[p["pid"]]["onset"]
             assert num(r["response"]) == c["counts"][0] if p["kind"] == "generated" else r["response"] == ""
         else:   # not scored (never 0); counts the rig took anyway (aborted mid-image) are kept
             assert r["response"] == ""
@@ -101,6 +121,7 @@ def test_generations_csv_equals_the_session_summary(exported):
 
 
 def test_nwb_passes_nwbinspector(exported):
+    """A session that filled its [metadata]: no critical finding and no best-practice violation."""
     from nwbinspector import Importance, inspect_nwbfile
 
     _, out = exported
@@ -117,9 +138,13 @@ def test_nwb_reads_back_as_the_journal(exported):
     by_pid = {p["pid"]: p for p in sent}
     with NWBHDF5IO(str(out / "session.nwb"), "r") as io:
         nwb = io.read()
-        trials = nwb.trials.to_dataframe()
+        trials = nwb.intervals["presentations"].to_dataframe()
         assert sorted(trials["pid"]) == sorted(by_pid) and len(trials) == len(sent)
-        assert nwb.subject.subject_id == "sim-1"
+        assert nwb.subject.subject_id == "sim-1" and nwb.subject.species == "Macaca mulatta"
+        assert (nwb.subject.sex, nwb.subject.age, nwb.subject.weight) == ("M", "P7Y", "9.5 kg")
+        assert list(nwb.experimenter) == ["Doe, Jane"] and nwb.institution == "Simulated Institute"
+        assert nwb.lab == "Closed-loop lab" and nwb.session_description == METADATA["session_description"]
+        assert nwb.session_id == folder.name and str(uuid.UUID(nwb.identifier)) == nwb.identifier
         images = nwb.stimulus_template["stimulus_images"]
         order = [img.name for img in images.order_of_images.data]
         for _, t in trials.iterrows():
@@ -128,6 +153,8 @@ def test_nwb_reads_back_as_the_journal(exported):
             assert t["generation"] == p["generation"] and t["thread"] == p["thread"] and t["kind"] == p["kind"]
             assert order[t["image_index"]] == p["image_id"].replace("/", "_")
             if t["status"] == "shown":
+                assert t["start_time"] == counts[p["pid"]]["onset"]   # the rig's clock, unshifted
+                assert t["trial"] == shown[p["pid"]]["trial"] >= 0
                 assert list(t["spike_counts"]) == counts[p["pid"]]["counts"]
                 assert list(t["baseline_counts"]) == counts[p["pid"]]["baseline"]
                 assert t["stop_time"] > t["start_time"] >= 0
@@ -162,7 +189,8 @@ def test_nwb_reads_back_as_the_journal(exported):
 
 
 def test_a_presentation_that_never_reached_the_screen(exported, tmp_path):
-    """Closed as missing by the server (no report, no counts): a trial with no time, and still valid NWB."""
+    """Closed as missing by the server (no report, no counts): a presentation with no time, and still
+    valid NWB."""
     from nwbinspector import Importance, inspect_nwbfile
     from pynwb import NWBHDF5IO
 
@@ -180,6 +208,128 @@ def test_a_presentation_that_never_reached_the_screen(exported, tmp_path):
     serious = [m for m in inspect_nwbfile(nwbfile_path=tmp_path / "m.nwb") if m.importance == Importance.CRITICAL]
     assert not serious, [(m.check_function_name, m.message) for m in serious]
     with NWBHDF5IO(str(tmp_path / "m.nwb"), "r") as io:
-        trials = io.read().trials.to_dataframe()
-        row = trials[trials["pid"] == pid].iloc[0]
+        rows = io.read().intervals["presentations"].to_dataframe()
+        row = rows[rows["pid"] == pid].iloc[0]
         assert row["status"] == "missing" and np.isnan(row["start_time"]) and row["missing_why"] == "test"
+
+
+def us_in(offsets, lo_ms, hi_ms):
+    """How many offsets (integer us) lie in [lo_ms, hi_ms): counted here, not by the recorder's code."""
+    return sum(1 for o in offsets if lo_ms * 1000 <= o < hi_ms * 1000)
+
+
+def test_journal_spike_times_match_the_counts(exported):
+    """Every counted presentation carries its spike times, per channel, in the configured span,
+    ascending; those within the counting window number exactly the count, and those within the
+    baseline window the baseline (the span [-100, 400) ms holds both windows)."""
+    folder, _ = exported
+    recs = records(folder)
+    start = recs[0]
+    assert start["kind"] == "session_start" and start["spike_times_ms"] == [-100.0, 400.0]
+    window, baseline = [50.0, 200.0], [0.0, 50.0]
+    ok = [r for r in recs if r["kind"] == "counts" and r["status"] == "ok"]
+    assert ok and sum(len(o) for r in ok for o in r["spike_times"]) > 100
+    for r in ok:
+        assert len(r["spike_times"]) == len(r["counts"]) == 2
+        for ch, offsets in enumerate(r["spike_times"]):
+            assert offsets == sorted(offsets) and all(-100_000 <= o < 400_000 for o in offsets)
+            assert us_in(offsets, *window) == r["counts"][ch], (r["pid"], ch)
+            assert us_in(offsets, *baseline) == r["baseline"][ch], (r["pid"], ch)
+    assert any(o < 0 for r in ok for offsets in r["spike_times"] for o in offsets)   # before the onset too
+
+
+def test_session_start_and_rig_clock_are_journaled(exported):
+    """The session id and [metadata] at session start; the recorder's (wall, rig) pair soon after."""
+    folder, _ = exported
+    recs = records(folder)
+    start = recs[0]
+    filled = config_mod.to_dict(config_mod.from_dict({"threads": [{}], "metadata": METADATA}))["metadata"]
+    assert start["session"] == folder.name and start["metadata"] == filled
+    clocks = [r for r in recs if r["kind"] == "rig_clock"]
+    assert clocks and clocks[0]["peer"] == "recorder"
+    first_counts = next(r["seq"] for r in recs if r["kind"] == "counts")
+    assert clocks[0]["seq"] < first_counts
+    assert abs(clocks[0]["wall"] - clocks[0]["server_wall"]) < 5.0 and clocks[0]["rig"] >= 0
+
+
+def test_nwb_units_hold_the_journaled_spike_times(exported):
+    """One unit per channel; around each counted presentation's onset its spike times are the
+    journaled offsets (to the microsecond), and its obs_intervals cover every span."""
+    from pynwb import NWBHDF5IO
+
+    folder, out = exported
+    ok = [r for r in records(folder) if r["kind"] == "counts" and r["status"] == "ok"]
+    with NWBHDF5IO(str(out / "session.nwb"), "r") as io:
+        units = io.read().units.to_dataframe()
+    assert list(units["channel"]) == [0, 1]
+    for ch in (0, 1):
+        times = np.asarray(units["spike_times"].iloc[ch])
+        assert np.all(np.diff(times) > 0)   # a spike in two overlapping spans is there once
+        intervals = np.asarray(units["obs_intervals"].iloc[ch])
+        for r in ok:
+            lo, hi = r["onset"] - 0.1, r["onset"] + 0.4
+            assert np.any((intervals[:, 0] <= lo + 1e-9) & (intervals[:, 1] >= hi - 1e-9))
+            mine = times[(times >= lo - 2e-6) & (times < hi - 2e-6)]
+            expected = r["onset"] + np.asarray(r["spike_times"][ch]) / 1e6
+            assert mine.size == expected.size, (r["pid"], ch)
+            assert np.allclose(mine, expected, rtol=0, atol=2e-6)
+
+
+def test_nwb_trials_are_the_presenters_fixation_trials(exported):
+    """`trials` holds the presenter's trials (4 presentations a trial, a fixation break ends one
+    early): each row's presentations are the journaled shown reports with its trial number."""
+    from pynwb import NWBHDF5IO
+
+    folder, out = exported
+    shown = [r for r in records(folder) if r["kind"] == "shown"]
+    by_trial: dict[int, list[str]] = {}
+    for r in shown:
+        if r["trial"] >= 0:
+            by_trial.setdefault(r["trial"], []).append(r["pid"])
+    with NWBHDF5IO(str(out / "session.nwb"), "r") as io:
+        nwb = io.read()
+        trials = nwb.trials.to_dataframe()
+        presentations = nwb.intervals["presentations"].to_dataframe()
+        assert sorted(trials["trial_number"]) == sorted(by_trial)
+        assert (trials["n_aborted"] > 0).any()   # a fixation break ended a trial
+        for _, row in trials.iterrows():
+            pids = list(row["presentations"]["pid"])
+            assert sorted(pids) == sorted(by_trial[row["trial_number"]]) and len(pids) <= 4
+            mine = presentations[presentations["pid"].isin(pids)]
+            timed = mine[~np.isnan(mine["start_time"])]
+            if len(timed):
+                assert row["start_time"] == timed["start_time"].min()
+                assert row["stop_time"] == (timed["stop_time"]).max()
+        assert list(trials["start_time"].dropna()) == sorted(trials["start_time"].dropna())
+
+
+def test_an_older_journal_still_exports(exported, tmp_path):
+    """A journal written before spike times, trial numbers, rig_clock and [metadata] (and its
+    config.json without spike_times_ms and metadata) exports: no units, no trials table, a note,
+    the subject from the flags, and nwbinspector finds nothing critical."""
+    from nwbinspector import Importance, inspect_nwbfile
+    from pynwb import NWBHDF5IO
+
+    folder, _ = exported
+    copy = tmp_path / folder.name
+    shutil.copytree(folder, copy)
+    recs = [r for r in records(copy) if r["kind"] != "rig_clock"]
+    for r in recs:
+        for key in ("spike_times", "trial", "metadata", "spike_times_ms"):
+            r.pop(key, None)
+    write(copy, recs, renumber=True)
+    cfg = json.loads((copy / "config.json").read_text())
+    del cfg["metadata"], cfg["response"]["spike_times_ms"]
+    (copy / "config.json").write_text(json.dumps(cfg))
+    result = subprocess.run([sys.executable, "-m", "xdream.cli", "export", str(copy), "--no-images",
+                             "--nwb", str(tmp_path / "old.nwb"), "--subject-id", "old-1", "--species",
+                             "Macaca mulatta"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no trials table" in result.stdout and "no rig_clock pair" in result.stdout
+    serious = [m for m in inspect_nwbfile(nwbfile_path=tmp_path / "old.nwb") if m.importance == Importance.CRITICAL]
+    assert not serious, [(m.check_function_name, m.message) for m in serious]
+    with NWBHDF5IO(str(tmp_path / "old.nwb"), "r") as io:
+        nwb = io.read()
+        assert nwb.trials is None and nwb.units is None and nwb.subject.subject_id == "old-1"
+        assert len(nwb.intervals["presentations"]) == len({p["pid"] for r in recs if r["kind"] == "block"
+                                                            for p in r["presentations"]})

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -40,6 +41,16 @@ MAX_BLOCK_BYTES = 2 << 30
 MIN_HEARTBEAT_S = 0.05
 # The smallest population each optimizer kind accepts (its constructor refuses fewer;
 # tests/test_config_ranges.py checks that the two agree).
+# Spike-time spans beyond +-5 s of an onset are not a PSTH any more (and would hold the recorder's buffers).
+MAX_SPIKE_SPAN_MS = 5000.0
+# NWB / DANDI forms, as nwbinspector 0.7 checks them (nwbinspector/checks/_nwbfile_metadata.py:
+# duration_regex, species_form_regex, weight_form_regex; the experimenter form of check_experimenter_form)
+_DURATION = (r"P(?!$)(\d+(?:\.\d+)?Y)?(\d+(?:\.\d+)?M)?(\d+(?:\.\d+)?W)?(\d+(?:\.\d+)?D)?"
+             r"(T(?=\d)(\d+(?:\.\d+)?H)?(\d+(?:\.\d+)?M)?(\d+(?:\.\d+)?S)?)?")
+AGE_FORM = re.compile(rf"{_DURATION}|({_DURATION})?/({_DURATION})?")
+SPECIES_FORM = re.compile(r"([A-Z][a-z]* [a-z]+)|(http://purl.obolibrary.org/obo/NCBITaxon_\d+)")
+WEIGHT_FORM = re.compile(r"(?i)\d+(\.\d+)? (kg|g|mg|ug|μg|ng|pg)")
+EXPERIMENTER_FORM = re.compile(r"([\w\s\-\.']+),\s+([\w\s\-\.']+)")
 MIN_POPULATION: dict[str, int] = {"ga": 2, "cmaes": 2, "sphere-cma": 3, "pycma": 4, "pycma-diag": 4,
                                   "nevergrad-cma": 4, "sphere-es": 4}
 
@@ -146,6 +157,33 @@ class ResponseConfig:
     baseline_ms: Annotated[list[float], Meta(min_length=2, max_length=2)] = field(
         default_factory=lambda: [0.0, 50.0])
     subtract_baseline: bool = False
+    # each presentation's spike times, per channel, in [onset+start, onset+end) ms (recording_adapters/
+    # spike_times.py); [] sends counts only. Must hold the windows above to be checked against the counts.
+    spike_times_ms: Annotated[list[Annotated[float, Meta(ge=-MAX_SPIKE_SPAN_MS, le=MAX_SPIKE_SPAN_MS)]],
+                              Meta(max_length=2)] = field(default_factory=lambda: [-100.0, 400.0])
+
+
+@dataclass
+class SubjectConfig:
+    """The animal, as NWB's Subject (and DANDI, nwbinspector's best-practice checks) want it."""
+    subject_id: str = ""       # no "/" (DANDI builds paths from it)
+    species: str = ""          # Latin binomial ("Macaca mulatta") or an NCBI taxonomy IRI
+    sex: Literal["M", "F", "O", "U"] = "U"
+    age: str = ""              # ISO 8601 duration (P7Y, P30D) or a range (P5Y/P7Y, P5Y/); "": unknown
+    strain: str = ""
+    genotype: str = ""
+    weight: str = ""           # "12.5 kg" (kg, g, mg, ug, ng, pg)
+    description: str = ""
+
+
+@dataclass
+class MetadataConfig:
+    """Who, where, what: journaled at session start (session_start.metadata) and exported to NWB."""
+    session_description: str = ""   # a sentence; "" : the export writes what the session did
+    experimenter: list[str] = field(default_factory=list)   # "Last, First" (DANDI's form)
+    institution: str = ""
+    lab: str = ""
+    subject: SubjectConfig = field(default_factory=SubjectConfig)
 
 
 @dataclass
@@ -189,6 +227,7 @@ class Config:
     response: ResponseConfig = field(default_factory=ResponseConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
+    metadata: MetadataConfig = field(default_factory=MetadataConfig)
 
     def validate(self) -> Config:
         """The declared types and ranges (again: a config changed in code), then the rules across fields."""
@@ -226,6 +265,11 @@ class Config:
             lo_hi = getattr(self.response, name)
             if not lo_hi[0] < lo_hi[1]:
                 raise ConfigError(f"response.{name} must be [start, end] with start < end, got {lo_hi}")
+        span = self.response.spike_times_ms
+        if span and not (len(span) == 2 and span[0] < span[1]):
+            raise ConfigError(f"response.spike_times_ms must be [] (off) or [start, end] with start < end, "
+                              f"got {span}")
+        self._check_metadata()
         block = sum(t.optimizer.population for t in self.threads) + self.reference.count
         image_bytes = 3 * p.image_size_px ** 2
         if block * image_bytes > MAX_BLOCK_BYTES:
@@ -241,6 +285,21 @@ class Config:
             raise ConfigError("config has no [[threads]]: a session needs at least one thread "
                               "(a [[threads]] table with name, channel, generator and optimizer)")
         return self
+
+    def _check_metadata(self) -> None:
+        """The forms NWB and DANDI want, checked before the session rather than at export."""
+        m, s = self.metadata, self.metadata.subject
+        checks = [("subject.species", s.species, SPECIES_FORM, "a Latin binomial ('Macaca mulatta') or "
+                   "an NCBI taxonomy IRI (http://purl.obolibrary.org/obo/NCBITaxon_9544)"),
+                  ("subject.age", s.age, AGE_FORM, "an ISO 8601 duration (P7Y, P30D) or a range (P5Y/P7Y, P5Y/)"),
+                  ("subject.weight", s.weight, WEIGHT_FORM, "a number and a unit ('12.5 kg')")]
+        checks += [(f"experimenter[{i}]", e, EXPERIMENTER_FORM, "'Last, First'") for i, e in enumerate(m.experimenter)]
+        for name, value, form, want in checks:
+            if value and not form.fullmatch(value):
+                raise ConfigError(f"config.metadata.{name} is {value!r}: allowed {want}")
+        if "/" in s.subject_id:
+            raise ConfigError(f"config.metadata.subject.subject_id is {s.subject_id!r}: no '/' allowed "
+                              f"(DANDI makes paths of it)")
 
 
 def load(path: str | Path | None = None) -> Config:

@@ -17,6 +17,7 @@ tie fields together by each body's `_cross_checks`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import time
@@ -33,6 +34,13 @@ from xdream import typed
 from xdream.errors import ProtocolError
 
 PROTOCOL_VERSION = 1
+# Additions to version 1 that a peer uses only when the server's WELCOME lists them in
+# settings["features"]: an older server lists none (and would refuse their fields as unknown),
+# a server accepts peers that never use them (every field below has a default).  Bumping `v`
+# instead would cut every version-1 peer off a newer server (decode refuses another v).
+FEATURES = ("spike_times",   # COUNTS.spike_times, in settings["spike_times_ms"]
+            "rig_clock",     # RIG_CLOCK: the recorder's (wall time, rig time) pairs
+            "trial")         # SHOWN.trial: the presenter's fixation trial of the presentation
 MAX_HEADER_BYTES = 1 << 20  # a header this large is a bug or an attack
 MAX_IMAGE_SIDE = 8192
 MAX_IMAGE_BYTES = MAX_IMAGE_SIDE * MAX_IMAGE_SIDE * 3   # one image frame at the largest legal size
@@ -53,6 +61,7 @@ class MsgType(str, Enum):
     BYE = "bye"                # peer -> server: leaving on purpose
     END = "end"                # server -> peers: the session is over
     SCREEN_FRAME = "screen_frame"  # presenter -> simulated rig: what was drawn
+    RIG_CLOCK = "rig_clock"    # recorder -> server: a (wall time, rig time) pair (feature "rig_clock")
 
 
 Role = Literal["presenter", "recorder"]
@@ -161,6 +170,8 @@ class Shown(_Body):
     onset: float | None = None   # flip time of the first frame, presenter clock (s)
     frames: NonNegative = 0      # frames the image was on screen
     dropped: NonNegative = 0     # frames that took longer than 1.5 refresh periods
+    trial: Annotated[int, Meta(ge=-1)] = -1   # its fixation trial, numbered by the presenter (-1: none, or
+    #                                           a presenter without the "trial" feature)
 
     def _cross_checks(self) -> None:
         if self.status == "shown" and (self.onset is None or not math.isfinite(self.onset)):
@@ -175,10 +186,15 @@ class Counts(_Body):
     counts: list[float] = field(default_factory=list)     # spikes in the response window, per channel
     baseline: list[float] = field(default_factory=list)   # spikes in the baseline window, per channel
     onset: float | None = None                            # onset in the rig's clock (s)
+    # feature "spike_times": per channel, the spikes in the welcome's spike_times_ms span around the
+    # onset, as integer microseconds from the onset, ascending ([]: not sent)
+    spike_times: list[list[int]] = field(default_factory=list)
 
     def _cross_checks(self) -> None:
         if self.status == "ok" and not self.counts:
             raise ProtocolError(f"counts for {self.pid} are 'ok' but empty")
+        if self.spike_times and self.status != "ok":
+            raise ProtocolError(f"counts for {self.pid} are {self.status!r} but carry spike times")
         for name, values in (("counts", self.counts), ("baseline", self.baseline)):
             # sum and min in C first: NaN and inf make the sum non-finite (384 channels per message)
             if values and math.isfinite(sum(values)) and min(values) >= 0:
@@ -225,6 +241,18 @@ class ScreenFrame(_Body):
     width: ImageSide
 
 
+@dataclass(frozen=True)
+class RigClock(_Body):
+    """One reading of both clocks on the recorder: `wall` its time.time() (s since the epoch) when
+    the rig had delivered everything up to `rig` (s, the rig's own clock: the watermark)."""
+    wall: float
+    rig: float
+
+    def _cross_checks(self) -> None:
+        if not (math.isfinite(self.wall) and math.isfinite(self.rig)):
+            raise ProtocolError(f"rig_clock pair ({self.wall!r}, {self.rig!r}) is not finite")
+
+
 BODY_TYPES: dict[MsgType, type] = {
     MsgType.HELLO: Hello,
     MsgType.WELCOME: Welcome,
@@ -238,6 +266,7 @@ BODY_TYPES: dict[MsgType, type] = {
     MsgType.BYE: Bye,
     MsgType.END: End,
     MsgType.SCREEN_FRAME: ScreenFrame,
+    MsgType.RIG_CLOCK: RigClock,
 }
 _ROOTS = {cls: t.value for t, cls in BODY_TYPES.items()} | {PresentationSpec: "presentation"}
 
@@ -293,7 +322,7 @@ def encode(msg_type: MsgType, body, *, session: str = "", seq: int = 0,
     if not isinstance(body, BODY_TYPES[msg_type]):
         raise TypeError(f"{msg_type.value} needs a {BODY_TYPES[msg_type].__name__} body")
     header = {"v": PROTOCOL_VERSION, "type": msg_type.value, "session": session,
-              "seq": seq, "t": time.time(), "body": body}
+              "seq": seq, "t": time.time(), "body": _without_unused_additions(body)}
     frames: list = [_ENCODER.encode(header)]   # msgspec writes the dataclass body as a map, in C
     for img in images:
         img = np.ascontiguousarray(img)
@@ -301,6 +330,18 @@ def encode(msg_type: MsgType, body, *, session: str = "", seq: int = 0,
             raise ValueError(f"images travel as (H, W, 3) uint8, got {img.dtype} {img.shape}")
         frames.append(img.data)  # a memoryview: zmq sends it without a copy
     return frames
+
+
+# Fields added to version 1 (FEATURES) and their defaults: left off the wire at their default, so
+# that a peer that does not use a feature sends exactly what an older server accepts.
+_ADDITIONS: dict[type, dict[str, typing.Any]] = {Shown: {"trial": -1}, Counts: {"spike_times": []}}
+
+
+def _without_unused_additions(body):
+    additions = _ADDITIONS.get(type(body))
+    if additions is None or any(getattr(body, k) != v for k, v in additions.items()):
+        return body
+    return {f.name: getattr(body, f.name) for f in dataclasses.fields(body) if f.name not in additions}
 
 
 def decode(frames: typing.Sequence) -> Message:

@@ -28,8 +28,8 @@ from xdream.journal_file import read_records
 from xdream import config as config_mod, scoring
 from xdream.errors import SessionError
 
-SHOWN_FIELDS = ("status", "onset", "frames", "dropped")
-COUNTS_FIELDS = ("status", "counts", "baseline", "onset")
+SHOWN_FIELDS = ("status", "onset", "frames", "dropped", "trial")          # trial: None in older journals
+COUNTS_FIELDS = ("status", "counts", "baseline", "onset", "spike_times")  # spike_times: likewise
 
 
 @dataclass
@@ -43,8 +43,9 @@ class Presentation:
     image_id: str
     requeue_of: str
     sent_t: float          # server wall clock: when its block record was journaled
-    shown: dict | None = None    # the presenter's report: status, onset (presenter clock), frames, dropped
-    counts: dict | None = None   # the recorder's counts: status, counts, baseline, onset (rig clock)
+    shown: dict | None = None    # the presenter's report: status, onset (presenter clock), frames, dropped, trial
+    counts: dict | None = None   # the recorder's counts: status, counts, baseline, onset (rig clock), spike_times
+    shown_by: str = ""           # the presenter that reported it (its hello's name)
     missing_why: str = ""        # the server closed it as missing (timeout, peer lost)
     nan_by_policy: bool = False  # aborted, and scored NaN rather than re-queued
 
@@ -80,6 +81,7 @@ class SessionRecord:
     block_records: list[dict]            # the 'block' records as journaled (a re-queue adds one)
     late: list[dict] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    rig_clock: list[dict] = field(default_factory=list)   # the recorders' (wall, rig) pairs, as journaled
 
     @property
     def session_id(self) -> str:
@@ -166,6 +168,8 @@ def _fold(s: SessionRecord, r: dict) -> None:
         old = getattr(sent, kind)
         if old is None:
             setattr(sent, kind, item)
+            if kind == "shown":
+                sent.shown_by = str(r.get("peer", ""))
         elif old != item:
             s.problems.append(f"journal record seq {seq}: a second {kind} for {sent.pid} that differs from the first")
     elif kind == "missing":
@@ -187,6 +191,8 @@ def _fold(s: SessionRecord, r: dict) -> None:
         if len(ids) != len(scores):
             raise ValueError(f"{len(ids)} ids but {len(scores)} scores")
         s.scores[key] = ScoresRecord(key[0], key[1], ids, scores, seq)
+    elif kind == "rig_clock":
+        s.rig_clock.append({"peer": str(r["peer"]), "wall": float(r["wall"]), "rig": float(r["rig"])})
     elif kind.startswith(("late_", "orphan_")):
         s.late.append(r)
 

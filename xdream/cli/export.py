@@ -17,10 +17,13 @@ def add_parser(sub) -> None:
     ex.add_argument("--csv", metavar="DIR", help="write presentations.csv and generations.csv into DIR")
     ex.add_argument("--no-images", action="store_true",
                     help="NWB: leave the images out (they are regenerated from the codes, which takes time)")
-    ex.add_argument("--subject-id", help="NWB: the animal's id (default 'unknown')")
-    ex.add_argument("--species", help="NWB: the animal's species, e.g. 'Macaca mulatta'")
-    ex.add_argument("--sex", default="U", choices=["M", "F", "O", "U"], help="NWB: the animal's sex (default U)")
-    ex.add_argument("--age", help="NWB: the animal's age, ISO 8601 (P7Y); default 'P0D/' (unknown)")
+    # the session config's [metadata.subject] (journaled at its start) says these; a flag overrides it
+    ex.add_argument("--subject-id", help="NWB: the animal's id (default: the session's, else 'unknown')")
+    ex.add_argument("--species", help="NWB: the animal's species, e.g. 'Macaca mulatta' (default: the session's)")
+    ex.add_argument("--sex", choices=["M", "F", "O", "U"],
+                    help="NWB: the animal's sex (default: the session's, else U)")
+    ex.add_argument("--age", help="NWB: the animal's age, ISO 8601 (P7Y); default: the session's, else 'P0D/' "
+                                  "(unknown)")
     ex.set_defaults(func=run)
 
 
@@ -39,7 +42,7 @@ def run(args) -> int:
             print(f"wrote {path}", flush=True)
     if args.nwb:
         write_nwb(session, Path(args.nwb), with_images=not args.no_images, t=t,
-                  subject_id=args.subject_id or "", species=args.species or "", sex=args.sex,
+                  subject_id=args.subject_id or "", species=args.species or "", sex=args.sex or "",
                   age=args.age or "")
         print(f"wrote {args.nwb}", flush=True)
     for note in t.notes:
