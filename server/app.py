@@ -594,10 +594,12 @@ class EvolutionServer:
             MsgType.SHOWN: self._on_shown,
             MsgType.COUNTS: self._on_counts,
             MsgType.BYE: self._on_bye,
+            MsgType.PAUSED: self._on_paused,
+            MsgType.RESUMED: self._on_paused,
         }.get(msg.type)
         if handler is None:
             raise ProtocolError(f"a {peer.role} may not send {msg.type.value}")
-        if msg.type in (MsgType.SHOWN, MsgType.COUNTS) and peer.role != _SENDER_ROLE[msg.type]:
+        if msg.type in _SENDER_ROLE and peer.role != _SENDER_ROLE[msg.type]:
             raise ProtocolError(f"a {peer.role} may not send {msg.type.value}")
         await handler(peer, msg)
 
@@ -668,6 +670,17 @@ class EvolutionServer:
 
     async def _on_heartbeat(self, peer: Peer, msg: protocol.Message) -> None:
         pass
+
+    async def _on_paused(self, peer: Peer, msg: protocol.Message) -> None:
+        """The presenter's pause key (PAUSED / RESUMED): journaled, the block timer stands still."""
+        source = f"presenter {peer.name}"
+        if msg.type == MsgType.PAUSED:
+            self.control.pause(source, peer.name, msg.body.reason)
+        else:
+            self.control.resume(source, peer.name, msg.body.reason)
+        self.journal.sync()
+        await self._send(peer.routing_id, MsgType.ACK, protocol.Ack(msg.seq))
+        self._changed.set()
 
     async def _on_bye(self, peer: Peer, msg: protocol.Message) -> None:
         self._drop_peer(peer, f"said bye: {msg.body.reason}")
@@ -808,7 +821,8 @@ def _drop_pixels(progress: BlockProgress) -> None:
     progress.block.presentations[:] = [light[p.pid] for p in progress.block.presentations]
 
 
-_SENDER_ROLE = {MsgType.SHOWN: "presenter", MsgType.COUNTS: "recorder"}
+_SENDER_ROLE = {MsgType.SHOWN: "presenter", MsgType.COUNTS: "recorder", MsgType.PAUSED: "presenter",
+                MsgType.RESUMED: "presenter"}
 INBOUND_QUEUE = 100   # messages queued per connection before libzmq stops reading its socket
 
 

@@ -15,7 +15,7 @@ from server.status import StatusPublisher
 from tests.conftest import small_config
 from tests.dryrun_helpers import journal
 from tests.test_server import keep_alive, report, serving
-from xdream import status_client
+from xdream import protocol, status_client
 from xdream.errors import ProtocolError
 from xdream.protocol import MsgType
 from xdream.status_state import StatusState
@@ -174,3 +174,29 @@ def test_controls_beyond_loopback_need_the_token_and_bad_requests_get_a_clear_er
 
     asyncio.run(main())
     assert calls == [("pause", "me")]
+
+
+async def test_the_presenters_pause_key_stops_the_block_timer_and_is_journaled(tmp_path):
+    """PAUSED / RESUMED from the presenter (its pause key): a pause longer than the block timeout
+    loses nothing; a recorder may not send them."""
+    cfg = small_config(tmp_path, generations=1, block_timeout_s=1.5)
+    folder = tmp_path / "s"
+    async with serving(cfg, folder) as (run, pres, rec):
+        await rec.join()
+        await pres.join()
+        alive = [asyncio.create_task(keep_alive(p)) for p in (pres, rec)]
+        block = await pres.expect(MsgType.BLOCK)
+        seq = await pres.send(MsgType.PAUSED, protocol.Paused("pause key"))
+        assert (await pres.expect(MsgType.ACK)).body.ref_seq == seq
+        await rec.send(MsgType.PAUSED, protocol.Paused("not mine"))
+        assert "may not send paused" in (await rec.expect(MsgType.ERROR)).body.reason
+        await asyncio.sleep(2.5)
+        await pres.send(MsgType.RESUMED, protocol.Resumed("pause key"))
+        await _report_block(pres, rec, block)
+        summary = await asyncio.wait_for(run, 20)
+        for t in alive:
+            t.cancel()
+    records = journal(folder)
+    assert "missing" not in [r["kind"] for r in records] and summary[0]["n_missing"] == 0
+    held = [(r["kind"], r["source"]) for r in records if r["kind"] in ("paused", "resumed")]
+    assert held == [("paused", "presenter pres"), ("resumed", "presenter pres")]

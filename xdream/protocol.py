@@ -53,6 +53,8 @@ class MsgType(str, Enum):
     BYE = "bye"                # peer -> server: leaving on purpose
     END = "end"                # server -> peers: the session is over
     SCREEN_FRAME = "screen_frame"  # presenter -> simulated rig: what was drawn
+    PAUSED = "paused"          # presenter -> server: the operator paused the presenter (its pause key)
+    RESUMED = "resumed"        # presenter -> server: ... and resumed it
 
 
 Role = Literal["presenter", "recorder"]
@@ -210,6 +212,16 @@ class End(_Body):
 
 
 @dataclass(frozen=True)
+class Paused(_Body):
+    reason: Text = ""
+
+
+@dataclass(frozen=True)
+class Resumed(_Body):
+    reason: Text = ""
+
+
+@dataclass(frozen=True)
 class ScreenFrame(_Body):
     """What the presenter drew on an onset frame, for a simulated rig's 'eye'.
 
@@ -238,6 +250,8 @@ BODY_TYPES: dict[MsgType, type] = {
     MsgType.BYE: Bye,
     MsgType.END: End,
     MsgType.SCREEN_FRAME: ScreenFrame,
+    MsgType.PAUSED: Paused,
+    MsgType.RESUMED: Resumed,
 }
 _ROOTS = {cls: t.value for t, cls in BODY_TYPES.items()} | {PresentationSpec: "presentation"}
 
