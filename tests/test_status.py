@@ -55,6 +55,9 @@ async def test_the_stream_tells_every_fate_each_generation_and_a_late_joiner_get
         server = _server_of(run)
         endpoint = await _status_endpoint(server)
         first = await _request(zmq_ctx, endpoint, "snapshot")
+        while first["snapshot"]["session"] is None:   # (the socket is bound just before the session starts)
+            await asyncio.sleep(0.05)
+            first = await _request(zmq_ctx, endpoint, "snapshot")
         sub = status_client.subscriber(zmq_ctx, status_client.pub_endpoint(endpoint, first))
         await asyncio.sleep(0.3)   # the subscription reaches the PUB
         await rec.join()
