@@ -31,6 +31,14 @@ ensure_venv() {  # $1: the project's extras
   touch "$stamp"
 }
 
+ensure_chromium() {   # the browser tests' headless Chromium, Debian's (Playwright's own download is never used)
+  [ -x /usr/bin/chromium ] && return 0
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q chromium
+}
+
 ensure_xvfb() {
   command -v Xvfb >/dev/null && return 0
   local sudo=""
@@ -49,15 +57,16 @@ case "$cmd" in
     ensure_venv server,record
     exec "$venv/bin/xdream" dry-run "$@" ;;
   test)
-    ensure_venv server,present,record,export,test
+    ensure_venv server,present,record,export,dashboard,test
     ensure_xvfb
+    ensure_chromium
     exec "$venv/bin/python" -m pytest "$@" ;;
   lint)
-    ensure_venv server,present,record,export,test
+    ensure_venv server,present,record,export,dashboard,test
     "$venv/bin/ruff" check xdream server recording_adapters stimulus_client
     exec "$venv/bin/mypy" xdream server recording_adapters stimulus_client ;;
   xdream)
-    ensure_venv server,present,record,export
+    ensure_venv server,present,record,export,dashboard
     exec "$venv/bin/xdream" "$@" ;;
   *)
     sed -n '2,6p' "$0" | sed 's/^# //'

@@ -21,6 +21,8 @@ import zmq
 import zmq.asyncio
 
 from server import faults
+from server import status as status_mod
+from server.control import OPERATOR, SessionControl
 from server.journal import JOURNAL, Journal, JournalRead, JournalWriteError, safe_json
 from server.machine import machine_info
 from server.references import load_references
@@ -128,6 +130,11 @@ class EvolutionServer:
         check_bind(self.bind)
         curve.check_bind(self.bind, self.curve_keys, insecure)   # before the session folder
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch")
+        # the status stream and the controls (server/status.py, server/control.py)
+        self.status = status_mod.make_status(net.status_bind, net.status_pub_port)
+        self.control = SessionControl(lambda kind, **kw: self.journal.write(kind, **kw), self.status.emit)
+        self._joins: dict[str, int] = {}
+        self._report: status_mod.GenerationReport | None = None
 
     @property
     def recovered(self) -> JournalRead:
@@ -215,12 +222,15 @@ class EvolutionServer:
             curve.secure_server(self.socket, self.curve_keys)
         tasks: list[asyncio.Task] = []
         signals = self._catch_signals()
+        log_forwarder = status_mod.LogForwarder(self.status)
         reason = "finished"
         begun = False
         try:
             self.endpoint = bind_socket(self.socket, self.bind)   # before the folder: a failed bind leaves none
+            self.status.start(self._on_control)
             self._begin()
             begun = True
+            self._status_start(log_forwarder)
             if self._recovery is not None and self.start_generation < self.cfg.session.generations:
                 # rebuild the block in flight before any peer's report is read
                 self._prepared = await self._prepare(self.start_generation)
@@ -235,6 +245,9 @@ class EvolutionServer:
                 records = await self._run_generation(generation)
                 if on_generation:
                     on_generation(generation, records)
+                if self.control.stop_by is not None and generation + 1 < self.cfg.session.generations:
+                    reason = f"stopped: by {self.control.stop_by} after generation {generation}"
+                    break
             return self.journal.summary
         except BaseException as exc:
             if self._stop_signal is not None and isinstance(exc, asyncio.CancelledError):
@@ -261,6 +274,9 @@ class EvolutionServer:
                     pass   # the disk is full: the error that stopped the session says so
                 finally:
                     self._journal.close()
+            logging.getLogger("server").removeHandler(log_forwarder)
+            self.status.emit("end", reason=reason)
+            self.status.close()
             self.socket.close(linger=1000)
             if self.curve_auth is not None:
                 self.curve_auth.stop()
@@ -297,11 +313,13 @@ class EvolutionServer:
 
     async def _run_generation(self, generation: int) -> list[dict]:
         t0 = time.perf_counter()
+        report = self._report = status_mod.GenerationReport(generation)
         prepared, self._prepared = self._prepared, None
         if prepared is None or prepared.generation != generation:
             prepared = await self._prepare(generation)
         progress = await self._present(prepared)
         faults.reach("before_tell")
+        t_tell = time.perf_counter()
         records = []
         for t in self.threads:
             records.append(self._score_thread(t, progress, prepared.asked[t.name], prepared.images[t.name],
@@ -311,6 +329,9 @@ class EvolutionServer:
         self.journal.save_checkpoint(checkpoint_arrays(generation, self.threads, self.scheduler))
         self.journal.write("checkpoint", generation=generation)
         self.journal.sync()
+        report.add_time("tell", time.perf_counter() - t_tell)
+        report.add_time("total", time.perf_counter() - t0)
+        report.publish(self.status, prepared.images, [c.counts for c in progress.counts.values() if c.status == "ok"])
         return records
 
     async def _prepare(self, generation: int) -> Prepared:
@@ -318,7 +339,10 @@ class EvolutionServer:
         server found in flight, check all of it against the journal and replay its reports."""
         loop = asyncio.get_running_loop()
         asked = {t.name: t.optimizer.ask() for t in self.threads}
+        t_generate = time.perf_counter()
         images = await loop.run_in_executor(self._executor, self._generate, asked)
+        if self._report is not None:
+            self._report.add_time("generate", time.perf_counter() - t_generate)
         recovery = self._recovery if self._recovery and self._recovery.generation == generation else None
         for t in self.threads:
             if recovery:
@@ -347,6 +371,9 @@ class EvolutionServer:
         new presentations of the same image (session.abort_policy = "requeue",
         at most session.max_requeues times each), or left NaN ("nan")."""
         await self._wait_for_peers()
+        await self._while_paused()
+        report = self._report or status_mod.GenerationReport(prepared.generation)
+        t_send = time.perf_counter()
         progress = prepared.progress
         block = progress.block
         self.progress = progress
@@ -358,16 +385,25 @@ class EvolutionServer:
         else:
             await self._send_presentations(block, prepared.to_send)
         faults.reach("block_sent")
+        report.mark("send", t_send)
+        t_sent = time.perf_counter()
         timeout = self.cfg.session.block_timeout_s
         deadline = time.monotonic() + timeout
+        last = time.monotonic()
         while True:
             self._check_journal()
-            if self._aborted:  # before the completeness check: a last abort may still be re-queued
+            now = time.monotonic()
+            if self.control.paused:   # a paused session's block timer stands still
+                deadline += now - last
+            last = now
+            if not any(pid not in progress.shown and pid not in progress.missing for pid in progress.by_pid):
+                report.mark("present", t_sent)
+            if self._aborted and not self.control.paused:  # (a last abort may still be re-queued)
                 extra = self._requeue(progress)
                 if extra:
                     await self._send_presentations(block, extra)
                     deadline = time.monotonic() + timeout  # the re-queued ones need their own time
-            if progress.complete():
+            if progress.complete() and not self._aborted:
                 break
             left = deadline - time.monotonic()
             if left <= 0:
@@ -375,12 +411,15 @@ class EvolutionServer:
                 log.error("block %d timed out after %.0f s: %d presentations missing",
                           block.block_id, timeout, len(missing))
                 self.journal.write("missing", block_id=block.block_id, pids=missing, why="timeout")
+                self._status_missing(block.block_id, missing, "timeout")
                 break
             self._changed.clear()
             try:
                 await asyncio.wait_for(self._changed.wait(), timeout=min(left, 1.0))
             except TimeoutError:
                 pass
+        report.mark("present", t_sent)
+        report.mark("counts", t_sent)
         self._aborted.clear()
         self._closed[block.block_id] = frozenset(progress.by_pid)
         self.progress = None
@@ -395,6 +434,7 @@ class EvolutionServer:
                                                "thread": p.thread, "image_id": p.image_id,
                                                "requeue_of": p.requeue_of} for p in presentations])
         self.journal.sync()
+        self.status.emit("block", block_id=block.block_id, generation=block.generation, n=len(presentations))
         specs = [p.spec() for p in presentations]
         for peer in sorted(self.peers.values(), key=lambda peer: peer.role != "recorder"):
             if peer.role == "recorder":
@@ -445,6 +485,12 @@ class EvolutionServer:
         record = {"generation": generation, "thread": t.name, "mean": stats.mean, "max": stats.max,
                   "ref_mean": scoring.reference_mean(responses), "n_missing": stats.n_missing,
                   "seconds": round(seconds, 3)}
+        improved = stats.best >= 0 and scores[stats.best] > t.best_score
+        if self._report is not None:
+            refs = sorted(k for k in responses if k.startswith("ref/"))
+            self._report.scored(t.name, t.channel, asked.ids, scores, record,
+                                dict(zip(refs, scoring.image_scores(responses, refs).tolist())),
+                                stats.best if improved else None)
         if stats.best >= 0:
             best = stats.best
             self.journal.save_image_later(f"best/gen{generation:03d}_{t.name}.png", images[best])
@@ -550,6 +596,8 @@ class EvolutionServer:
             MsgType.COUNTS: self._on_counts,
             MsgType.BYE: self._on_bye,
             MsgType.RIG_CLOCK: self._on_rig_clock,
+            MsgType.PAUSED: self._on_paused,
+            MsgType.RESUMED: self._on_paused,
         }.get(msg.type)
         if handler is None:
             raise ProtocolError(f"a {peer.role} may not send {msg.type.value}")
@@ -603,6 +651,8 @@ class EvolutionServer:
         for old, why in replaced:
             self._drop_peer(old, why)
         self.journal.write("peer_joined", peer=hello.name, role=hello.role, channels=hello.channels)
+        self._joins[hello.name] = self._joins.get(hello.name, 0) + 1
+        self._status_peers()
         log.info("%s %s joined", hello.role, hello.name)
         net = self.cfg.network
         await self._send(routing_id, MsgType.WELCOME,
@@ -632,6 +682,17 @@ class EvolutionServer:
 
     async def _on_heartbeat(self, peer: Peer, msg: protocol.Message) -> None:
         pass
+
+    async def _on_paused(self, peer: Peer, msg: protocol.Message) -> None:
+        """The presenter's pause key (PAUSED / RESUMED): journaled, the block timer stands still."""
+        source = f"presenter {peer.name}"
+        if msg.type == MsgType.PAUSED:
+            self.control.pause(source, peer.name, msg.body.reason)
+        else:
+            self.control.resume(source, peer.name, msg.body.reason)
+        self.journal.sync()
+        await self._send(peer.routing_id, MsgType.ACK, protocol.Ack(msg.seq))
+        self._changed.set()
 
     async def _on_bye(self, peer: Peer, msg: protocol.Message) -> None:
         self._drop_peer(peer, f"said bye: {msg.body.reason}")
@@ -694,10 +755,56 @@ class EvolutionServer:
             self._journaled.add((kind, body.pid))
             if kind == "shown" and body.status == "aborted":
                 self._aborted.append(body.pid)
+            self.status.emit("presentation", **status_mod.presentation_fate(kind, body))
         self.journal.sync()   # an acknowledged report is on disk, not only in the OS's cache
         faults.reach("ack")
         await self._send(peer.routing_id, MsgType.ACK, protocol.Ack(msg.seq))
         self._changed.set()
+
+    # ------------------------------------------------ status and controls
+    def _status_start(self, log_forwarder: logging.Handler) -> None:
+        logging.getLogger("server").addHandler(log_forwarder)
+        cfg = self.cfg
+        self.status.emit("session", session=self.session_id, endpoint=self.endpoint, resumed=self.resume,
+                         start_generation=self.start_generation, generations=cfg.session.generations,
+                         population={t.name: int(getattr(t.optimizer, "population", 0) or 0) for t in self.threads},
+                         threads=[{"name": t.name, "channel": t.channel, "generator": t.generator.name,
+                                   "optimizer": type(t.optimizer).__name__} for t in self.threads],
+                         references=[r.name for r in self.refs],
+                         config={"block_timeout_s": cfg.session.block_timeout_s,
+                                 "abort_policy": cfg.session.abort_policy,
+                                 "image_size_px": cfg.presentation.image_size_px,
+                                 "response": asdict(cfg.response)})
+
+    def _status_peers(self) -> None:
+        self.status.emit("peers", peers=status_mod.peer_list(self.peers.values(), self._joins, time.monotonic()))
+
+    def _status_missing(self, block_id: int, pids: list[str], why: str) -> None:
+        for pid in pids:
+            self.status.emit("presentation", pid=pid, block_id=block_id, fate="missing", why=why, late=False)
+
+    def _on_control(self, op: str, who: str) -> None:
+        """A control from the status socket (called on the loop)."""
+        if self._journal is None or self._journal.failed is not None:
+            log.warning("control %s from %s ignored: no session journal to record it", op, who)
+            return
+        if op == "pause":
+            self.control.pause(OPERATOR, who)
+        elif op == "resume":
+            self.control.resume(OPERATOR, who)
+        elif op == "stop":
+            self.control.stop(who)
+        self._changed.set()
+
+    async def _while_paused(self) -> None:
+        """Before a block is sent: wait while the session is paused (peers stay alive)."""
+        while self.control.paused:
+            self._check_journal()
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), timeout=1.0)
+            except TimeoutError:
+                pass
 
     # ----------------------------------------------------------- liveness
     async def _heartbeat_loop(self) -> None:
@@ -711,6 +818,7 @@ class EvolutionServer:
                                           f"(timeout {net.peer_timeout_s:.1f} s)")
                 else:
                     await self._send(peer.routing_id, MsgType.HEARTBEAT, protocol.Heartbeat())
+            self._status_peers()
 
     def _drop_peer(self, peer: Peer, why: str) -> None:
         if self.peers.pop(peer.routing_id, None) is None:
@@ -724,10 +832,14 @@ class EvolutionServer:
             if missing:
                 self.journal.write("missing", block_id=progress.block.block_id, pids=missing,
                                    why=f"{peer.role} {peer.name} lost")
+                self._status_missing(progress.block.block_id, missing, f"{peer.role} {peer.name} lost")
+        self.control.resume(f"presenter {peer.name}", peer.name, "presenter lost")
+        self._status_peers()
         self._changed.set()
 
 
-_SENDER_ROLE = {MsgType.SHOWN: "presenter", MsgType.COUNTS: "recorder", MsgType.RIG_CLOCK: "recorder"}
+_SENDER_ROLE = {MsgType.SHOWN: "presenter", MsgType.COUNTS: "recorder", MsgType.RIG_CLOCK: "recorder",
+                MsgType.PAUSED: "presenter", MsgType.RESUMED: "presenter"}
 INBOUND_QUEUE = 100   # messages queued per connection before libzmq stops reading its socket
 
 

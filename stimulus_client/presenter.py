@@ -283,6 +283,8 @@ class Presenter:
         if self.log:
             self.log.write("pause")
             self.log.flush()
+        # the server stops its block timer meanwhile (docs/protocol.md, PAUSED / RESUMED)
+        self.conn.send(MsgType.PAUSED, protocol.Paused("pause key"), reliable=True)
         self.display.draw(None, fixation=False, photodiode_white=False)
         self._flip()
         self._idle_drawn = False
@@ -299,6 +301,7 @@ class Presenter:
                     continue
                 if key == self.cfg.keys.pause:
                     log.warning("resumed")
+                    self.conn.send(MsgType.RESUMED, protocol.Resumed("pause key"), reliable=True)
                     if self.log:
                         self.log.write("resume")
                     return "resume"

@@ -250,6 +250,10 @@ def test_pause_key_grays_the_screen_keeps_heartbeats_and_resumes(display, tmp_pa
     t_resume = next(r["t"] for r in log if r["event"] == "resume")
     beats = [t for t, _, m in server.received if m.type.value == "heartbeat" and t_pause < t < t_resume]
     assert len(beats) >= 2, "no heartbeats while paused"
+    # the server was told, so that it stops its block timer meanwhile
+    told = [(t, m.type.value) for t, _, m in server.received if m.type.value in ("paused", "resumed")]
+    assert [k for _, k in told] == ["paused", "resumed"]
+    assert t_pause <= told[0][0] + 0.05 and told[1][0] <= t_resume + 0.5
     # the pause frame: all gray, no fixation point, photodiode black
     # (after the 2nd onset: one frame closes the trial, the next is the pause screen)
     pause_frame = next(f for i, f in win.frames if i == onsets_after(log, pid[1]) + 2)

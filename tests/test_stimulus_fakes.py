@@ -188,6 +188,8 @@ class ScriptedServer:
                 self._restart()
                 return
             self._acks.append((time.monotonic() + self.ack_delay_s, msg.seq))
+        elif msg.type in (MsgType.PAUSED, MsgType.RESUMED):   # acknowledged, as the real server does
+            self._acks.append((time.monotonic() + self.ack_delay_s, msg.seq))
         elif msg.type == MsgType.BYE:
             self.bye = msg.body.reason
             self.finished.set()

@@ -194,6 +194,10 @@ class NetworkConfig:
     # CURVE (docs/protocol.md, xdream/curve.py): required for a bind beyond loopback (or --insecure)
     curve_server_secret_key: str = ""   # the server's key pair: KEYS/server/server.key_secret
     curve_allowed_clients: str = ""     # the folder of allowed clients' public keys: KEYS/allowed
+    # the status stream (docs/protocol.md, "Status stream"): its request socket (snapshot, controls;
+    # "" for none) and the PUB socket's port on the same host (0: the OS picks)
+    status_bind: str = "tcp://127.0.0.1:0"
+    status_pub_port: Annotated[int, Meta(ge=0, le=65535)] = 0
 
 
 @dataclass

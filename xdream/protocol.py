@@ -62,6 +62,8 @@ class MsgType(str, Enum):
     END = "end"                # server -> peers: the session is over
     SCREEN_FRAME = "screen_frame"  # presenter -> simulated rig: what was drawn
     RIG_CLOCK = "rig_clock"    # recorder -> server: a (wall time, rig time) pair (feature "rig_clock")
+    PAUSED = "paused"          # presenter -> server: the operator paused the presenter (its pause key)
+    RESUMED = "resumed"        # presenter -> server: ... and resumed it
 
 
 Role = Literal["presenter", "recorder"]
@@ -226,6 +228,16 @@ class End(_Body):
 
 
 @dataclass(frozen=True)
+class Paused(_Body):
+    reason: Text = ""
+
+
+@dataclass(frozen=True)
+class Resumed(_Body):
+    reason: Text = ""
+
+
+@dataclass(frozen=True)
 class ScreenFrame(_Body):
     """What the presenter drew on an onset frame, for a simulated rig's 'eye'.
 
@@ -267,6 +279,8 @@ BODY_TYPES: dict[MsgType, type] = {
     MsgType.END: End,
     MsgType.SCREEN_FRAME: ScreenFrame,
     MsgType.RIG_CLOCK: RigClock,
+    MsgType.PAUSED: Paused,
+    MsgType.RESUMED: Resumed,
 }
 _ROOTS = {cls: t.value for t, cls in BODY_TYPES.items()} | {PresentationSpec: "presentation"}
 

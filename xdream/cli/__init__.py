@@ -16,13 +16,13 @@ import argparse
 import logging
 import sys
 
-from xdream.cli import (bench, bridge, convert_caffe, dry_run, export, keys, present, record, replay,
-                        serve, weights)
+from xdream.cli import (bench, bridge, convert_caffe, dashboard, dry_run, export, keys, present, record,
+                        replay, serve, weights)
 from xdream.errors import XdreamError
 
 log = logging.getLogger("xdream")
 
-COMMANDS = (dry_run, serve, present, weights, convert_caffe, bench, record, bridge, replay, export, keys)
+COMMANDS = (dry_run, serve, present, weights, convert_caffe, bench, record, bridge, replay, export, keys, dashboard)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ from xdream import curve
 from xdream.cli.common import load_config
 from xdream.errors import ConfigError
 from xdream.files import time_stamp, unused_path
-from xdream.stdout_lines import LISTENING, SCREEN_TAP, SESSION_FOLDER
+from xdream.stdout_lines import CONTROL_TOKEN, DASHBOARD, LISTENING, SCREEN_TAP, SESSION_FOLDER, STATUS
 
 
 def add_parser(sub) -> None:
@@ -40,6 +40,9 @@ def add_parser(sub) -> None:
     s.add_argument("--simulate", action="store_true",
                    help="run the recorder in this process on the config's simulated neuron; prints where its "
                         "screen tap listens (the presenter's --screen-tap)")
+    s.add_argument("--dashboard", nargs="?", const=0, type=int, metavar="PORT",
+                   help="serve the live dashboard beside the server on http://127.0.0.1:PORT/ "
+                        "(default: a free port, printed)")
     s.add_argument("--missing-after", type=float, default=30.0, metavar="S",
                    help="in-process recorder: as `xdream record --missing-after` (default 30)")
     s.set_defaults(func=run)
@@ -90,6 +93,14 @@ def run(args) -> int:
     def on_endpoint(endpoint: str) -> None:
         print(f"{SESSION_FOLDER}{folder}", flush=True)
         print(f"{LISTENING}{endpoint}", flush=True)
+        if server.status.endpoint:
+            print(f"{STATUS}{server.status.endpoint}", flush=True)
+        if server.status.token:
+            print(f"{CONTROL_TOKEN}{server.status.token}", flush=True)
+        if args.dashboard is not None and server.status.endpoint:
+            from xdream.dashboard.live import start_beside
+            url = start_beside(server.status.endpoint, port=args.dashboard, token=server.status.token)
+            print(f"{DASHBOARD}{url}", flush=True)
         if recorder is not None and server.curve_auth is not None and server.curve_keys is not None:
             # the in-process recorder gets a key pair of its own, admitted for this run only
             recorder.curve = curve.ephemeral_client(server.curve_keys)

@@ -1,0 +1,157 @@
+"""The dashboard in a real browser: headless Chromium from Debian (/usr/bin/chromium) driven by
+Playwright for Python, never a browser Playwright downloads (design.md, "Testing what a person
+sees").  A small dry run (server, presenter, simulated rig as processes) is watched live, paused,
+resumed and stopped from the page; the finished session's page is rendered from its journal.
+Screenshots are saved in the test's tmp folder (and looked at by whoever changes the page)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from playwright import sync_api   # the test extra; its browser is Debian's, never a download
+
+from tests.conftest import small_config
+from tests.dryrun_helpers import journal
+from xdream import config as config_mod
+from xdream.stdout_lines import DASHBOARD, SESSION_FOLDER, STATUS
+
+CHROMIUM = "/usr/bin/chromium"
+if not Path(CHROMIUM).is_file():
+    pytest.fail(f"{CHROMIUM} is missing: `apt-get install -y chromium` (run.sh test does)", pytrace=False)
+
+
+def _line(proc, prefix: str, timeout: float = 120.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"the process ended before saying {prefix!r}")
+        if line.startswith(prefix):
+            return line[len(prefix):].strip()
+    raise AssertionError(f"no {prefix!r} line within {timeout} s")
+
+
+def _snapshot(url: str) -> dict:
+    with urllib.request.urlopen(url + "api/snapshot", timeout=10) as r:
+        return json.loads(r.read())
+
+
+def _wait(pred, timeout: float, what: str, period: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(period)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _env(tmp_path: Path) -> dict:
+    env = dict(os.environ, HOME=str(tmp_path), PSYCHOPYNOPACKAGES="1")
+    env.setdefault("LSLAPICFG", str(Path(__file__).parent / "lsl_api.cfg"))
+    return env
+
+
+def _dashboard(args: list[str], tmp_path: Path) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([sys.executable, "-m", "xdream.cli", "dashboard", "--port", "0", *args],
+                            stdout=subprocess.PIPE, text=True, env=_env(tmp_path))
+    return proc, _line(proc, DASHBOARD, 60)
+
+
+@pytest.fixture(scope="module")
+def live_session(tmp_path_factory):
+    """A 40-generation dry run, watched from the page: paused, resumed, stopped.  Returns what was seen."""
+    tmp = tmp_path_factory.mktemp("live")
+    cfg = small_config(tmp, generations=40)
+    config_mod.save_json(cfg, tmp / "cfg.json")
+    seen: dict = {"tmp": tmp}
+    dry = subprocess.Popen([sys.executable, "-m", "xdream.cli", "dry-run", str(tmp / "cfg.json"), "--out",
+                            str(tmp / "out")], stdout=subprocess.PIPE, text=True, env=_env(tmp))
+    dash = None
+    try:
+        seen["folder"] = Path(_line(dry, SESSION_FOLDER))
+        endpoint = _line(dry, STATUS)
+        dash, url = _dashboard(["--server", endpoint], tmp)
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url)
+
+            def points() -> int:
+                return int(page.locator("#trajectory").get_attribute("data-points") or 0)
+
+            _wait(lambda: points() >= 2, 120, "two generations on the page's trajectory")
+            seen["points"] = [points()]
+            _wait(lambda: points() > seen["points"][0], 60, "a new point per generation")
+            seen["points"].append(points())
+            seen["images"] = page.locator("img.gen-image").count()
+            seen["best"] = page.locator("img.best-image").count()
+            page.screenshot(path=str(tmp / "live.png"), full_page=True)
+            page.click("#pause")
+            _wait(lambda: page.locator("#state").inner_text() == "paused", 10, "the page to say paused")
+            # the block in flight finishes, then no new block while paused
+            time.sleep(3.0)
+            blocks = _snapshot(url)["rig"]["blocks"]
+            time.sleep(3.0)
+            seen["paused_blocks"] = (blocks, _snapshot(url)["rig"]["blocks"])
+            seen["paused_points"] = (points(), points())
+            page.screenshot(path=str(tmp / "paused.png"), full_page=True)
+            page.click("#resume")
+            _wait(lambda: _snapshot(url)["rig"]["blocks"] > blocks, 30, "a new block after resume")
+            page.click("#stop")
+            dry.wait(120)
+            _wait(lambda: page.locator("#state").inner_text() == "ended", 20, "the page to say ended")
+            seen["ended_points"] = points()
+            page.screenshot(path=str(tmp / "ended.png"), full_page=True)
+            browser.close()
+        seen["returncode"] = dry.returncode
+    finally:
+        for proc in (dry, dash):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return seen
+
+
+def test_the_live_page_follows_the_session_and_its_buttons_steer_it(live_session):
+    seen = live_session
+    assert seen["points"][1] > seen["points"][0] >= 2
+    assert seen["images"] == 6 and seen["best"] == 1     # population 6, one thread
+    before, after = seen["paused_blocks"]
+    assert before == after, "a block was sent while paused"
+    assert seen["returncode"] == 0
+    records = journal(seen["folder"])
+    kinds = [r["kind"] for r in records]
+    assert {"paused", "resumed", "stop_requested"} <= set(kinds)
+    end = records[-1]
+    assert end["kind"] == "session_end" and end["reason"].startswith("stopped: by dashboard"), end
+    scored = {r["generation"] for r in records if r["kind"] == "scores"}
+    assert seen["ended_points"] == len(scored) < 40     # stopped early, every generation drawn
+    assert (seen["tmp"] / "live.png").stat().st_size > 10_000
+
+
+def test_a_finished_sessions_page_renders_from_its_journal(live_session, tmp_path):
+    dash, url = _dashboard([str(live_session["folder"])], tmp_path)
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url)
+            _wait(lambda: page.locator("#state").inner_text() == "ended", 20, "the finished page")
+            scored = {r["generation"] for r in journal(live_session["folder"]) if r["kind"] == "scores"}
+            assert int(page.locator("#trajectory").get_attribute("data-points")) == len(scored)
+            assert page.locator("img.best-image").count() == 1
+            assert not page.locator("#controls").is_visible()     # a finished session has no controls
+            assert page.locator("#trajectory .scatterlayer .trace").count() == 3   # mean, max, reference
+            page.screenshot(path=str(tmp_path / "finished.png"), full_page=True)
+            browser.close()
+    finally:
+        dash.kill()
+        dash.wait()

@@ -1,0 +1,113 @@
+"""The dashboard's two sources, and running it: in the foreground (`xdream dashboard`) or in a
+thread beside the server (`xdream serve --dashboard`).
+
+Live: subscribe to the server's PUB, take a snapshot, then fold each event with a
+larger `seq` (xdream/status_client.py); until the server answers, retry.  Finished:
+the journal, folded once (journal_events.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import threading
+
+import zmq
+import zmq.asyncio
+
+from xdream import status_client
+from xdream.curve import is_loopback
+from xdream.dashboard.web import Hub, make_app, start_site
+from xdream.errors import XdreamError
+from xdream.status_state import StatusState
+from xdream.status_wire import decode_event
+
+log = logging.getLogger(__name__)
+
+
+async def follow(hub: Hub, endpoint: str, server_token: str = "") -> None:
+    """Keep `hub` up to date with the server at `endpoint` (its status socket) until cancelled."""
+    sync_ctx = zmq.Context()
+    ctx = zmq.asyncio.Context()
+
+    async def control(op: str) -> dict:
+        return await asyncio.to_thread(status_client.request, sync_ctx, endpoint, op, server_token, "dashboard")
+
+    hub.control = control
+    sub = None
+    try:
+        while True:
+            try:
+                first = await asyncio.to_thread(status_client.request, sync_ctx, endpoint, "snapshot", "", "", 2.0)
+                break
+            except XdreamError as exc:
+                log.info("waiting for the server's status socket %s: %s", endpoint, exc)
+                await asyncio.sleep(0.5)
+        sub = ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.RCVHWM, 10_000)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.connect(status_client.pub_endpoint(endpoint, first))
+        await asyncio.sleep(0.2)   # the subscription reaches the PUB before the snapshot is taken
+        snap = (await asyncio.to_thread(status_client.request, sync_ctx, endpoint, "snapshot"))["snapshot"]
+        hub.state = StatusState.from_snapshot(snap)
+        hub.publish({"v": 1, "kind": "resync", "seq": hub.state.seq})
+        while True:
+            frames = await sub.recv_multipart()
+            try:
+                event = decode_event(frames)
+            except XdreamError as exc:
+                log.warning("ignored a status message: %s", exc)
+                continue
+            if int(event.get("seq", 0)) > hub.state.seq:
+                hub.publish(event)
+    finally:
+        if sub is not None:
+            sub.close(0)
+        ctx.destroy(linger=0)
+        sync_ctx.destroy(linger=0)
+
+
+def dashboard_token(host: str) -> str:
+    """Bound beyond loopback, the dashboard's controls need a token (printed at start)."""
+    return "" if is_loopback(f"tcp://{host}:0") else secrets.token_urlsafe(16)
+
+
+async def serve(hub: Hub, host: str, port: int, token: str, on_url=None, endpoint: str | None = None,
+                server_token: str = "") -> None:
+    """Serve until cancelled (and follow the server, for a live session)."""
+    runner, url = await start_site(make_app(hub, token=token), host, port)
+    if on_url is not None:
+        on_url(url)
+    try:
+        if endpoint is not None:
+            await follow(hub, endpoint, server_token)
+        else:
+            await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+def start_beside(endpoint: str, port: int = 0, host: str = "127.0.0.1", token: str = "") -> str:
+    """`xdream serve --dashboard`: the dashboard in a daemon thread with its own loop; its URL."""
+    got: dict = {}
+    ready = threading.Event()
+
+    def run() -> None:
+        def on_url(url: str) -> None:
+            got["url"] = url
+            ready.set()
+
+        try:
+            asyncio.run(serve(Hub(StatusState(), live=True), host, port, dashboard_token(host), on_url,
+                              endpoint, token))
+        except BaseException as exc:   # surfaced to the caller if before the page listens
+            got["error"] = exc
+            ready.set()
+
+    threading.Thread(target=run, name="dashboard", daemon=True).start()
+    ready.wait(30)
+    if "url" not in got:
+        raise XdreamError(f"the dashboard did not start: {got.get('error', 'no answer in 30 s')!r}")
+    return got["url"]
