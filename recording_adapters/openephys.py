@@ -41,6 +41,11 @@ after the peak): the watermark trails s+n by `lag_ms` (default 20 ms).  The
 Event Broadcaster sends no continuous data: the watermark trails the latest
 event by `lag_ms` (default 100 ms, more than one processing block), and stalls
 when no events come.
+
+The GUI's own recording (`record_raw`, off by default): over the GUI's HTTP
+remote-control API (port `http_port`, 37497), the session starts a recording
+named after it and stops only that one; recording_adapters/openephys_control.py
+says how and cites the upstream code.  Off, nothing is sent to that port.
 """
 
 from __future__ import annotations
@@ -62,7 +67,8 @@ import zmq
 from recording_adapters.base import RigSource
 from recording_adapters.events import RigEvents, as_rate
 from recording_adapters.holdback import CodeHold
-from recording_adapters.options import Hertz, OptionError, Port, Range, Seconds, SourceOptions
+from recording_adapters.openephys_control import DEFAULT_HTTP_PORT, GuiHttp, GuiRecording
+from recording_adapters.options import Hertz, OptionError, Port, PositiveSeconds, Range, Seconds, SourceOptions
 from xdream.logs import RateLimitedLog
 
 
@@ -121,10 +127,17 @@ class OpenEphysOptions(SourceOptions):
     lag_ms: Annotated[int, Range(0)] | None = None   # None: the plugin's default (20, 100)
     heartbeat: bool = True
     hold_s: Seconds = 0.3                         # a code goes on once the stream is whole this far past it
+    record_raw: bool = False                      # the GUI records the session (HTTP API), named after it
+    http_port: Port = DEFAULT_HTTP_PORT           # the GUI's HTTP remote-control port (record_raw only)
+    record_dir: str = ""                          # the recording's parent folder on the GUI's PC; "": the GUI's
+    http_timeout_s: PositiveSeconds = 5.0         # one HTTP request to the GUI (RECORD waits for the GUI to start)
 
     def check(self) -> None:
         if not self.code_lines:
             raise OptionError("code_lines", self.code_lines, "at least one line, e.g. 0-7")
+        if self.record_dir and not self.record_raw:
+            raise OptionError("record_dir", self.record_dir, "empty unless record_raw is true (it is the folder "
+                              "of the GUI's own recording)")
 
 
 class OpenEphysSource(RigSource):
@@ -158,6 +171,12 @@ class OpenEphysSource(RigSource):
         self._last_message = time.monotonic()
         self._stalled = False
         self.stall_warn_s = STALL_WARN_S
+        self.recording: GuiRecording | None = None
+        if o.record_raw:    # a GUI that cannot be reached fails the start, and says where
+            recording = GuiRecording(GuiHttp(o.host, o.http_port, o.http_timeout_s), o.record_dir)
+            log.info("openephys: record_raw: the GUI's HTTP server at %s answers, mode %s; its recording starts "
+                     "with the session", recording.http.base, recording.status())
+            self.recording = recording
         ctx: zmq.Context = zmq.Context.instance()
         self.socket = ctx.socket(zmq.SUB)
         self.socket.setsockopt(zmq.LINGER, 0)
@@ -224,7 +243,16 @@ class OpenEphysSource(RigSource):
         except zmq.Again:
             pass
 
+    def session_started(self, session_id: str) -> None:
+        """The recorder was welcomed into session `session_id` (recording_adapters/recorder.py):
+        with record_raw, the GUI's recording starts now, named after the session."""
+        if self.recording is not None:
+            self.recording.start(session_id)
+
     def _close(self) -> None:
+        recording = getattr(self, "recording", None)    # None after a failed start, or without record_raw
+        if recording is not None:
+            recording.close()
         for sock in (getattr(self, "socket", None), getattr(self, "_hb", None)):   # after a failed start too
             if sock is not None:
                 sock.close()

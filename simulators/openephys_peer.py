@@ -11,6 +11,12 @@ events and spikes go out first, then (ZMQ Interface) the block's continuous
 data for one selected channel, which is what tells a client the block is done.
 An event code becomes a parallel port's line changes: the code's bits on lines
 0-7 and the strobe line (8) rise on the code's sample, all fall `pulse_ms` later.
+
+With `http=True` it also serves the GUI's HTTP remote-control API
+(`SimulatedGuiHttp`, at the end of this module): the GUI's mode and its
+recording's folder and name, as plugin-GUI's OpenEphysHttpServer.h and
+ControlPanel.cpp handle them.  That state is not tied to the ZMQ stream: a test
+sends events whatever the mode.
 """
 
 from __future__ import annotations
@@ -18,8 +24,12 @@ from __future__ import annotations
 import heapq
 import json
 from fractions import Fraction
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import logging
+import os
 import struct
+import tempfile
+import threading
 import time
 
 import numpy as np
@@ -32,7 +42,7 @@ class OpenEphysPeer:
     def __init__(self, channels: int, plugin: str = "zmq-interface", sample_rate: float = 30000.0,
                  block_samples: int = 1024, strobe_line: int | None = 8, pulse_ms: float = 10.0,
                  photodiode_line: int | None = None, format: str = "json", waveform_samples: int = 40,
-                 context: zmq.Context | None = None):
+                 context: zmq.Context | None = None, http: bool = False):
         if plugin not in ("zmq-interface", "event-broadcaster"):
             raise ValueError(f"unknown Open Ephys plugin {plugin!r}")
         self.channels = channels
@@ -76,6 +86,7 @@ class OpenEphysPeer:
         self._order = 0
         self._capture: list | None = None  # encode(): messages kept here instead of sent
         self._tick_rate: Fraction | None = None   # the rate of the ticks in the events being sent
+        self.gui = SimulatedGuiHttp() if http else None
 
     def adapter_options(self) -> dict[str, str]:
         opts = {"host": "127.0.0.1", "port": str(self.port), "plugin": self.plugin,
@@ -84,6 +95,8 @@ class OpenEphysPeer:
             opts["strobe_line"] = str(self.strobe_line)
         if self.photodiode_line is not None:
             opts["photodiode_line"] = str(self.photodiode_line)
+        if self.gui is not None:
+            opts["http_port"] = str(self.gui.port)
         return opts
 
     # --- what the rig recorded -> what the GUI sends -----------------------------------------
@@ -145,6 +158,8 @@ class OpenEphysPeer:
         self.pub.close()
         if self.rep is not None:
             self.rep.close()
+        if self.gui is not None:
+            self.gui.close()
 
     # --- blocks -------------------------------------------------------------------------------
     def _sample(self, t) -> int:
@@ -252,3 +267,218 @@ class OpenEphysPeer:
                 ok = False
             self.heartbeats += ok
             self.rep.send(b"heartbeat received" if ok else b"JSON message could not be read")
+
+
+# --- the GUI's HTTP remote-control API -------------------------------------------------------------
+# Encoded from open-ephys/plugin-GUI (v1.0.1), independently of the adapter:
+# Source/Utils/OpenEphysHttpServer.h (the endpoints, their replies, which fields a PUT reads and how it
+# treats a field of the wrong type), Source/UI/ControlPanel.cpp (what RECORD / ACQUIRE / IDLE do, the
+# recording folder's name = prepend + base + append text, regenerated when a new directory is needed),
+# Source/UI/FilenameConfigWindow.cpp (FilenameFieldComponent: NONE / AUTO / CUSTOM fields, validate,
+# getNextValue), Source/CoreServices.cpp (setRecordingParentDirectory only for a folder that exists).
+
+
+class _NameField:
+    """FilenameFieldComponent: one of prepend, main (base) and append text."""
+
+    def __init__(self, kind: str, state: str, value: str):
+        self.kind, self.state, self.value = kind, state, value
+        self.index = 0
+        self.new_directory_needed = True
+
+    def validate(self, text: str, separator: str) -> str:
+        if not text and self.state != "NONE":
+            return "File name must have at least 1 character."
+        if separator in text:
+            return "File name cannot contain slashes."
+        if "." in text:
+            return "File name cannot contain periods."
+        return ""
+
+    def next_value(self, placeholder: bool) -> str:
+        if not self.new_directory_needed:
+            return self.value
+        self.new_directory_needed = False
+        if self.state == "NONE":
+            self.value = ""
+        elif self.state == "AUTO":
+            if self.kind == "main":
+                self.value = "YYYY-MM-DD_HH-MM-SS" if placeholder else time.strftime("%Y-%m-%d_%H-%M-%S")
+            else:
+                number = f"{self.index:03d}"
+                self.value = "_" + number if self.kind == "append" else number + "_"
+        return self.value
+
+
+class SimulatedGuiHttp:
+    """The GUI's state behind its HTTP API (IDLE / ACQUIRE / RECORD, the recording's folder and name), served
+    on 127.0.0.1 at a random free port from a thread.  `recordings` lists each recording's folder as it
+    starts; `requests` every request as (method, path, body text); `connections` every TCP connection."""
+
+    def __init__(self, mode: str = "IDLE", parent_directory: str | None = None, record_nodes: tuple = (101,),
+                 separator: str = "/"):
+        self.lock = threading.Lock()
+        self.acquiring = mode in ("ACQUIRE", "RECORD")
+        self.recording = False
+        self.parent_directory = parent_directory if parent_directory is not None else tempfile.gettempdir()
+        self.record_nodes = list(record_nodes)
+        self.separator = separator          # File::getSeparatorString() of the GUI's PC
+        self.fields = [_NameField("prepend", "NONE", ""), _NameField("main", "AUTO", ""),
+                       _NameField("append", "NONE", "")]
+        self.new_directory_needed = True    # ControlPanel's newDirectoryButton
+        self.directory_name = ""
+        self.recordings: list[str] = []
+        self.recording_number = 0
+        self.requests: list[tuple[str, str, str]] = []
+        self.connections = 0
+        self._generate(placeholder=True)
+        if mode == "RECORD":
+            self._record_button(True)
+        gui = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                gui._serve(self, "GET")
+
+            def do_PUT(self):
+                gui._serve(self, "PUT")
+
+            def log_message(self, format, *args):   # noqa: A002 (the base class's name)
+                log.debug("simulated GUI http: " + format, *args)
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def verify_request(self, request, client_address):
+                with gui.lock:
+                    gui.connections += 1
+                return True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self._thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), name="simulated-oe-http",
+                                        daemon=True)
+        self._thread.start()
+
+    @property
+    def mode(self) -> str:
+        return "RECORD" if self.recording else "ACQUIRE" if self.acquiring else "IDLE"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    # --- what a person does in the GUI -------------------------------------------------------------
+    def click(self, mode: str) -> None:
+        """The lab presses play / record / stop in the GUI itself."""
+        with self.lock:
+            self._set_mode(mode)
+
+    # --- HTTP --------------------------------------------------------------------------------------
+    def _serve(self, h: BaseHTTPRequestHandler, method: str) -> None:
+        length = int(h.headers.get("Content-Length") or 0)
+        body = h.rfile.read(length).decode("utf-8", "replace") if length else ""
+        with self.lock:
+            self.requests.append((method, h.path, body))
+            status, reply = self._route(method, h.path, body)
+        data = reply.encode() if isinstance(reply, str) else json.dumps(reply).encode()
+        h.send_response(status)
+        h.send_header("Content-Type", "text/plain" if isinstance(reply, str) else "application/json")
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        h.wfile.write(data)
+
+    def _route(self, method: str, path: str, body: str):
+        if (method, path) == ("GET", "/api/status"):
+            return 200, {"mode": self.mode}
+        if (method, path) == ("GET", "/api/recording"):
+            return 200, self._recording_info()
+        if method == "PUT" and path in ("/api/status", "/api/recording"):
+            try:
+                request = json.loads(body)
+            except ValueError as exc:
+                return 400, f"[json.exception.parse_error.101] {exc}"     # nlohmann's e.what()
+            if path == "/api/status":
+                mode = request.get("mode") if isinstance(request, dict) else None
+                if not isinstance(mode, str):     # request_json["mode"] into a std::string: type_error
+                    return 400, "[json.exception.type_error.302] type must be string"
+                self._set_mode(mode)              # an unknown mode does nothing
+                return 200, {"mode": self.mode}
+            self._put_recording(request if isinstance(request, dict) else {})
+            return 200, self._recording_info()
+        return 404, ""                            # httplib: no handler, empty 404
+
+    def _put_recording(self, request: dict) -> None:
+        def text(key: str) -> str | None:         # a field missing or not a string is "not specified"
+            value = request.get(key)
+            return value if isinstance(value, str) else None
+        parent = text("parent_directory")
+        if parent is not None and os.path.isdir(parent) and not self.recording:
+            self.parent_directory = parent
+        for key, field in (("prepend_text", self.fields[0]), ("base_text", self.fields[1]),
+                           ("append_text", self.fields[2])):
+            value = text(key)
+            if value is not None:
+                self._set_field(field, value)
+        if text("start_new_directory") == "true":
+            self.new_directory_needed = True
+
+    def _set_field(self, field: _NameField, value: str) -> None:
+        """ControlPanel::setRecordingDirectory{Prepend,Base,Append}Text."""
+        if field.value == value:
+            return
+        field.new_directory_needed = True
+        if field.kind == "main" and value == "":
+            pass                                  # the main text cannot be empty: keeps its state
+        elif value == "":
+            field.state = "NONE"
+        elif value == "auto":
+            field.state = "AUTO"
+        else:
+            if field.validate(value, self.separator):
+                return                            # silently refused ("TODO: Notify user ... via HTTPServer")
+            field.state, field.value = "CUSTOM", value
+        self.new_directory_needed = True
+        self._generate(placeholder=True)
+
+    def _generate(self, placeholder: bool) -> str:
+        return "".join(f.next_value(placeholder) for f in self.fields)
+
+    def _recording_info(self) -> dict:
+        nodes = [{"node_id": n, "parent_directory": self.parent_directory, "record_engine": "BINARY",
+                  "experiment_number": 1, "recording_number": self.recording_number, "is_synchronized": True}
+                 for n in self.record_nodes]
+        return {"parent_directory": self.parent_directory, "base_text": self.fields[1].value,
+                "prepend_text": self.fields[0].value, "append_text": self.fields[2].value,
+                "default_record_engine": "BINARY", "record_nodes": nodes}
+
+    # --- ControlPanel ------------------------------------------------------------------------------
+    def _set_mode(self, mode: str) -> None:
+        """The PUT /api/status handler: RECORD only when not recording; ACQUIRE stops a recording and
+        acquires; IDLE stops both."""
+        if mode == "RECORD" and not self.recording:
+            self._record_button(True)
+        elif mode == "ACQUIRE":
+            self._record_button(False)
+            self.acquiring = True
+        elif mode == "IDLE":
+            self._record_button(False)
+            self.acquiring = False
+
+    def _record_button(self, on: bool) -> None:
+        if not on:
+            self.recording = False                # stopRecording; the next one reuses the folder
+            self.new_directory_needed = False
+            return
+        if not self.record_nodes:                 # "Insert at least one Record Node to start recording"
+            return
+        self.acquiring = True                     # startAcquisition(true) when idle
+        self.recording = True
+        if self.new_directory_needed:             # startRecording
+            for f in self.fields:
+                f.index += 1
+                f.new_directory_needed = True
+            self.directory_name = self._generate(placeholder=False)
+            self.recordings.append(f"{self.parent_directory}/{self.directory_name}")
+            self.recording_number = 0
+        self.recording_number += 1
