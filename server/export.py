@@ -55,6 +55,7 @@ from PIL import Image
 from xdream.session_reader import SessionRecord
 from xdream.session_tables import PRESENTATION_COLUMNS, Tables, tables
 from xdream.errors import SessionError
+from xdream.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,8 @@ def images_of(session: SessionRecord) -> tuple[dict[str, np.ndarray], list[str]]
     notes = []
     regenerator = Regenerator(session)
     pixels: dict[str, np.ndarray] = {}
-    for (g, name), rec in sorted(session.scores.items()):
+    items = sorted(session.scores.items())
+    for (g, name), rec in progress(items, "export: regenerating images", total=len(items), unit="gen"):
         pixels.update(regenerator.images(g, [name]))
         if not np.isnan(rec.scores).all():
             best = rec.ids[int(np.nanargmax(rec.scores))]

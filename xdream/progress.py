@@ -51,6 +51,15 @@ class Bar:
         if self._bar is not None:
             self._bar.update(n)
 
+    @property
+    def drawn(self) -> bool:
+        return self._bar is not None
+
+    def note(self, text: str) -> None:
+        """A short status beside the bar (the job that just finished)."""
+        if self._bar is not None:
+            self._bar.set_postfix_str(text, refresh=True)
+
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
