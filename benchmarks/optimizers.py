@@ -47,6 +47,7 @@ import numpy as np
 from xdream.errors import ConfigError
 from xdream.files import write_atomic
 from xdream.optimizer_kinds import OPTIMIZER_ALIASES, OPTIMIZER_KINDS, canonical_kind
+from xdream.progress import Bar
 
 log = logging.getLogger(__name__)
 
@@ -549,11 +550,24 @@ def curve_markdown(agg: dict, points: tuple[int, ...] = (1, 10, 25, 50, 75)) -> 
 
 
 def plot_curves(agg: dict, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+    fig = curves_figure(agg)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def curves_figure(agg: dict):
+    """One panel per noise level; one colour per optimizer (its current name: results stored under an
+    old one, "ours", are drawn as the kind it names now), solid = generation max (± s.e.m.), dashed =
+    generation mean.  The legend sits below the panels, never over a curve."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
     sigmas = agg["sigmas"]
-    fig, axes = plt.subplots(1, len(sigmas), figsize=(4.2 * len(sigmas), 3.6), sharey=True, squeeze=False)
+    names = [canonical_kind(o) for o in agg["optimizers"]]
+    fig, axes = plt.subplots(1, len(sigmas), figsize=(4.2 * len(sigmas), 4.2), sharey=True, squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, s in zip(axes[0], sigmas):
         for i, opt in enumerate(agg["optimizers"]):
@@ -562,21 +576,38 @@ def plot_curves(agg: dict, path: Path) -> Path:
                 continue
             x = np.arange(1, len(c["max"]) + 1)
             color = colors[i % len(colors)]
-            ax.plot(x, c["max"], color=color, label=f"{opt} (max)")
+            ax.plot(x, c["max"], color=color)
             sem = np.asarray(c["max_sem"], dtype=float)
             if np.isfinite(sem).all():
                 ax.fill_between(x, np.asarray(c["max"]) - sem, np.asarray(c["max"]) + sem, color=color, alpha=0.2)
-            ax.plot(x, c["mean"], color=color, linestyle="--", linewidth=1, label=f"{opt} (mean)")
+            ax.plot(x, c["mean"], color=color, linestyle="--", linewidth=1)
         ax.set_title(f"noise σ = {s:g}")
         ax.set_xlabel("generation")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("normalised clean activation")
-    axes[0][-1].legend(fontsize=7, loc="lower right")
-    fig.suptitle("xdream bench optimizers: generation max (solid, ± s.e.m.) and mean (dashed)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    handles = [Line2D([], [], color=colors[i % len(colors)], linewidth=2, label=name) for i, name in enumerate(names)]
+    handles += [Line2D([], [], color="0.3", label="generation max (± s.e.m.)"),
+                Line2D([], [], color="0.3", linestyle="--", linewidth=1, label="generation mean")]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4 if len(sigmas) < 3 else 7),
+               fontsize=8, frameon=False)
+    fig.suptitle("xdream bench optimizers: normalised clean activation per generation", fontsize=9)
+    rows = -(-len(handles) // (4 if len(sigmas) < 3 else 7))
+    fig.tight_layout(rect=(0, (0.25 * rows + 0.1) / fig.get_figheight(), 1, 1))
+    return fig
+
+
+def replot(out: Path, path: Path | None = None) -> Path:
+    """Draw OUT/curves.png again from OUT/results.json (no job is run)."""
+    results = Path(out) / "results.json"
+    try:
+        agg = json.loads(results.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{results} cannot be read ({exc}): run the benchmark first") from None
+    if not agg.get("curves"):
+        raise ConfigError(f"{results} holds no curves (written by another benchmark?)")
+    for c in (c for o in agg["curves"].values() for c in o.values()):   # strict JSON wrote NaN as null
+        c["max_sem"] = [math.nan if v is None else v for v in c["max_sem"]]
+    return plot_curves(agg, path or Path(out) / "curves.png")
 
 
 def report_markdown(agg: dict, suite: Suite, setting: dict, command: str, info: dict) -> str:
@@ -672,6 +703,9 @@ def suite_from_args(args) -> Suite:
 
 def cli_bench_optimizers(args) -> int:
     out = Path(args.out)
+    if getattr(args, "replot", False):
+        print(f"wrote {replot(out)}")
+        return 0
     if args.job:
         job = parse_job(args.job)
         record = run_job(job, out, device=args.device)
@@ -692,6 +726,7 @@ def cli_bench_optimizers(args) -> int:
     print(f"{suite.describe()}\n{len(jobs)} jobs -> {out}", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     computed = 0
+    bar = Bar("bench optimizers", total=len(jobs), unit="job")   # on a terminal; a log gets one line a job
 
     def progress(done, total, job, record, seconds):
         nonlocal computed
@@ -699,10 +734,17 @@ def cli_bench_optimizers(args) -> int:
         what = (f"white-box {job['unit']['layer']} c{job['unit']['channel']}" if job["type"] == "whitebox" else
                 f"{job['optimizer']} {job['unit']['layer']} c{job['unit']['channel']} sigma {job['sigma']:g} "
                 f"seed {job['seed']}")
-        print(f"[{done}/{total}] {what}: {seconds:.0f} s (elapsed {(time.perf_counter() - t0) / 60:.1f} min)",
-              file=sys.stderr, flush=True)
+        if bar.drawn:
+            bar.update(done - bar_done[0])
+            bar_done[0] = done
+            bar.note(f"{what}: {seconds:.0f} s")
+        else:
+            print(f"[{done}/{total}] {what}: {seconds:.0f} s (elapsed {(time.perf_counter() - t0) / 60:.1f} min)",
+                  file=sys.stderr, flush=True)
 
-    records = run_jobs(jobs, out, workers=args.workers, device=args.device, progress=progress)
+    bar_done = [0]
+    with bar:
+        records = run_jobs(jobs, out, workers=args.workers, device=args.device, progress=progress)
     info.update(wall_seconds=time.perf_counter() - t0, computed=computed, load_end=machine()["load_average"],
                 device=records[0]["device"] if records else args.device)
     agg = aggregate(jobs, records)
@@ -716,4 +758,4 @@ def cli_bench_optimizers(args) -> int:
 
 
 __all__ = ["Suite", "SUITES", "make_suite", "make_setting", "list_jobs", "job_path", "parse_job", "run_job",
-           "run_jobs", "run_run", "aggregate", "write_outputs", "cli_bench_optimizers"]
+           "run_jobs", "run_run", "aggregate", "write_outputs", "plot_curves", "replot", "cli_bench_optimizers"]

@@ -1,7 +1,7 @@
 """`xdream export SESSION --nwb OUT.nwb --csv DIR`: a session in the field's formats.
 
 One row per presentation and one per generation and thread, computed once
-(`tables`) and written as CSV or as NWB (pynwb, the "export" extra).
+(`tables`, xdream/session_tables.py) and written as CSV or as NWB (pynwb, the "export" extra).
 
 The clock: the rig's, unshifted, so that the file lies beside a raw-data NWB
 of the same recording (NeuroConv writes the rig's own sample times).  A
@@ -44,163 +44,20 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import datetime as dt
 import logging
 import math
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from xdream.scoring import GenerationStats
-from xdream.session_reader import Presentation, SessionRecord
+from xdream.session_reader import SessionRecord
+from xdream.session_tables import PRESENTATION_COLUMNS, Tables, tables
 from xdream.errors import SessionError
+from xdream.progress import progress
 
 log = logging.getLogger(__name__)
-
-PRESENTATION_COLUMNS = [
-    ("pid", "presentation id, unique in the session"),
-    ("block_id", "the block it was sent in"),
-    ("generation", "the generation of its block"),
-    ("thread", "the evolution thread of a generated image; empty for references"),
-    ("kind", "generated or reference"),
-    ("image_id", "stable image id: thread/gGGG/NNNNN, or ref/NAME"),
-    ("requeue_of", "the aborted presentation this one repeats (empty if none)"),
-    ("event_code", "the event code sent to the rig at onset"),
-    ("status", "shown (and counted), aborted (fixation break) or missing (never reported or not counted)"),
-    ("nan_by_policy", "aborted and scored NaN instead of re-queued"),
-    ("missing_why", "why the server closed it as missing"),
-    ("time", "onset on the rig clock (s, unshifted); NaN if never on screen"),
-    ("duration", "reported on-frames times the frame period (s)"),
-    ("presenter_onset", "flip time of its first frame, presenter clock (s)"),
-    ("rig_onset", "the event code's time in the recording system (s)"),
-    ("trial", "the presenter's fixation trial (its own numbering, per presenter); -1 if not reported"),
-    ("presenter", "the presenter that reported it (its hello's name)"),
-    ("frames", "on-frames shown"),
-    ("dropped_frames", "frames that took longer than 1.5 refresh periods"),
-    ("response", "its thread's target-channel count (minus baseline if configured); NaN if not measured"),
-    ("score", "the score the server gave its image (mean over measured repeats), from the journal"),
-]
-
-
-@dataclass
-class Tables:
-    presentations: list[dict]
-    generations: list[dict]
-    channels: int
-    reference_time: dt.datetime           # the wall time at rig time 0 (see the module docstring)
-    notes: list[str] = field(default_factory=list)
-    spikes: dict[str, list[list[int]]] = field(default_factory=dict)   # pid -> per channel, us from onset
-    spike_span_ms: list[float] = field(default_factory=list)
-
-
-def tables(session: SessionRecord) -> Tables:
-    cfg = session.cfg
-    channels = max([len(p.counts["counts"]) for p in session.presentations
-                    if p.counts and p.counts.get("counts")] or [0])
-    period = 1.0 / cfg.presentation.frame_rate_hz
-    rig = _rig_onsets(session)
-    channel_of = {t.name: t.channel for t in cfg.threads}
-    subtract = cfg.response.subtract_baseline
-    image_score: dict[str, float] = {}
-    for rec in session.scores.values():
-        image_score.update(zip(rec.ids, rec.scores.tolist()))
-    rows = []
-    for p in session.presentations:
-        frames = int(p.shown["frames"]) if p.shown else 0
-        counts = p.counts if p.counts and p.counts["status"] == "ok" else None
-        row = {"pid": p.pid, "block_id": p.block_id, "generation": p.generation, "thread": p.thread,
-               "kind": p.kind, "image_id": p.image_id, "requeue_of": p.requeue_of, "event_code": p.code,
-               "status": p.status, "nan_by_policy": p.nan_by_policy, "missing_why": p.missing_why,
-               "time": rig[p.pid], "duration": frames * period,
-               "presenter_onset": _num(p.shown.get("onset")) if p.shown else math.nan,
-               "rig_onset": _num(p.counts.get("onset")) if p.counts else math.nan,
-               "trial": _trial(p), "presenter": p.shown_by, "frames": frames,
-               "dropped_frames": int(p.shown["dropped"]) if p.shown else 0,
-               "response": p.response(channel_of[p.thread], subtract) if p.thread in channel_of else math.nan,
-               "score": image_score.get(p.image_id, math.nan)}
-        for ch in range(channels):
-            row[f"count_ch{ch}"] = float(counts["counts"][ch]) if counts and ch < len(counts["counts"]) else math.nan
-            base = counts.get("baseline") or [] if counts else []
-            row[f"baseline_ch{ch}"] = float(base[ch]) if ch < len(base) else math.nan
-        rows.append(row)
-    # every presentation the rig counted, aborted ones too: the units table is what was recorded
-    spikes = {p.pid: p.counts["spike_times"] for p in session.presentations
-              if p.counts and p.counts["status"] == "ok" and p.counts.get("spike_times")}
-    start = session.first("session_start") or {}
-    span = list(start.get("spike_times_ms") or cfg.response.spike_times_ms) if spikes else []
-    reference, notes = _reference_time(session)
-    return Tables(rows, _generation_rows(session, rows), channels, reference, notes, spikes, span)
-
-
-def _trial(p: Presentation) -> int:
-    trial = p.shown.get("trial") if p.shown else None
-    return -1 if trial is None else int(trial)
-
-
-def _reference_time(session: SessionRecord) -> tuple[dt.datetime, list[str]]:
-    """The wall time at rig time 0, from the first recorder's first (wall, rig) pair."""
-    if session.rig_clock:
-        pair = session.rig_clock[0]
-        return dt.datetime.fromtimestamp(pair["wall"] - pair["rig"], tz=dt.UTC), []
-    first_block = next((r for r in session.records if r["kind"] == "block"), None) \
-        or session.first("session_start") or {"t": 0.0}
-    return (dt.datetime.fromtimestamp(float(first_block["t"]), tz=dt.UTC),
-            ["the journal holds no rig_clock pair (an older session, or no recorder): "
-             "timestamps_reference_time is when the first block was sent, not the rig clock's zero"])
-
-
-def _rig_onsets(session: SessionRecord) -> dict[str, float]:
-    """Each presentation's onset on the rig clock (see the module docstring)."""
-    offsets: dict[int, list[float]] = {}
-    for p in session.presentations:
-        rig, pres = _onsets(p)
-        if not math.isnan(rig) and not math.isnan(pres):
-            offsets.setdefault(p.block_id, []).append(rig - pres)
-    median = {b: float(np.median(v)) for b, v in offsets.items()}
-    if not median:   # no counts at all (no recorder): the presenter's clock is the only one
-        median = {p.block_id: 0.0 for p in session.presentations[:1]}
-    out = {}
-    for p in session.presentations:
-        rig, pres = _onsets(p)
-        if math.isnan(rig) and not math.isnan(pres) and median:
-            nearest = min(median, key=lambda b: (abs(b - p.block_id), b))
-            rig = pres + median[nearest]
-        out[p.pid] = rig
-    return out
-
-
-def _onsets(p: Presentation) -> tuple[float, float]:
-    rig = _num(p.counts.get("onset")) if p.counts and p.counts["status"] == "ok" else math.nan
-    pres = _num(p.shown.get("onset")) if p.shown else math.nan
-    return rig, pres
-
-
-def _generation_rows(session: SessionRecord, rows: list[dict]) -> list[dict]:
-    """Per generation per thread, as summary.json has them, recomputed from the journal."""
-    out = []
-    for (g, thread), rec in sorted(session.scores.items()):
-        channel = next(t.channel for t in session.cfg.threads if t.name == thread)
-        stats = GenerationStats.of(rec.scores)
-        times = [(r["time"], r["time"] + r["duration"]) for r in rows
-                 if r["generation"] == g and not math.isnan(r["time"])]
-        best = stats.best
-        out.append({"generation": g, "thread": thread, "n_images": len(rec.ids),
-                    "mean": stats.mean, "max": stats.max,
-                    "ref_mean": session.reference_mean(g, channel),
-                    "n_missing": stats.n_missing,
-                    "best_image_id": rec.ids[best] if best >= 0 else "",
-                    "best_score": float(rec.scores[best]) if best >= 0 else math.nan,
-                    "start_time": min((a for a, _ in times), default=math.nan),
-                    "stop_time": max((b for _, b in times), default=math.nan)})
-    return out
-
-
-def _num(value) -> float:
-    return math.nan if value is None else float(value)
-
 
 # ---------------------------------------------------------------------- CSV
 def write_csv(session: SessionRecord, out_dir: Path, t: Tables | None = None) -> list[Path]:
@@ -233,7 +90,8 @@ def images_of(session: SessionRecord) -> tuple[dict[str, np.ndarray], list[str]]
     notes = []
     regenerator = Regenerator(session)
     pixels: dict[str, np.ndarray] = {}
-    for (g, name), rec in sorted(session.scores.items()):
+    items = sorted(session.scores.items())
+    for (g, name), rec in progress(items, "export: regenerating images", total=len(items), unit="gen"):
         pixels.update(regenerator.images(g, [name]))
         if not np.isnan(rec.scores).all():
             best = rec.ids[int(np.nanargmax(rec.scores))]

@@ -46,6 +46,7 @@ from xdream.journal_file import JOURNAL
 from xdream.session_reader import SessionRecord, load_session
 from server.threads import build_threads
 from xdream.errors import SessionError, XdreamError
+from xdream.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ class Replayer:
             self.result.problems.append(f"the journal's generations are not 0..n-1: {generations[:10]}")
             return self.result
         ended = self.s.first("session_end")
-        for g in generations:
+        for g in progress(generations, "replay: generations", total=len(generations), unit="gen"):
             try:
                 mismatch = self._generation(g, last=g == generations[-1])
             except XdreamError as exc:

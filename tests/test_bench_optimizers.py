@@ -212,3 +212,27 @@ def test_alexnet_weights_of_the_wrong_shape_are_named():
     state["conv1.weight"] = torch.zeros(3, 3, 3, 3)
     with pytest.raises(GeneratorError, match=r"conv1.weight has shape \(3, 3, 3, 3\), expected \(64, 3, 11, 11\)"):
         map_alexnet_state(state)
+
+
+def test_the_curves_legend_sits_outside_every_panel_and_names_kinds_as_now():
+    """The quick suite's plot hid the sigma 0.5 curves behind its legend and said "ours"."""
+    import matplotlib.pyplot as plt
+
+    from benchmarks.optimizers import curves_figure
+
+    x = np.linspace(0.01, 0.3, 75)
+    agg = {"optimizers": ["ga", "pycma", "pycma-diag", "sphere-cma", "ours"], "sigmas": [0, 0.2, 0.5],
+           "curves": {o: {f"{s:g}": {"max": (x * (i + 1)).tolist(), "mean": (x * i).tolist(),
+                                     "max_sem": (x * 0.1).tolist()} for s in (0, 0.2, 0.5)}
+                      for i, o in enumerate(["ga", "pycma", "pycma-diag", "sphere-cma", "ours"])}}
+    fig = curves_figure(agg)
+    try:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        assert len(fig.legends) == 1 and not any(ax.get_legend() for ax in fig.axes)
+        legend = fig.legends[0].get_window_extent(renderer)
+        assert not any(legend.overlaps(ax.get_window_extent(renderer)) for ax in fig.axes)
+        labels = [t.get_text() for t in fig.legends[0].get_texts()]
+        assert "sphere-es" in labels and "ours" not in labels
+    finally:
+        plt.close(fig)

@@ -17,12 +17,13 @@ import logging
 import sys
 
 from xdream.cli import (bench, bridge, convert_caffe, dashboard, dry_run, export, keys, present, record,
-                        replay, serve, weights)
+                        replay, report, serve, weights)
 from xdream.errors import XdreamError
 
 log = logging.getLogger("xdream")
 
-COMMANDS = (dry_run, serve, present, weights, convert_caffe, bench, record, bridge, replay, export, keys, dashboard)
+COMMANDS = (dry_run, serve, present, weights, convert_caffe, bench, record, bridge, replay, export, keys, dashboard,
+            report)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,8 @@ def add_parser(sub) -> None:
                         "protocol: 7 layers x 10 units x 5 seeds, for a GPU or a cluster)")
     b.add_argument("--optimizers", help="optimizers: comma-separated kinds (default: the suite's)")
     b.add_argument("--out", default="bench-optimizers", help="optimizers: results folder (default bench-optimizers)")
+    b.add_argument("--replot", action="store_true",
+                   help="optimizers: draw OUT/curves.png again from OUT/results.json, running nothing")
     b.add_argument("--list-jobs", action="store_true", help="optimizers: print one JSON job per line and exit")
     b.add_argument("--job", help="optimizers: run one job (a line of --list-jobs, or @FILE) into --out")
     b.add_argument("--workers", type=int, default=1, help="optimizers: worker processes (default 1)")
