@@ -158,12 +158,34 @@ class NetworkConfig:
     curve_allowed_clients: str = ""     # the folder of allowed clients' public keys: KEYS/allowed
 
 
+UNIT_KINDS = ("convnet", "colour", "gabor-energy", "blob", "convnet-capped")
+RfFraction = Annotated[float, Meta(gt=0.0, le=1.0)]
+
+
 @dataclass
 class UnitConfig:
+    """One simulated neuron.  'convnet': a seeded AlexNet channel, z-scored (optimum unknown);
+    the others have a known optimum (simulators/known_units.py, docs/benchmarks.md, Validity).
+    Each kind reads its own keys, as the optimizer kinds do."""
+    kind: Literal["convnet", "colour", "gabor-energy", "blob", "convnet-capped"] = "convnet"
+    # convnet, convnet-capped
     layer: str = "conv4"
     channel: NonNegative = 0
     # [row, col]; empty: centre
     position: Annotated[list[NonNegative], Meta(max_length=2)] = field(default_factory=list)
+    # colour, gabor-energy, blob: the receptive field, as fractions of the RF view's side
+    centre: Annotated[list[Fraction], Meta(min_length=2, max_length=2)] = field(default_factory=lambda: [0.5, 0.5])
+    size: RfFraction = 0.15            # the Gaussian envelope's sigma (blob: the centre's sigma)
+    hue_deg: Annotated[float, Meta(ge=0.0, lt=360.0)] = 0.0          # colour: the preferred hue
+    orientation_deg: Annotated[float, Meta(ge=0.0, lt=180.0)] = 0.0  # gabor-energy: 0 = vertical bars
+    cycles: Annotated[float, Meta(gt=0.0, le=64.0)] = 8.0            # gabor-energy: cycles per RF side
+    surround_ratio: Annotated[float, Meta(gt=1.0, le=10.0)] = 3.0    # blob: surround sigma / centre sigma
+    polarity: Literal["on", "off"] = "on"                           # blob: bright or dark blob
+    # known-optimum kinds: rate above baseline at the optimum (Hz), and the fraction of the
+    # optimum's raw drive at which the rate saturates (1: only the optimum reaches peak_hz)
+    peak_hz: Annotated[float, Meta(gt=0.0, le=1000.0)] = 150.0
+    saturation: RfFraction = 1.0
+    whitebox_steps: Annotated[int, Meta(ge=1, le=5000)] = 150       # convnet-capped: pixel-ascent steps
 
 
 @dataclass
@@ -237,6 +259,11 @@ class Config:
         if block > p.max_event_code:
             raise ConfigError(f"a block of {block} presentations needs more event codes than "
                               f"presentation.max_event_code = {p.max_event_code}")
+        sim = self.simulator
+        for i, u in enumerate(sim.units):
+            if u.kind != "convnet" and sim.baseline_hz + u.peak_hz > sim.max_hz:
+                raise ConfigError(f"config.simulator.units[{i}].peak_hz is {u.peak_hz}: baseline_hz + peak_hz "
+                                  f"must be <= simulator.max_hz = {sim.max_hz}")
         if not self.threads:
             raise ConfigError("config has no [[threads]]: a session needs at least one thread "
                               "(a [[threads]] table with name, channel, generator and optimizer)")
