@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.optimizers import _csv as csv
 from benchmarks.optimizers import _mean_sem, _stream, job_key, machine, optimizer_fingerprint, plain
 from xdream.errors import ConfigError
 from xdream.files import write_atomic
@@ -291,7 +292,6 @@ def plot_best(jobs: list[dict], out: Path, path: Path) -> Path | None:
 
 def cli_bench_validity(args) -> int:
     out = Path(args.out if args.out != "bench-optimizers" else "bench-validity")
-    csv = (lambda text: tuple(x.strip() for x in text.split(",") if x.strip()) if text else None)
     suite = make_suite("quick" if args.quick else "full", optimizers=csv(args.optimizers),
                        spaces=csv(args.spaces), units=csv(args.units),
                        seeds=tuple(range(args.seeds)) if args.seeds else None, generations=args.generations,

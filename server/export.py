@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from xdream.objective import Objective
 from xdream.scoring import GenerationStats
 from xdream.session_reader import Presentation, SessionRecord
 from xdream.errors import SessionError
@@ -61,7 +62,8 @@ PRESENTATION_COLUMNS = [
     ("rig_onset", "the event code's time in the recording system (s)"),
     ("frames", "on-frames shown"),
     ("dropped_frames", "frames that took longer than 1.5 refresh periods"),
-    ("response", "its thread's target-channel count (minus baseline if configured); NaN if not measured"),
+    ("response", "its thread's objective (threads.objective: the target channel's count by default) over "
+                 "the counts (minus baseline if configured); NaN if not measured"),
     ("score", "the score the server gave its image (mean over measured repeats), from the journal"),
 ]
 
@@ -84,7 +86,7 @@ def tables(session: SessionRecord) -> Tables:
     rig = _rig_onsets(session)
     known = [t for t in rig.values() if not math.isnan(t)]
     zero = min(known) if known else 0.0
-    channel_of = {t.name: t.channel for t in cfg.threads}
+    objective_of = {t.name: Objective.of_thread(t) for t in cfg.threads}
     subtract = cfg.response.subtract_baseline
     image_score: dict[str, float] = {}
     for rec in session.scores.values():
@@ -100,7 +102,7 @@ def tables(session: SessionRecord) -> Tables:
                "presenter_onset": _num(p.shown.get("onset")) if p.shown else math.nan,
                "rig_onset": _num(p.counts.get("onset")) if p.counts else math.nan,
                "frames": frames, "dropped_frames": int(p.shown["dropped"]) if p.shown else 0,
-               "response": p.response(channel_of[p.thread], subtract) if p.thread in channel_of else math.nan,
+               "response": p.response(objective_of[p.thread], subtract) if p.thread in objective_of else math.nan,
                "score": image_score.get(p.image_id, math.nan)}
         for ch in range(channels):
             row[f"count_ch{ch}"] = float(counts["counts"][ch]) if counts and ch < len(counts["counts"]) else math.nan
@@ -143,14 +145,14 @@ def _generation_rows(session: SessionRecord, rows: list[dict]) -> list[dict]:
     """Per generation per thread, as summary.json has them, recomputed from the journal."""
     out = []
     for (g, thread), rec in sorted(session.scores.items()):
-        channel = next(t.channel for t in session.cfg.threads if t.name == thread)
+        objective = next(Objective.of_thread(t) for t in session.cfg.threads if t.name == thread)
         stats = GenerationStats.of(rec.scores)
         times = [(r["time"], r["time"] + r["duration"]) for r in rows
                  if r["generation"] == g and not math.isnan(r["time"])]
         best = stats.best
         out.append({"generation": g, "thread": thread, "n_images": len(rec.ids),
                     "mean": stats.mean, "max": stats.max,
-                    "ref_mean": session.reference_mean(g, channel),
+                    "ref_mean": session.reference_mean(g, objective),
                     "n_missing": stats.n_missing,
                     "best_image_id": rec.ids[best] if best >= 0 else "",
                     "best_score": float(rec.scores[best]) if best >= 0 else math.nan,

@@ -21,7 +21,7 @@ from typing import Annotated, Literal
 
 from msgspec import Meta
 
-from xdream import typed
+from xdream import objective, typed
 from xdream.errors import ConfigError
 from xdream.optimizer_kinds import OPTIMIZER_KINDS, canonical_kind
 
@@ -108,10 +108,19 @@ class OptimizerConfig:
 
 
 @dataclass
+class ObjectiveConfig:
+    """A thread's score over the recorded channels (xdream/objective.py)."""
+    kind: Literal["channel", "mean", "difference", "pattern"] = "channel"   # channel: threads.channel
+    channels: Annotated[list[NonNegative], Meta(max_length=4096)] = field(default_factory=list)
+    target: Annotated[list[float], Meta(max_length=4096)] = field(default_factory=list)   # pattern: counts
+
+
+@dataclass
 class ThreadConfig:
     name: str = "a"
     # the recorder channel whose counts are this thread's score (checked against the recorder's hello)
     channel: NonNegative = 0
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)   # default: the one channel above
     seed: Seed = 0
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -219,6 +228,9 @@ class Config:
         if len(set(names)) != len(names):
             raise ConfigError(f"thread names must be unique, got {names}")
         for i, t in enumerate(self.threads):
+            wrong = objective.check(t, f"config.threads[{i}]")
+            if wrong:
+                raise ConfigError(wrong)
             if t.optimizer.kind not in OptimizerConfig.KINDS:
                 raise ConfigError(f"thread {t.name}: unknown optimizer kind {t.optimizer.kind!r}; "
                                   f"known: {', '.join(OptimizerConfig.KINDS)}")

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from xdream.objective import Objective
+
 REFERENCE_PREFIX = "ref/"   # image ids of reference images: ref/NAME
 
 
@@ -37,8 +39,12 @@ def status(shown_status: str | None, counts_status: str | None) -> str:
 
 
 def response(status: str, counts: Sequence[float] | None, baseline: Sequence[float] | None,
-             channel: int, subtract_baseline: bool) -> float:
-    """The count on one channel (minus its baseline if asked); NaN if not measured."""
+             channel: int | Objective, subtract_baseline: bool) -> float:
+    """The count on one channel (minus its baseline if asked); NaN if not measured.
+    Given a thread's Objective (xdream/objective.py), its expression over those counts."""
+    if isinstance(channel, Objective):
+        return channel.combine([response(status, counts, baseline, c, subtract_baseline)
+                                for c in channel.channels])
     if status != "shown" or counts is None or channel >= len(counts):
         return math.nan
     value = counts[channel]
