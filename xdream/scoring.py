@@ -10,6 +10,8 @@ functions and nothing else does the arithmetic.
 - Its response on a channel: the spike count in the response window, minus the
   baseline window's count if `response.subtract_baseline`; NaN unless shown,
   or when the counts do not reach that channel.  Never 0 for a missing one.
+  A thread's objective (xdream/objective.py) combines such per-channel responses
+  (mean, difference, distance to a pattern); NaN if any of them is NaN.
 - An image's score: the mean of its measured (non-NaN) responses over its
   repeats (re-queues show an image again), in presentation order; NaN if none
   was measured.  The reference mean: the mean of the reference images' scores.
