@@ -196,7 +196,7 @@ class EvolutionServer:
             journal.save_image_later(f"references/{ref.name}.png", ref.pixels)
         journal.write("session_start", session=self.session_id, machine=machine_info(),
                       metadata=asdict(self.cfg.metadata), spike_times_ms=self.cfg.response.spike_times_ms,
-                      threads=[{"name": t.name, "channel": t.channel,
+                      threads=[{"name": t.name, "channel": t.channel, "objective": t.objective.to_dict(),
                                 "generator": t.generator.name, "device": str(t.generator.device),
                                 "precision": t.generator.precision,
                                 "generator_weights": t.generator.cfg.weights,
@@ -469,7 +469,7 @@ class EvolutionServer:
     def _score_thread(self, t: EvolutionThread, progress: BlockProgress, asked, images,
                       generation: int, seconds: float) -> dict:
         subtract = self.cfg.response.subtract_baseline
-        responses = scoring.by_image((p.image_id, progress.response(p.pid, t.channel, subtract))
+        responses = scoring.by_image((p.image_id, progress.response(p.pid, t.objective, subtract))
                                      for p in progress.block.presentations)
         scores = scoring.image_scores(responses, asked.ids)   # NaN where no repeat was measured
         recovery = self._recovery if self._recovery and self._recovery.generation == generation else None
@@ -610,13 +610,14 @@ class EvolutionServer:
         if hello.role == "recorder":
             # a thread's channel the recorder lacks: every count would be refused and each block
             # would time out; refused here instead (_reject: ERROR reply, log line, journal record)
-            beyond = [t for t in self.threads if t.channel >= hello.channels]
+            beyond = [t for t in self.threads if t.objective.needed > hello.channels]
             if beyond:
                 t = beyond[0]
-                raise ProtocolError(f"recorder {hello.name!r} refused: thread {t.name} listens on channel "
-                                    f"{t.channel}, and the recorder has {hello.channels} channels "
+                raise ProtocolError(f"recorder {hello.name!r} refused: thread {t.name} listens on "
+                                    f"{t.objective.describe()}, and the recorder has {hello.channels} channels "
                                     f"(0..{hello.channels - 1}); connect a recorder with at least "
-                                    f"{max(b.channel for b in beyond) + 1} channels or change threads.channel")
+                                    f"{max(b.objective.needed for b in beyond)} channels or change "
+                                    f"threads.channel / threads.objective")
         known = self.peers.get(routing_id)
         if known is not None and (known.role, known.name) == (hello.role, hello.name):
             # a second hello on the same connection (it answered several 'say hello first'):
@@ -707,7 +708,7 @@ class EvolutionServer:
                 raise ProtocolError(f"{name} for {msg.body.pid} have {n} channels; recorder {peer.name!r} "
                                     f"said hello with {peer.channels}")
         self._check_spike_times(peer, msg.body)
-        needed = max(t.channel for t in self.threads) + 1
+        needed = max(t.objective.needed for t in self.threads)
         if msg.body.status == "ok" and len(msg.body.counts) < needed:
             raise ProtocolError(f"counts for {msg.body.pid} have {len(msg.body.counts)} channels, "
                                 f"the threads need {needed}")

@@ -201,7 +201,7 @@ class Replayer:
                 return Mismatch(g, t.name, "no scores record in the journal")
             if rec.ids != asked[t.name].ids:
                 return Mismatch(g, t.name, "the scores record's ids are not the asked ids")
-            recomputed = self.s.image_scores(g, t.channel, rec.ids)
+            recomputed = self.s.image_scores(g, t.objective, rec.ids)
             for cid, journaled, mine in zip(rec.ids, rec.scores, recomputed):
                 if not _same(journaled, mine):
                     return Mismatch(g, t.name, f"the journal scores {cid} {_fmt(journaled)}, its recorded "

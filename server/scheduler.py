@@ -16,6 +16,7 @@ from server.optimizers.base import rng_state, set_rng_state
 from server.references import ReferenceImage
 from xdream import protocol, scoring
 from xdream.errors import ProtocolError
+from xdream.objective import Objective
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,7 @@ class BlockProgress:
         shown, counts = self.shown.get(pid), self.counts.get(pid)
         return scoring.status(shown.status if shown else None, counts.status if counts else None)
 
-    def response(self, pid: str, channel: int, subtract_baseline: bool) -> float:
+    def response(self, pid: str, channel: int | Objective, subtract_baseline: bool) -> float:
         """Spike count of one presentation on one channel; NaN when not measured (xdream.scoring)."""
         counts = self.counts.get(pid)
         return scoring.response(self.status(pid), counts.counts if counts else None,

@@ -14,6 +14,7 @@ import numpy as np
 
 from server.generators import build_generator
 from server.optimizers import Optimizer, build_optimizer
+from xdream.objective import Objective
 
 if TYPE_CHECKING:
     from server.generators.base import ImageGenerator
@@ -26,6 +27,7 @@ class EvolutionThread:
     channel: int
     optimizer: Optimizer
     generator: ImageGenerator
+    objective: Objective   # what its score is: the channel above, or an expression over channels
     best_score: float = -math.inf
 
 
@@ -44,5 +46,5 @@ def build_threads(cfg: Config) -> tuple[list[EvolutionThread], np.random.Generat
         gen = generators[key]
         rng = np.random.default_rng([tcfg.seed, *seed.generate_state(2)])
         opt = build_optimizer(tcfg.optimizer, gen, rng, tcfg.name, generations=cfg.session.generations)
-        threads.append(EvolutionThread(tcfg.name, tcfg.channel, opt, gen))
+        threads.append(EvolutionThread(tcfg.name, tcfg.channel, opt, gen, Objective.of_thread(tcfg)))
     return threads, np.random.default_rng(sched_seed)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from simulators.neuron import ConvNetUnits
+from simulators.neuron import build_units
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class SimulatedMatlabRig:
         self.chunks = max(1, chunks)
         self.chunk_pause_s = chunk_pause_s
         self.path_prefix = path_prefix
-        self.units = units or ConvNetUnits(cfg, cfg.device)
+        self.units = units or build_units(cfg, cfg.device)
         self.channels = self.units.channels
         self.answered: set[int] = set()
 

@@ -1,9 +1,11 @@
-"""ConvNet units standing in for neurons: an image on the screen in, a firing
-rate out.
+"""Simulated neurons: an image on the screen in, a firing rate out.
 
-Each unit is one channel of one layer of a seeded AlexNet-shaped network, at
-one spatial position.  Its activation is z-scored against a fixed set of
-noise images, and the rate is baseline + gain * max(0, z), capped.
+`build_units(cfg)` gives what a rig uses: one column per configured unit, of
+any kind.  A 'convnet' unit (`ConvNetUnits`) is one channel of one layer of a
+seeded AlexNet-shaped network, at one spatial position; its activation is
+z-scored against a fixed set of noise images, and the rate is baseline +
+gain * max(0, z), capped.  Its best image is not known.  The other kinds
+(simulators/known_units.py) have a known optimum.
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ from simulators.alexnet import preprocess, seeded_alexnet
 
 
 class ConvNetUnits:
-    def __init__(self, cfg, device: str = "auto"):
+    def __init__(self, cfg, device: str = "auto", units=None, net=None):
         self.cfg = cfg
         self.device = pick_device(device)
-        self.net = seeded_alexnet(cfg.seed).to(self.device)
-        self.units = cfg.units
+        self.net = net if net is not None else seeded_alexnet(cfg.seed).to(self.device)
+        self.units = cfg.units if units is None else units
         self.deepest = max((u.layer for u in self.units), key=_layer_depth)
         self.mean, self.std = self._calibrate()
 
@@ -65,3 +67,43 @@ class ConvNetUnits:
 def _layer_depth(name: str) -> int:
     from simulators.alexnet import LAYERS
     return LAYERS.index(name)
+
+
+class SimulatedUnits:
+    """Every configured unit, whatever its kind, as columns of one rate matrix."""
+
+    def __init__(self, cfg, device: str = "auto"):
+        from simulators.known_units import make_known_unit
+        self.cfg = cfg
+        self.device = pick_device(device)
+        kinds = [u.kind for u in cfg.units]
+        net = None
+        if any(k in ("convnet", "convnet-capped") for k in kinds):   # one network, shared
+            net = seeded_alexnet(cfg.seed).to(self.device)
+            for p in net.parameters():
+                p.requires_grad_(False)
+        conv = [u for u in cfg.units if u.kind == "convnet"]
+        self.convnet = ConvNetUnits(cfg, device, units=conv, net=net) if conv else None
+        self.known = {i: make_known_unit(u, net=net, device=self.device, seed=cfg.seed)
+                      for i, u in enumerate(cfg.units) if u.kind != "convnet"}
+        self._conv_cols = [i for i, k in enumerate(kinds) if k == "convnet"]
+
+    @property
+    def channels(self) -> int:
+        return len(self.cfg.units)
+
+    def rates(self, views: np.ndarray) -> np.ndarray:
+        """Firing rates (Hz) above baseline, (n, units)."""
+        out = np.zeros((len(views), self.channels))
+        if self.convnet is not None:
+            out[:, self._conv_cols] = self.convnet.rates(views)
+        for i, unit in self.known.items():
+            out[:, i] = unit.rates(views)
+        return out
+
+
+def build_units(cfg, device: str = "auto") -> ConvNetUnits | SimulatedUnits:
+    """The rig's neurons: plain ConvNetUnits when every unit is a ConvNet unit (as before)."""
+    if all(u.kind == "convnet" for u in cfg.units):
+        return ConvNetUnits(cfg, device)
+    return SimulatedUnits(cfg, device)

@@ -27,7 +27,7 @@ import numpy as np
 import zmq
 
 from recording_adapters.events import RigEvents
-from simulators.neuron import ConvNetUnits
+from simulators.neuron import build_units
 from simulators.rig_clock import IDLE_GAP_S, RigClock
 from xdream import protocol
 from xdream.errors import ProtocolError
@@ -43,7 +43,7 @@ RATE_HZ = 30000       # the rig's sample clock: events go out as its sample numb
 class SimulatedRig:
     def __init__(self, cfg, bind: str = "tcp://127.0.0.1:0", context: zmq.Context | None = None):
         self.cfg = cfg
-        self.units = ConvNetUnits(cfg, cfg.device)
+        self.units = build_units(cfg, cfg.device)
         self.channels = self.units.channels
         self.socket = (context or zmq.Context.instance()).socket(zmq.PULL)
         self.socket.setsockopt(zmq.LINGER, 0)

@@ -22,7 +22,7 @@ from typing import Annotated, Literal
 
 from msgspec import Meta
 
-from xdream import typed
+from xdream import objective, typed
 from xdream.errors import ConfigError
 from xdream.optimizer_kinds import OPTIMIZER_KINDS, canonical_kind
 
@@ -119,10 +119,19 @@ class OptimizerConfig:
 
 
 @dataclass
+class ObjectiveConfig:
+    """A thread's score over the recorded channels (xdream/objective.py)."""
+    kind: Literal["channel", "mean", "difference", "pattern"] = "channel"   # channel: threads.channel
+    channels: Annotated[list[NonNegative], Meta(max_length=4096)] = field(default_factory=list)
+    target: Annotated[list[float], Meta(max_length=4096)] = field(default_factory=list)   # pattern: counts
+
+
+@dataclass
 class ThreadConfig:
     name: str = "a"
     # the recorder channel whose counts are this thread's score (checked against the recorder's hello)
     channel: NonNegative = 0
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)   # default: the one channel above
     seed: Seed = 0
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -200,12 +209,34 @@ class NetworkConfig:
     status_pub_port: Annotated[int, Meta(ge=0, le=65535)] = 0
 
 
+UNIT_KINDS = ("convnet", "colour", "gabor-energy", "blob", "convnet-capped")
+RfFraction = Annotated[float, Meta(gt=0.0, le=1.0)]
+
+
 @dataclass
 class UnitConfig:
+    """One simulated neuron.  'convnet': a seeded AlexNet channel, z-scored (optimum unknown);
+    the others have a known optimum (simulators/known_units.py, docs/benchmarks.md, Validity).
+    Each kind reads its own keys, as the optimizer kinds do."""
+    kind: Literal["convnet", "colour", "gabor-energy", "blob", "convnet-capped"] = "convnet"
+    # convnet, convnet-capped
     layer: str = "conv4"
     channel: NonNegative = 0
     # [row, col]; empty: centre
     position: Annotated[list[NonNegative], Meta(max_length=2)] = field(default_factory=list)
+    # colour, gabor-energy, blob: the receptive field, as fractions of the RF view's side
+    centre: Annotated[list[Fraction], Meta(min_length=2, max_length=2)] = field(default_factory=lambda: [0.5, 0.5])
+    size: RfFraction = 0.15            # the Gaussian envelope's sigma (blob: the centre's sigma)
+    hue_deg: Annotated[float, Meta(ge=0.0, lt=360.0)] = 0.0          # colour: the preferred hue
+    orientation_deg: Annotated[float, Meta(ge=0.0, lt=180.0)] = 0.0  # gabor-energy: 0 = vertical bars
+    cycles: Annotated[float, Meta(gt=0.0, le=64.0)] = 8.0            # gabor-energy: cycles per RF side
+    surround_ratio: Annotated[float, Meta(gt=1.0, le=10.0)] = 3.0    # blob: surround sigma / centre sigma
+    polarity: Literal["on", "off"] = "on"                           # blob: bright or dark blob
+    # known-optimum kinds: rate above baseline at the optimum (Hz), and the fraction of the
+    # optimum's raw drive at which the rate saturates (1: only the optimum reaches peak_hz)
+    peak_hz: Annotated[float, Meta(gt=0.0, le=1000.0)] = 150.0
+    saturation: RfFraction = 1.0
+    whitebox_steps: Annotated[int, Meta(ge=1, le=5000)] = 150       # convnet-capped: pixel-ascent steps
 
 
 @dataclass
@@ -240,6 +271,9 @@ class Config:
         if len(set(names)) != len(names):
             raise ConfigError(f"thread names must be unique, got {names}")
         for i, t in enumerate(self.threads):
+            wrong = objective.check(t, f"config.threads[{i}]")
+            if wrong:
+                raise ConfigError(wrong)
             if t.optimizer.kind not in OptimizerConfig.KINDS:
                 raise ConfigError(f"thread {t.name}: unknown optimizer kind {t.optimizer.kind!r}; "
                                   f"known: {', '.join(OptimizerConfig.KINDS)}")
@@ -285,6 +319,11 @@ class Config:
         if block > p.max_event_code:
             raise ConfigError(f"a block of {block} presentations needs more event codes than "
                               f"presentation.max_event_code = {p.max_event_code}")
+        sim = self.simulator
+        for i, u in enumerate(sim.units):
+            if u.kind != "convnet" and sim.baseline_hz + u.peak_hz > sim.max_hz:
+                raise ConfigError(f"config.simulator.units[{i}].peak_hz is {u.peak_hz}: baseline_hz + peak_hz "
+                                  f"must be <= simulator.max_hz = {sim.max_hz}")
         if not self.threads:
             raise ConfigError("config has no [[threads]]: a session needs at least one thread "
                               "(a [[threads]] table with name, channel, generator and optimizer)")

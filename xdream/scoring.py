@@ -10,6 +10,8 @@ functions and nothing else does the arithmetic.
 - Its response on a channel: the spike count in the response window, minus the
   baseline window's count if `response.subtract_baseline`; NaN unless shown,
   or when the counts do not reach that channel.  Never 0 for a missing one.
+  A thread's objective (xdream/objective.py) combines such per-channel responses
+  (mean, difference, distance to a pattern); NaN if any of them is NaN.
 - An image's score: the mean of its measured (non-NaN) responses over its
   repeats (re-queues show an image again), in presentation order; NaN if none
   was measured.  The reference mean: the mean of the reference images' scores.
@@ -22,6 +24,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from xdream.objective import Objective
 
 REFERENCE_PREFIX = "ref/"   # image ids of reference images: ref/NAME
 
@@ -37,8 +41,12 @@ def status(shown_status: str | None, counts_status: str | None) -> str:
 
 
 def response(status: str, counts: Sequence[float] | None, baseline: Sequence[float] | None,
-             channel: int, subtract_baseline: bool) -> float:
-    """The count on one channel (minus its baseline if asked); NaN if not measured."""
+             channel: int | Objective, subtract_baseline: bool) -> float:
+    """The count on one channel (minus its baseline if asked); NaN if not measured.
+    Given a thread's Objective (xdream/objective.py), its expression over those counts."""
+    if isinstance(channel, Objective):
+        return channel.combine([response(status, counts, baseline, c, subtract_baseline)
+                                for c in channel.channels])
     if status != "shown" or counts is None or channel >= len(counts):
         return math.nan
     value = counts[channel]

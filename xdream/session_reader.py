@@ -27,6 +27,7 @@ import numpy as np
 from xdream.journal_file import read_records
 from xdream import config as config_mod, scoring
 from xdream.errors import SessionError
+from xdream.objective import Objective
 
 SHOWN_FIELDS = ("status", "onset", "frames", "dropped", "trial")          # trial: None in older journals
 COUNTS_FIELDS = ("status", "counts", "baseline", "onset", "spike_times")  # spike_times: likewise
@@ -54,7 +55,7 @@ class Presentation:
         return scoring.status(self.shown["status"] if self.shown is not None else None,
                               self.counts["status"] if self.counts is not None else None)
 
-    def response(self, channel: int, subtract_baseline: bool) -> float:
+    def response(self, channel: int | Objective, subtract_baseline: bool) -> float:
         """The server's rule (xdream.scoring): the count on one channel, NaN if not measured."""
         counts = self.counts or {}
         return scoring.response(self.status, counts.get("counts"), counts.get("baseline"), channel,
@@ -109,15 +110,15 @@ class SessionRecord:
     def of_generation(self, generation: int) -> list[Presentation]:
         return [p for p in self.presentations if p.generation == generation]
 
-    def image_scores(self, generation: int, channel: int, ids: list[str]) -> np.ndarray:
+    def image_scores(self, generation: int, channel: int | Objective, ids: list[str]) -> np.ndarray:
         """The server's score of each image (xdream.scoring: the mean over its measured
         repeats, NaN if none), recomputed from the journaled counts."""
         return scoring.image_scores(self._responses(generation, channel), ids)
 
-    def reference_mean(self, generation: int, channel: int) -> float:
+    def reference_mean(self, generation: int, channel: int | Objective) -> float:
         return scoring.reference_mean(self._responses(generation, channel))
 
-    def _responses(self, generation: int, channel: int) -> dict[str, list[float]]:
+    def _responses(self, generation: int, channel: int | Objective) -> dict[str, list[float]]:
         subtract = self.cfg.response.subtract_baseline
         return scoring.by_image((p.image_id, p.response(channel, subtract)) for p in self.of_generation(generation))
 

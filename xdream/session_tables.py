@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from xdream.objective import Objective
 from xdream.scoring import GenerationStats
 from xdream.session_reader import Presentation, SessionRecord
 
@@ -45,7 +46,8 @@ PRESENTATION_COLUMNS = [
     ("presenter", "the presenter that reported it (its hello's name)"),
     ("frames", "on-frames shown"),
     ("dropped_frames", "frames that took longer than 1.5 refresh periods"),
-    ("response", "its thread's target-channel count (minus baseline if configured); NaN if not measured"),
+    ("response", "its thread's objective (threads.objective: the target channel's count by default) over "
+                 "the counts (minus baseline if configured); NaN if not measured"),
     ("score", "the score the server gave its image (mean over measured repeats), from the journal"),
 ]
 
@@ -69,7 +71,7 @@ def tables(session: SessionRecord) -> Tables:
                     if p.counts and p.counts.get("counts")] or [0])
     period = 1.0 / cfg.presentation.frame_rate_hz
     rig = _rig_onsets(session)
-    channel_of = {t.name: t.channel for t in cfg.threads}
+    objective_of = {t.name: Objective.of_thread(t) for t in cfg.threads}
     subtract = cfg.response.subtract_baseline
     image_score: dict[str, float] = {}
     for rec in session.scores.values():
@@ -86,7 +88,7 @@ def tables(session: SessionRecord) -> Tables:
                "rig_onset": _num(p.counts.get("onset")) if p.counts else math.nan,
                "trial": _trial(p), "presenter": p.shown_by, "frames": frames,
                "dropped_frames": int(p.shown["dropped"]) if p.shown else 0,
-               "response": p.response(channel_of[p.thread], subtract) if p.thread in channel_of else math.nan,
+               "response": p.response(objective_of[p.thread], subtract) if p.thread in objective_of else math.nan,
                "score": image_score.get(p.image_id, math.nan)}
         for ch in range(channels):
             row[f"count_ch{ch}"] = float(counts["counts"][ch]) if counts and ch < len(counts["counts"]) else math.nan
@@ -151,14 +153,14 @@ def _generation_rows(session: SessionRecord, rows: list[dict]) -> list[dict]:
     """Per generation per thread, as summary.json has them, recomputed from the journal."""
     out = []
     for (g, thread), rec in sorted(session.scores.items()):
-        channel = next(t.channel for t in session.cfg.threads if t.name == thread)
+        objective = next(Objective.of_thread(t) for t in session.cfg.threads if t.name == thread)
         stats = GenerationStats.of(rec.scores)
         times = [(r["time"], r["time"] + r["duration"]) for r in rows
                  if r["generation"] == g and not math.isnan(r["time"])]
         best = stats.best
         out.append({"generation": g, "thread": thread, "n_images": len(rec.ids),
                     "mean": stats.mean, "max": stats.max,
-                    "ref_mean": session.reference_mean(g, channel),
+                    "ref_mean": session.reference_mean(g, objective),
                     "n_missing": stats.n_missing,
                     "best_image_id": rec.ids[best] if best >= 0 else "",
                     "best_score": float(rec.scores[best]) if best >= 0 else math.nan,
