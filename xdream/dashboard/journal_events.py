@@ -13,6 +13,7 @@ import io
 import math
 from pathlib import Path
 
+from xdream.objective import Objective
 from xdream.session_reader import SessionRecord, load_session
 from xdream.status_state import StatusState
 
@@ -71,6 +72,8 @@ def state_of(s: SessionRecord) -> StatusState:
             apply("control", r.get("t"), state=state_name, source=r.get("source", "operator"), by=r.get("by", ""))
         elif kind in ("peer_lost", "rejected", "handler_error"):
             apply("warning", r.get("t"), text=f"{kind}: {r.get('peer', '')} {r.get('why', r.get('reason', ''))}")
+    # each thread's objective (issue 15): its references are scored as its images are
+    objectives = {tc.name: Objective.of_thread(tc) for tc in s.cfg.threads}
     for g in s.generations:
         out = []
         for t in threads:
@@ -79,10 +82,11 @@ def state_of(s: SessionRecord) -> StatusState:
                 continue
             scores = [_num(x) for x in rec.scores]
             finite = [x for x in scores if x is not None]
-            ref_scores = s.image_scores(g, t["channel"], refs).tolist() if refs else []
+            objective = objectives.get(t["name"], t["channel"])
+            ref_scores = s.image_scores(g, objective, refs).tolist() if refs else []
             out.append({"thread": t["name"], "channel": t["channel"],
                         "mean": sum(finite) / len(finite) if finite else None, "max": max(finite, default=None),
-                        "ref_mean": _num(s.reference_mean(g, t["channel"])),
+                        "ref_mean": _num(s.reference_mean(g, objective)),
                         "n_missing": len(scores) - len(finite), "ids": rec.ids, "scores": scores,
                         "refs": {k: _num(v) for k, v in zip(refs, ref_scores)},
                         "images": [], "best_score": max(finite, default=None),
