@@ -331,7 +331,9 @@ class EvolutionServer:
         self.journal.sync()
         report.add_time("tell", time.perf_counter() - t_tell)
         report.add_time("total", time.perf_counter() - t0)
-        report.publish(self.status, prepared.images, [c.counts for c in progress.counts.values() if c.status == "ok"])
+        span = self.cfg.response.spike_times_ms
+        report.publish(self.status, prepared.images, [c.counts for c in progress.counts.values() if c.status == "ok"],
+                       status_mod.SpikeTrains(progress, span) if span else None)
         return records
 
     async def _prepare(self, generation: int) -> Prepared:

@@ -32,7 +32,7 @@ from collections.abc import Callable
 import numpy as np
 import zmq
 
-from xdream import curve
+from xdream import curve, psth
 from xdream.endpoints import bind_socket, split_tcp
 from xdream.errors import ProtocolError, SessionError
 from xdream.status_state import StatusState
@@ -72,7 +72,7 @@ class NullStatus:
         pass
 
     def generation(self, generation: int, threads: list[dict], images: dict, timing: dict,
-                   channels: list[float]) -> None:
+                   channels: list[float], spikes: SpikeTrains | None = None) -> None:
         pass
 
     def close(self) -> None:
@@ -128,11 +128,12 @@ class StatusPublisher(NullStatus):
         self._put(("event", kind, fields))
 
     def generation(self, generation: int, threads: list[dict], images: dict, timing: dict,
-                   channels: list[float]) -> None:
+                   channels: list[float], spikes: SpikeTrains | None = None) -> None:
         """`threads`: per thread its summary plus `best_index` (the best image of the generation
         when it beats the thread's best so far); `images`: thread -> the generation's images
-        (not copied: the session never writes into them)."""
-        self._put(("generation", generation, threads, images, timing, channels))
+        (not copied: the session never writes into them); `spikes`: the generation's spike
+        times, binned into each thread's PSTH in the thread, not on the loop."""
+        self._put(("generation", generation, threads, images, timing, channels, spikes))
 
     def _put(self, item) -> None:
         if self._thread is None:
@@ -179,10 +180,13 @@ class StatusPublisher(NullStatus):
             _, kind, fields = item
             self._publish(pub, kind, fields)
             return
-        _, generation, threads, images, timing, channels = item
+        _, generation, threads, images, timing, channels, spikes = item
         out = []
         for th in threads:
             th = dict(th)
+            if spikes is not None and spikes.any():
+                th["psth"] = psth.thread_psth(th["channel"], spikes.images.get(th["thread"], []), spikes.refs,
+                                              spikes.span_ms)
             imgs = images.get(th["thread"])
             best = th.pop("best_index", None)
             th["images"] = [thumbnail(im) for im in imgs] if imgs is not None else []
@@ -235,6 +239,29 @@ def make_status(bind: str, pub_port: int) -> NullStatus:
     return StatusPublisher(bind, pub_port)
 
 
+class SpikeTrains:
+    """One generation's spike times (per presentation, per channel, us from onset) of the
+    presentations shown and counted: per thread its images', and the references'.  Gathered on
+    the loop by reference (no copy, no numpy), binned in the status thread (xdream/psth.py)."""
+
+    def __init__(self, progress, span_ms) -> None:
+        self.span_ms = list(span_ms)
+        self.images: dict[str, list[list[list[int]]]] = {}
+        self.refs: list[list[list[int]]] = []
+        for pid, counts in progress.counts.items():
+            shown = progress.shown.get(pid)
+            if counts.status != "ok" or not counts.spike_times or shown is None or shown.status != "shown":
+                continue
+            p = progress.by_pid[pid]
+            if p.kind == "reference":
+                self.refs.append(counts.spike_times)
+            else:
+                self.images.setdefault(p.thread, []).append(counts.spike_times)
+
+    def any(self) -> bool:
+        return bool(self.refs or self.images)
+
+
 class GenerationReport:
     """What the status stream says about one generation, gathered as it runs: the time of
     each phase, each thread's scores, the references' responses; sent by `publish`."""
@@ -262,14 +289,15 @@ class GenerationReport:
                              "best_score": float(scores[best_index]) if best_index is not None else None,
                              "best_index": best_index})
 
-    def publish(self, status: NullStatus, images: dict, counts: list[list[float]]) -> None:
+    def publish(self, status: NullStatus, images: dict, counts: list[list[float]],
+                spikes: SpikeTrains | None = None) -> None:
         """`counts`: the generation's counted presentations (one list per presentation, per
-        channel): their mean per channel is the channel overview."""
+        channel): their mean per channel is the channel overview; `spikes`: for the PSTHs."""
         channels: list[float] = []
         if counts:
             width = min(len(c) for c in counts)
             channels = [float(x) for x in np.mean([c[:width] for c in counts], axis=0)] if width else []
-        status.generation(self.generation, self.threads, images, self.timing, channels)
+        status.generation(self.generation, self.threads, images, self.timing, channels, spikes)
 
 
 def peer_list(peers, joins: dict[str, int], now: float) -> list[dict]:

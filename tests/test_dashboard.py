@@ -92,6 +92,10 @@ def live_session(tmp_path_factory):
             _wait(lambda: points() > seen["points"][0], 60, "a new point per generation")
             seen["points"].append(points())
             seen["images"] = page.locator("img.gen-image").count()
+            _wait(lambda: page.locator("#psth-panel").is_visible(), 20, "the PSTH panel")
+            seen["psth_bins"] = int(page.locator("#psth").get_attribute("data-bins") or 0)
+            seen["psth_traces"] = page.locator("#psth .scatterlayer .trace").count()
+            seen["live_psth"] = _snapshot(url)["psth"]
             seen["best"] = page.locator("img.best-image").count()
             page.screenshot(path=str(tmp / "live.png"), full_page=True)
             page.click("#pause")
@@ -135,6 +139,34 @@ def test_the_live_page_follows_the_session_and_its_buttons_steer_it(live_session
     scored = {r["generation"] for r in records if r["kind"] == "scores"}
     assert seen["ended_points"] == len(scored) < 40     # stopped early, every generation drawn
     assert (seen["tmp"] / "live.png").stat().st_size > 10_000
+    # the PSTH panel (issue 14): 10 ms bins over the default span [-100, 400) ms, drawn
+    assert seen["psth_bins"] == 50 and seen["psth_traces"] >= 2   # images and references at least
+    _assert_psth_shows_the_response(seen["live_psth"]["a"]["latest"])
+
+
+def _assert_psth_shows_the_response(p: dict) -> None:
+    """The simulated rig answers 60 ms after onset for 120 ms (simulators' latency_ms,
+    duration_ms): the images' bins from there on are higher than those just before the onset
+    and in the latency.  Not all of [-100, 0): presentations start every 200 ms (on 100, off
+    100), so the previous image's response runs until -20 ms.  The references' PSTH is there
+    but not compared: the simulated unit hardly answers them."""
+    assert p["start_ms"] == -100 and p["bin_ms"] == 10 and p["n_images"] > 0 and p["n_refs"] > 0
+    assert len(p["images"]) == len(p["refs"]) == 50
+    quiet = sum(p["images"][8:16]) / 8          # [-20, 60) ms: baseline only
+    response = sum(p["images"][17:27]) / 10     # [70, 170) ms
+    assert response > quiet + 20, (quiet, response, p["images"])
+
+
+def test_the_journal_folds_into_the_same_psth_as_the_live_stream(live_session):
+    from xdream.dashboard.journal_events import session_state
+
+    state = session_state(live_session["folder"])
+    psth = state.snapshot()["psth"]["a"]
+    _assert_psth_shows_the_response(psth["latest"])
+    assert psth["first"]["generation"] == 0 < psth["latest"]["generation"]
+    live = live_session["live_psth"]["a"]["first"]
+    assert psth["first"] == live      # the same generation binned the same way from either source
+    assert all("psth" not in th for g in state.generations for th in g["threads"])   # summaries stay small
 
 
 def test_a_finished_sessions_page_renders_from_its_journal(live_session, tmp_path):
@@ -150,6 +182,7 @@ def test_a_finished_sessions_page_renders_from_its_journal(live_session, tmp_pat
             assert page.locator("img.best-image").count() == 1
             assert not page.locator("#controls").is_visible()     # a finished session has no controls
             assert page.locator("#trajectory .scatterlayer .trace").count() == 3   # mean, max, reference
+            assert page.locator("#psth-panel").is_visible()
             page.screenshot(path=str(tmp_path / "finished.png"), full_page=True)
             browser.close()
     finally:

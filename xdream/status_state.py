@@ -8,7 +8,8 @@ A finished session's journal is turned into the same events
 
 Bounded whatever the session's length: per generation only the summary
 (scores' mean and max, reference mean, timing) is kept; images only for the
-latest generation and the best so far of each thread.
+latest generation and the best so far of each thread; PSTHs only for the first
+generation that had spike times and the latest, per thread.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class StatusState:
         self.generations: list[dict] = []           # one summary per generation (all threads)
         self.latest: dict[str, dict] = {}           # thread -> its latest generation, with thumbnails
         self.best: dict[str, dict] = {}             # thread -> best image so far (thumbnail, score, generation)
+        self.psth: dict[str, dict] = {}             # thread -> {"first", "latest"} PSTH (xdream/psth.py)
         self.rig: dict = {"shown": 0, "aborted": 0, "counted": 0, "missing": 0, "dropped_frames": 0,
                           "blocks": 0, "late": 0, "abort_reasons": {}}
         self.recent: collections.deque[float] = collections.deque(maxlen=RECENT_FATES)   # t of each fate
@@ -52,7 +54,7 @@ class StatusState:
 
     def snapshot(self) -> dict:
         return {"seq": self.seq, "session": self.session, "generations": list(self.generations),
-                "latest": dict(self.latest), "best": dict(self.best),
+                "latest": dict(self.latest), "best": dict(self.best), "psth": dict(self.psth),
                 "rig": {**self.rig, "abort_reasons": dict(self.rig["abort_reasons"]),
                         "presentations_per_s": self.rate()},
                 "peers": list(self.peers), "state": self.state, "control": self.control,
@@ -66,6 +68,7 @@ class StatusState:
         state.generations = list(snap.get("generations", []))
         state.latest = dict(snap.get("latest", {}))
         state.best = dict(snap.get("best", {}))
+        state.psth = dict(snap.get("psth", {}))
         rig = dict(snap.get("rig", {}))
         rig.pop("presentations_per_s", None)
         state.rig.update(rig)
@@ -103,12 +106,15 @@ def _presentation(s: StatusState, e: dict) -> None:
 def _generation(s: StatusState, e: dict) -> None:
     summary = {"generation": e["generation"], "t": e.get("t"), "timing": e.get("timing", {}),
                "channels": e.get("channels", []),
-               "threads": [{k: v for k, v in th.items() if k not in ("images", "best_image", "scores", "ids")}
+               "threads": [{k: v for k, v in th.items() if k not in ("images", "best_image", "scores", "ids", "psth")}
                            for th in e.get("threads", [])]}
     s.generations = [g for g in s.generations if g["generation"] != e["generation"]] + [summary]
     for th in e.get("threads", []):
         s.latest[th["thread"]] = {"generation": e["generation"], "ids": th.get("ids", []),
                                   "scores": th.get("scores", []), "images": th.get("images", [])}
+        if th.get("psth"):   # only the first and the latest are kept: the summary stays small
+            got = {"generation": e["generation"], **th["psth"]}
+            s.psth[th["thread"]] = {"first": s.psth.get(th["thread"], {}).get("first", got), "latest": got}
         if th.get("best_image") is not None:
             s.best[th["thread"]] = {"generation": e["generation"], "score": th.get("best_score"),
                                     "image": th["best_image"]}

@@ -13,6 +13,7 @@ import io
 import math
 from pathlib import Path
 
+from xdream import psth
 from xdream.objective import Objective
 from xdream.session_reader import SessionRecord, load_session
 from xdream.status_state import StatusState
@@ -74,8 +75,14 @@ def state_of(s: SessionRecord) -> StatusState:
             apply("warning", r.get("t"), text=f"{kind}: {r.get('peer', '')} {r.get('why', r.get('reason', ''))}")
     # each thread's objective (issue 15): its references are scored as its images are
     objectives = {tc.name: Objective.of_thread(tc) for tc in s.cfg.threads}
+    spike_span = list(start.get("spike_times_ms") or s.cfg.response.spike_times_ms)
     for g in s.generations:
-        out = []
+        trains: list[tuple[str, str, list[list[int]]]] = [
+            (p.kind, p.thread, (p.counts or {}).get("spike_times") or []) for p in s.of_generation(g)
+            if p.status == "shown"]
+        trains = [x for x in trains if x[2]]
+        ref_trains = [x[2] for x in trains if x[0] == "reference"]
+        out: list[dict] = []
         for t in threads:
             rec = s.scores.get((g, t["name"]))
             if rec is None:
@@ -91,6 +98,9 @@ def state_of(s: SessionRecord) -> StatusState:
                         "refs": {k: _num(v) for k, v in zip(refs, ref_scores)},
                         "images": [], "best_score": max(finite, default=None),
                         "best_image": _jpeg(s.folder / "best" / f"gen{g:03d}_{t['name']}.png")})
+            if trains and spike_span:   # as server/status.py SpikeTrains: the thread's images, the references
+                mine = [x[2] for x in trains if x[0] != "reference" and x[1] == t["name"]]
+                out[-1]["psth"] = psth.thread_psth(t["channel"], mine, ref_trains, spike_span)
         counted = [p.counts["counts"] for p in s.of_generation(g) if p.status == "shown" and p.counts]
         width = min((len(c) for c in counted), default=0)
         channels = [sum(c[i] for c in counted) / len(counted) for i in range(width)] if counted else []

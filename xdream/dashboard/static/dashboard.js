@@ -29,10 +29,14 @@ function fold(e) {
   else if (e.kind === "generation") {
     const summary = {generation: e.generation, t: e.t, timing: e.timing, channels: e.channels,
       threads: e.threads.map(t => { const c = Object.assign({}, t); delete c.images; delete c.best_image;
-                                    delete c.scores; delete c.ids; return c; })};
+                                    delete c.scores; delete c.ids; delete c.psth; return c; })};
     snap.generations = snap.generations.filter(g => g.generation !== e.generation).concat([summary]);
     for (const t of e.threads) {
       snap.latest[t.thread] = {generation: e.generation, ids: t.ids, scores: t.scores, images: t.images};
+      if (t.psth) {   // as xdream/status_state.py: the first and the latest PSTH per thread
+        const got = Object.assign({generation: e.generation}, t.psth), had = (snap.psth = snap.psth || {})[t.thread];
+        snap.psth[t.thread] = {first: had ? had.first : got, latest: got};
+      }
       if (t.best_image) snap.best[t.thread] = {generation: e.generation, score: t.best_score, image: t.best_image};
     }
   } else if (e.kind === "presentation") {
@@ -65,7 +69,7 @@ function draw() {
   el("progress").textContent = `${gens.length ? gens[gens.length - 1].generation + 1 : 0}` +
     (s.generations ? ` of ${s.generations}` : "") + " generations done" + (snap.ended ? ` — ended: ${snap.ended}` : "");
   el("controls").style.display = snap.controls && !snap.ended ? "" : "none";
-  drawTrajectory(); drawRefs(); drawChannels(); drawImages(); drawRig();
+  drawTrajectory(); drawRefs(); drawChannels(); drawPsth(); drawImages(); drawRig();
 }
 
 const layout = (ytitle) => ({margin: {l: 50, r: 10, t: 10, b: 35}, xaxis: {title: {text: "generation"}},
@@ -102,6 +106,25 @@ function drawChannels() {
   const ch = g && g.channels ? g.channels : [];
   Plotly.react("channels", [{x: ch.map((_, i) => i), y: ch, type: "bar"}],
     Object.assign(layout("mean count"), {xaxis: {title: {text: "channel"}, dtick: 1}}), {displayModeBar: false});
+}
+
+function drawPsth() {      // hidden until a generation brings spike times
+  const psth = snap.psth || {}, names = threads().filter(n => psth[n]);
+  el("psth-panel").style.display = names.length ? "" : "none";
+  if (!names.length) return;
+  const traces = [], colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"];
+  const centres = (p) => Array.from({length: Math.max(p.images.length, p.refs.length)},
+                                    (_, i) => p.start_ms + (i + 0.5) * p.bin_ms);
+  names.forEach((name, i) => {
+    const {first, latest} = psth[name], c = colors[i % colors.length], x = centres(latest);
+    traces.push({x, y: latest.images, name: `${name} gen ${latest.generation} (${latest.n_images})`, mode: "lines", line: {color: c, shape: "hvh"}});
+    if (latest.refs.length) traces.push({x, y: latest.refs, name: `${name} references (${latest.n_refs})`, mode: "lines", line: {color: c, dash: "dash", width: 1, shape: "hvh"}});
+    if (first.generation !== latest.generation) traces.push({x: centres(first), y: first.images, name: `${name} gen ${first.generation}`, mode: "lines", line: {color: c, dash: "dot", width: 1, shape: "hvh"}});
+  });
+  const ch = names.map(n => `${n}: ch ${psth[n].latest.channel}`).join(", ");
+  Plotly.react("psth", traces, Object.assign(layout(`spikes/s (${ch})`), {xaxis: {title: {text: "ms from onset"}}, legend: {orientation: "h", y: -0.35},
+    shapes: [{type: "line", x0: 0, x1: 0, yref: "paper", y0: 0, y1: 1, line: {color: "#888", width: 1}}]}), {displayModeBar: false});
+  el("psth").dataset.bins = String(psth[names[0]].latest.images.length);
 }
 
 function drawImages() {
