@@ -69,6 +69,9 @@ async def serving(cfg, folder):
     finally:
         if not run.done():
             run.cancel()
+        # awaited: the run's own cleanup (socket, status thread, executor, journal) must happen
+        # here, not never (a cancelled, unawaited run left a server heartbeating into later tests)
+        await asyncio.gather(run, return_exceptions=True)
         ctx.destroy(linger=0)
 
 

@@ -73,11 +73,14 @@ def config(**tables) -> pconfig.PresenterConfig:
 
 class ScriptedServer:
     def __init__(self, settings=None, *, heartbeat_s=0.1, peer_timeout_s=5.0, session="t",
-                 ack_delay_s=0.0, end_when_done=True, requeue=False, disconnect_after=None, outage_s=0.2):
+                 ack_delay_s=0.0, end_when_done=True, requeue=False, disconnect_after=None, outage_s=0.2,
+                 end_delay_s=0.0):
         self.settings = dict(settings or SETTINGS)
         self.heartbeat_s, self.peer_timeout_s, self.session = heartbeat_s, peer_timeout_s, session
         self.ack_delay_s, self.end_when_done, self.requeue = ack_delay_s, end_when_done, requeue
         self.disconnect_after, self.outage_s = disconnect_after, outage_s
+        self.end_delay_s = end_delay_s    # END this long after every report is in (lets re-sent blocks arrive)
+        self._all_in_at: float | None = None
         self.ctx = zmq.Context()
         self.ctx.linger = 0   # every socket: a failed test's context never blocks in term()
         self.router = self._bind("tcp://127.0.0.1:0")
@@ -221,6 +224,10 @@ class ScriptedServer:
                 self._outgoing.put((protocol.Block(bid, 0, specs), [img for _, img in again]))
                 return
         if self.end_when_done:
+            if self._all_in_at is None:
+                self._all_in_at = time.monotonic()
+            if time.monotonic() < self._all_in_at + self.end_delay_s:
+                return
             self._send(MsgType.END, protocol.End("finished"))
             self.ended.set()
             self.finished.set()
