@@ -26,7 +26,12 @@ def add_parser(sub) -> None:
                    help="optimizers: draw OUT/curves.png again from OUT/results.json, running nothing")
     b.add_argument("--list-jobs", action="store_true", help="optimizers: print one JSON job per line and exit")
     b.add_argument("--job", help="optimizers: run one job (a line of --list-jobs, or @FILE) into --out")
-    b.add_argument("--workers", type=int, default=1, help="optimizers: worker processes (default 1)")
+    b.add_argument("--workers", type=int, help="optimizers, validity: jobs running at once on Ray (default: "
+                                               "every CPU of the local machine or of the --address cluster)")
+    b.add_argument("--sequential", action="store_true",
+                   help="optimizers, validity: run the jobs one after another in this process, without Ray")
+    b.add_argument("--address", help="optimizers, validity: a running Ray cluster (e.g. auto, ray://head:10001); "
+                                     "default: a local Ray on this machine's cores (the 'cluster' extra)")
     b.add_argument("--device", default="auto", help="optimizers: auto, cpu or cuda (default auto)")
     b.add_argument("--generator-weights", metavar="FILE", help="optimizers: DeePSiM fc6 state dict "
                                                                "(default: seeded random weights)")
