@@ -282,19 +282,26 @@ def _stream(*parts) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(words))
 
 
-def run_run(job: dict, pipe, observer=None) -> dict:
+def run_run(job: dict, pipe, observer=None, score=None, unit_id: str | None = None) -> dict:
     """One run; `observer(generation, codes, clean, seen)` sees every generation
-    (tests use it to check that only the optimizer sees noise)."""
+    (tests use it to check that only the optimizer sees noise).  `score(codes)` and
+    `unit_id` replace the job's AlexNet unit (benchmarks/study.py: known-optimum units)."""
     from simulators.insilico import Unit
-    unit = Unit.from_dict(job["unit"])
+    if score is None:
+        alexnet_unit = Unit.from_dict(job["unit"])
+        unit_id = alexnet_unit.id
+
+        def score(codes):
+            return pipe.score(codes, alexnet_unit)
+    assert unit_id is not None
     sigma, seed, kind = float(job["sigma"]), int(job["seed"]), job["optimizer"]
     population, generations = int(job["population"]), int(job["generations"])
     # common random numbers: every optimizer and noise level of (unit, seed) starts from
     # the same codes; the optimizer's own draws do not depend on sigma
-    init = _stream("init", unit.id, seed).standard_normal((population, DIM))
+    init = _stream("init", unit_id, seed).standard_normal((population, DIM))
     key = STREAM_NAME.get(kind, kind)
-    opt = new_optimizer(kind, _stream("optimizer", unit.id, seed, key), population, init)
-    noise_rng = _stream("noise", unit.id, seed, key, sigma)
+    opt = new_optimizer(kind, _stream("optimizer", unit_id, seed, key), population, init)
+    noise_rng = _stream("noise", unit_id, seed, key, sigma)
     curves = {k: [] for k in ("clean_max", "clean_mean", "seen_max", "seen_mean", "norm_mean", "norm_max")}
     best_ever, best_gen = -math.inf, -1
     t0 = time.perf_counter()
@@ -302,7 +309,7 @@ def run_run(job: dict, pipe, observer=None) -> dict:
     for g in range(generations):
         cand = opt.ask()
         codes = np.asarray(cand.codes, dtype=float).reshape(len(cand.ids), -1)
-        clean = pipe.score(codes, unit)
+        clean = score(codes)
         if sigma > 0:
             seen = clean * np.maximum(0.0, 1.0 + sigma * noise_rng.standard_normal(len(clean)))
         else:

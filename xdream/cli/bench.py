@@ -11,8 +11,9 @@ from xdream.errors import ConfigError
 def add_parser(sub) -> None:
     b = sub.add_parser("bench", help="benchmarks: 'generators' (images per second against the compute bound), "
                                      "'optimizers' (the GECCO 2022 optimizer benchmark on AlexNet units), "
-                                     "'validity' (the fraction of known optima each image space and optimizer reach)")
-    b.add_argument("what", choices=["generators", "optimizers", "adapters", "validity"],
+                                     "'validity' (the fraction of known optima each image space and optimizer reach), "
+                                     "'study' (the default optimizer against its peers: intervals, paired tests)")
+    b.add_argument("what", choices=["generators", "optimizers", "adapters", "validity", "study"],
                    help="what to measure ('adapters': 384-channel rigs through each simulated wire format)")
     b.add_argument("--json", action="store_true", help="print the figures as JSON")
     b.add_argument("--batch", type=int, default=40, help="images per generation (default 40)")
@@ -46,8 +47,9 @@ def add_parser(sub) -> None:
     b.add_argument("--wb-norm", type=float, help="optimizers: white-box code-norm bound (default 512 = 8 x 64)")
     b.add_argument("--wb-restarts", type=int, help="optimizers: white-box restarts")
     b.add_argument("--wb-steps", type=int, help="optimizers: white-box Adam steps")
-    b.add_argument("--quick", action="store_true", help="validity: the quick suite (about a minute on 2 cores) "
-                                                       "instead of 75 generations x 40 images x 5 seeds")
+    b.add_argument("--quick", action="store_true",
+                   help="validity: the quick suite (about a minute on 2 cores) instead of 75 generations x 40 "
+                        "images x 5 seeds; study: a smoke test of the path (seconds; no claim)")
     b.add_argument("--spaces", help="validity: comma-separated image spaces (deepsim-fc6, fourier, dcgan-face; "
                                     "deepsim-fc6-weights is added with --generator-weights)")
     b.add_argument("--units", help="validity: comma-separated known-optimum units (colour, gabor-energy, blob, "
@@ -66,6 +68,9 @@ def run(args) -> int:
     if args.what == "validity":
         from benchmarks.validity import cli_bench_validity
         return cli_bench_validity(args)
+    if args.what == "study":
+        from benchmarks.study import cli_bench_study
+        return cli_bench_study(args)
     if args.what == "optimizers":
         from benchmarks.optimizers import cli_bench_optimizers
         return cli_bench_optimizers(args)
