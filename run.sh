@@ -57,16 +57,16 @@ case "$cmd" in
     ensure_venv server,record
     exec "$venv/bin/xdream" dry-run "$@" ;;
   test)
-    ensure_venv server,present,record,export,dashboard,notebook,test
+    ensure_venv server,present,record,export,dashboard,notebook,cluster,test
     ensure_xvfb
     ensure_chromium
     exec "$venv/bin/python" -m pytest "$@" ;;
   lint)
-    ensure_venv server,present,record,export,dashboard,notebook,test
+    ensure_venv server,present,record,export,dashboard,notebook,cluster,test
     "$venv/bin/ruff" check xdream server recording_adapters stimulus_client
     exec "$venv/bin/mypy" xdream server recording_adapters stimulus_client ;;
   xdream)
-    ensure_venv server,present,record,export,dashboard,notebook
+    ensure_venv server,present,record,export,dashboard,notebook,cluster
     exec "$venv/bin/xdream" "$@" ;;
   *)
     sed -n '2,6p' "$0" | sed 's/^# //'

@@ -44,6 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.engine import SEQUENTIAL, Engine, Outcome, engine_from_args
+from benchmarks.engine import run_jobs as run_engine
 from xdream.errors import ConfigError
 from xdream.files import write_atomic
 from xdream.optimizer_kinds import OPTIMIZER_ALIASES, OPTIMIZER_KINDS, canonical_kind
@@ -280,19 +282,26 @@ def _stream(*parts) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(words))
 
 
-def run_run(job: dict, pipe, observer=None) -> dict:
+def run_run(job: dict, pipe, observer=None, score=None, unit_id: str | None = None) -> dict:
     """One run; `observer(generation, codes, clean, seen)` sees every generation
-    (tests use it to check that only the optimizer sees noise)."""
+    (tests use it to check that only the optimizer sees noise).  `score(codes)` and
+    `unit_id` replace the job's AlexNet unit (benchmarks/study.py: known-optimum units)."""
     from simulators.insilico import Unit
-    unit = Unit.from_dict(job["unit"])
+    if score is None:
+        alexnet_unit = Unit.from_dict(job["unit"])
+        unit_id = alexnet_unit.id
+
+        def score(codes):
+            return pipe.score(codes, alexnet_unit)
+    assert unit_id is not None
     sigma, seed, kind = float(job["sigma"]), int(job["seed"]), job["optimizer"]
     population, generations = int(job["population"]), int(job["generations"])
     # common random numbers: every optimizer and noise level of (unit, seed) starts from
     # the same codes; the optimizer's own draws do not depend on sigma
-    init = _stream("init", unit.id, seed).standard_normal((population, DIM))
+    init = _stream("init", unit_id, seed).standard_normal((population, DIM))
     key = STREAM_NAME.get(kind, kind)
-    opt = new_optimizer(kind, _stream("optimizer", unit.id, seed, key), population, init)
-    noise_rng = _stream("noise", unit.id, seed, key, sigma)
+    opt = new_optimizer(kind, _stream("optimizer", unit_id, seed, key), population, init)
+    noise_rng = _stream("noise", unit_id, seed, key, sigma)
     curves = {k: [] for k in ("clean_max", "clean_mean", "seen_max", "seen_mean", "norm_mean", "norm_max")}
     best_ever, best_gen = -math.inf, -1
     t0 = time.perf_counter()
@@ -300,7 +309,7 @@ def run_run(job: dict, pipe, observer=None) -> dict:
     for g in range(generations):
         cand = opt.ask()
         codes = np.asarray(cand.codes, dtype=float).reshape(len(cand.ids), -1)
-        clean = pipe.score(codes, unit)
+        clean = score(codes)
         if sigma > 0:
             seen = clean * np.maximum(0.0, 1.0 + sigma * noise_rng.standard_normal(len(clean)))
         else:
@@ -350,12 +359,6 @@ def run_job(job: dict, out: str | Path, *, device: str = "auto", reuse: bool = T
     return record
 
 
-def _worker_init(threads: int) -> None:
-    import torch
-    torch.set_num_threads(threads)
-    _tune_allocator()
-
-
 def _tune_allocator() -> None:
     try:
         from server.generators.fast import tune_cpu_allocator
@@ -364,34 +367,29 @@ def _tune_allocator() -> None:
     tune_cpu_allocator()
 
 
-def run_jobs(jobs: list[dict], out: str | Path, *, workers: int = 1, device: str = "auto",
-             progress=None) -> list[dict]:
-    """Every job, in order, reusing stored results; `progress(done, total, job, record, seconds)`."""
+def engine_job(job: dict, out: str, device: str) -> dict:
+    """One job as the engine runs it (in this process or a Ray worker): computed, stored, returned."""
+    _tune_allocator()     # per process; idempotent
+    return run_job(job, out, device=device, reuse=False)
+
+
+def run_suite(jobs: list[dict], out: str | Path, *, engine: Engine = SEQUENTIAL, device: str = "auto",
+              progress=None) -> Outcome:
+    """Every job, reusing stored results, on `engine` (benchmarks/engine.py: sequential or Ray);
+    a job that fails twice is in `Outcome.failed` and its record is None.
+    `progress(done, total, job, record)` after each computed job."""
     out = Path(out)
-    records: list[dict | None] = [load_result(j, out) for j in jobs]
-    todo = [i for i, r in enumerate(records) if r is None]
-    done = len(jobs) - len(todo)
-    if workers <= 1 or len(todo) <= 1:
-        for i in todo:
-            t = time.perf_counter()
-            records[i] = run_job(jobs[i], out, device=device, reuse=False)
-            done += 1
-            if progress:
-                progress(done, len(jobs), jobs[i], records[i], time.perf_counter() - t)
-        return records
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                             initargs=(threads,)) as pool:
-        started = {pool.submit(run_job, jobs[i], str(out), device=device, reuse=False): i for i in todo}
-        for fut in as_completed(started):
-            i = started[fut]
-            records[i] = fut.result()
-            done += 1
-            if progress:   # the job's own time (not its wait in the queue)
-                progress(done, len(jobs), jobs[i], records[i], records[i]["result"]["seconds"])
-    return records
+    return run_engine(jobs, lambda j: load_result(j, out), engine_job, (str(out), device), engine, progress)
+
+
+def run_jobs(jobs: list[dict], out: str | Path, *, engine: Engine = SEQUENTIAL, device: str = "auto",
+             progress=None) -> list[dict]:
+    """Every job's record, in order; a job that fails (twice) raises."""
+    outcome = run_suite(jobs, out, engine=engine, device=device, progress=progress)
+    if outcome.failed:
+        f = outcome.failed[0]
+        raise RuntimeError(f"{len(outcome.failed)} job(s) failed; the first: {f.job} ({f.error})")
+    return outcome.records
 
 
 # --------------------------------------------------------------------------- aggregation
@@ -404,8 +402,11 @@ def _mean_sem(values) -> tuple[float, float, int]:
     return float(v.mean()), sem, len(v)
 
 
-def aggregate(jobs: list[dict], records: list[dict]) -> dict:
+def aggregate(jobs: list[dict], records: list) -> dict:
+    """Failed jobs (record None) are left out."""
     from simulators.insilico import Unit
+    pairs = [(j, r) for j, r in zip(jobs, records) if r is not None]
+    jobs, records = [j for j, _ in pairs], [r for _, r in pairs]
     units: dict[str, dict] = {}
     for job, rec in zip(jobs, records):
         uid = Unit.from_dict(job["unit"]).id
@@ -634,7 +635,14 @@ def report_markdown(agg: dict, suite: Suite, setting: dict, command: str, info: 
         f"{info.get('wall_seconds', 0) / 60:.1f} min. Job times as measured when each ran: one run "
         f"({suite.generations}x{suite.population}) {t['run_seconds_mean'] or 0:.0f} s on average, one white-box "
         f"reference {t['whitebox_seconds_mean'] or 0:.0f} s; all jobs "
-        f"{(t['run_seconds_sum'] + t['whitebox_seconds_sum']) / 60:.1f} min (without start-up).", "",
+        f"{(t['run_seconds_sum'] + t['whitebox_seconds_sum']) / 60:.1f} min (without start-up)"
+        + (f"; jobs ran {info['engine']}" if info.get("engine") else "") + ".", "",
+    ]
+    if info.get("failed"):
+        lines += [f"**{len(info['failed'])} job(s) failed** (tried twice) and are left out of every figure below: "
+                  + "; ".join(f"{f['job'].get('optimizer', 'white-box')} {f['job']['unit']['layer']} "
+                              f"c{f['job']['unit']['channel']}: {f['error']}" for f in info["failed"]), ""]
+    lines += [
         "Normalised clean activation of the final generation, mean ± s.e.m. over units x seeds "
         "(best = its best image, mean = its mean); code norm = median final mean code norm:", "",
         table_markdown(agg), "",
@@ -723,14 +731,13 @@ def cli_bench_optimizers(args) -> int:
     info = {"machine": machine(), "load_start": machine()["load_average"]}
     if args.device == "cpu" or args.device == "auto":
         _tune_allocator()
-    print(f"{suite.describe()}\n{len(jobs)} jobs -> {out}", file=sys.stderr, flush=True)
+    engine = engine_from_args(args)
+    print(f"{suite.describe()}\n{len(jobs)} jobs -> {out} ({engine.describe()})", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
-    computed = 0
     bar = Bar("bench optimizers", total=len(jobs), unit="job")   # on a terminal; a log gets one line a job
 
-    def progress(done, total, job, record, seconds):
-        nonlocal computed
-        computed += 1
+    def progress(done, total, job, record):
+        seconds = record["result"]["seconds"]    # the job's own time (not its wait in a queue)
         what = (f"white-box {job['unit']['layer']} c{job['unit']['channel']}" if job["type"] == "whitebox" else
                 f"{job['optimizer']} {job['unit']['layer']} c{job['unit']['channel']} sigma {job['sigma']:g} "
                 f"seed {job['seed']}")
@@ -744,9 +751,14 @@ def cli_bench_optimizers(args) -> int:
 
     bar_done = [0]
     with bar:
-        records = run_jobs(jobs, out, workers=args.workers, device=args.device, progress=progress)
-    info.update(wall_seconds=time.perf_counter() - t0, computed=computed, load_end=machine()["load_average"],
-                device=records[0]["device"] if records else args.device)
+        outcome = run_suite(jobs, out, engine=engine, device=args.device, progress=progress)
+    records = outcome.records
+    done = [r for r in records if r is not None]
+    info.update(wall_seconds=time.perf_counter() - t0, computed=outcome.computed, stored=outcome.stored,
+                engine=engine.describe(), load_end=machine()["load_average"],
+                failed=[{"job": f.job, "error": f.error, "attempts": f.attempts} for f in outcome.failed],
+                device=done[0]["device"] if done else args.device)
+    report_failures(outcome)
     agg = aggregate(jobs, records)
     summary = write_outputs(agg, suite, setting, out, command, info)
     if args.json:
@@ -754,7 +766,17 @@ def cli_bench_optimizers(args) -> int:
     else:
         print(table_markdown(agg))
         print(f"\nreport: {out / 'report.md'}  plot: {out / 'curves.png'}  results: {out / 'results.json'}")
-    return 0
+    return 1 if outcome.failed else 0
+
+
+def report_failures(outcome: Outcome) -> None:
+    """Failed jobs on stderr (the suite went on without them; a rerun tries them again)."""
+    for f in outcome.failed:
+        print(f"FAILED after {f.attempts} attempts: {json.dumps(f.job, sort_keys=True)}: {f.error}",
+              file=sys.stderr, flush=True)
+    if outcome.failed:
+        print(f"{len(outcome.failed)} job(s) failed; the report covers the others; a rerun computes only the "
+              "missing ones", file=sys.stderr, flush=True)
 
 
 __all__ = ["Suite", "SUITES", "make_suite", "make_setting", "list_jobs", "job_path", "parse_job", "run_job",

@@ -34,8 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.engine import SEQUENTIAL, Engine, Outcome, engine_from_args
+from benchmarks.engine import run_jobs as run_engine
 from benchmarks.optimizers import _csv as csv
-from benchmarks.optimizers import _mean_sem, _stream, job_key, machine, optimizer_fingerprint, plain
+from benchmarks.optimizers import _mean_sem, _stream, job_key, machine, optimizer_fingerprint, plain, report_failures
 from xdream.errors import ConfigError
 from xdream.files import write_atomic
 from xdream.optimizer_kinds import canonical_kind
@@ -290,6 +292,17 @@ def plot_best(jobs: list[dict], out: Path, path: Path) -> Path | None:
     return path
 
 
+def engine_job(job: dict, out: str) -> dict:
+    """One job as the engine runs it (in this process or a Ray worker): computed, stored, returned."""
+    return run_job(job, Path(out))
+
+
+def run_suite(jobs: list[dict], out: str | Path, *, engine: Engine = SEQUENTIAL, progress=None) -> Outcome:
+    """Every job, reusing stored results, on `engine` (benchmarks/engine.py); see optimizers.run_suite."""
+    out = Path(out)
+    return run_engine(jobs, lambda j: load_result(j, out), engine_job, (str(out),), engine, progress)
+
+
 def cli_bench_validity(args) -> int:
     out = Path(args.out if args.out != "bench-optimizers" else "bench-validity")
     suite = make_suite("quick" if args.quick else "full", optimizers=csv(args.optimizers),
@@ -299,21 +312,26 @@ def cli_bench_validity(args) -> int:
     jobs = list_jobs(suite, args.generator_weights)
     command = "xdream " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     print(f"{suite.describe()}\n{len(jobs)} jobs -> {out}", file=sys.stderr, flush=True)
+    engine = engine_from_args(args)
+    print(f"({engine.describe()})", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
-    records = []
-    for i, job in enumerate(jobs, start=1):
-        rec = load_result(job, out)
-        if rec is None:
-            rec = run_job(job, out)
-            print(f"[{i}/{len(jobs)}] {job['space']} {job['optimizer']} {job['unit']} seed {job['seed']}: "
-                  f"best {rec['result']['best']:.3f} ({rec['result']['seconds']:.0f} s)", file=sys.stderr,
-                  flush=True)
-        records.append(rec)
+
+    def progress(done, total, job, rec):
+        print(f"[{done}/{total}] {job['space']} {job['optimizer']} {job['unit']} seed {job['seed']}: "
+              f"best {rec['result']['best']:.3f} ({rec['result']['seconds']:.0f} s)", file=sys.stderr, flush=True)
+
+    outcome = run_suite(jobs, out, engine=engine, progress=progress)
+    report_failures(outcome)
+    records = [r for r in outcome.records if r is not None]
+    jobs = [j for j, r in zip(jobs, outcome.records) if r is not None]
     agg = aggregate(jobs, records)
     out.mkdir(parents=True, exist_ok=True)
-    plot_best(jobs, out, out / "best_images.png")
+    if jobs:
+        plot_best(jobs, out, out / "best_images.png")
     info = {"machine": machine(), "wall_seconds": time.perf_counter() - t0, "command": command,
-            "suite": asdict(suite)}
+            "suite": asdict(suite), "engine": engine.describe(), "computed": outcome.computed,
+            "stored": outcome.stored,
+            "failed": [{"job": f.job, "error": f.error, "attempts": f.attempts} for f in outcome.failed]}
     (out / "results.json").write_text(json.dumps(plain({**info, **agg}), indent=1))
     text = table_markdown(agg)
     (out / "report.md").write_text(f"Command: `{command}`\n\n{suite.describe()}\n\nFraction of the optimum reached "
@@ -322,4 +340,5 @@ def cli_bench_validity(args) -> int:
     print(json.dumps(plain({**info, **agg}), allow_nan=False) if args.json else text)
     print(f"\nreport: {out / 'report.md'}  figure: {out / 'best_images.png'}  "
           f"({(time.perf_counter() - t0):.0f} s)", file=sys.stderr)
-    return 0 if all(math.isfinite(r["result"]["best"]) for r in records) else 1
+    ok = not outcome.failed and all(math.isfinite(r["result"]["best"]) for r in records)
+    return 0 if ok else 1

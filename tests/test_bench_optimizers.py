@@ -178,7 +178,7 @@ def test_cli_list_jobs_job_and_json(tmp_path, capsys):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     args = ["bench", "optimizers", "--layers", "conv3", "--channel-list", "0", "--sigmas", "0,0.2",
             "--optimizers", TWO[0], "--generations", "2", "--batch", "6", "--wb-steps", "2", "--wb-restarts", "1",
-            "--device", "cpu", "--out", str(tmp_path)]
+            "--device", "cpu", "--out", str(tmp_path), "--sequential"]
 
     def run(*extra):
         p = subprocess.run([sys.executable, "-m", "xdream.cli"] + args + list(extra), capture_output=True,

@@ -56,7 +56,7 @@ def test_cli_writes_table_report_and_figure(tmp_path):
     out = tmp_path / "v"
     result = subprocess.run([sys.executable, "-m", "xdream.cli", "bench", "validity", "--quick", "--spaces",
                              "fourier", "--units", "colour,gabor-energy", "--generations", "2", "--batch", "6",
-                             "--image-size", "32", "--out", str(out), "--json"],
+                             "--image-size", "32", "--out", str(out), "--json", "--sequential"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout.splitlines()[0])

@@ -11,8 +11,9 @@ from xdream.errors import ConfigError
 def add_parser(sub) -> None:
     b = sub.add_parser("bench", help="benchmarks: 'generators' (images per second against the compute bound), "
                                      "'optimizers' (the GECCO 2022 optimizer benchmark on AlexNet units), "
-                                     "'validity' (the fraction of known optima each image space and optimizer reach)")
-    b.add_argument("what", choices=["generators", "optimizers", "adapters", "validity"],
+                                     "'validity' (the fraction of known optima each image space and optimizer reach), "
+                                     "'study' (the default optimizer against its peers: intervals, paired tests)")
+    b.add_argument("what", choices=["generators", "optimizers", "adapters", "validity", "study"],
                    help="what to measure ('adapters': 384-channel rigs through each simulated wire format)")
     b.add_argument("--json", action="store_true", help="print the figures as JSON")
     b.add_argument("--batch", type=int, default=40, help="images per generation (default 40)")
@@ -26,7 +27,12 @@ def add_parser(sub) -> None:
                    help="optimizers: draw OUT/curves.png again from OUT/results.json, running nothing")
     b.add_argument("--list-jobs", action="store_true", help="optimizers: print one JSON job per line and exit")
     b.add_argument("--job", help="optimizers: run one job (a line of --list-jobs, or @FILE) into --out")
-    b.add_argument("--workers", type=int, default=1, help="optimizers: worker processes (default 1)")
+    b.add_argument("--workers", type=int, help="optimizers, validity: jobs running at once on Ray (default: "
+                                               "every CPU of the local machine or of the --address cluster)")
+    b.add_argument("--sequential", action="store_true",
+                   help="optimizers, validity: run the jobs one after another in this process, without Ray")
+    b.add_argument("--address", help="optimizers, validity: a running Ray cluster (e.g. auto, ray://head:10001); "
+                                     "default: a local Ray on this machine's cores (the 'cluster' extra)")
     b.add_argument("--device", default="auto", help="optimizers: auto, cpu or cuda (default auto)")
     b.add_argument("--generator-weights", metavar="FILE", help="optimizers: DeePSiM fc6 state dict "
                                                                "(default: seeded random weights)")
@@ -41,8 +47,9 @@ def add_parser(sub) -> None:
     b.add_argument("--wb-norm", type=float, help="optimizers: white-box code-norm bound (default 512 = 8 x 64)")
     b.add_argument("--wb-restarts", type=int, help="optimizers: white-box restarts")
     b.add_argument("--wb-steps", type=int, help="optimizers: white-box Adam steps")
-    b.add_argument("--quick", action="store_true", help="validity: the quick suite (about a minute on 2 cores) "
-                                                       "instead of 75 generations x 40 images x 5 seeds")
+    b.add_argument("--quick", action="store_true",
+                   help="validity: the quick suite (about a minute on 2 cores) instead of 75 generations x 40 "
+                        "images x 5 seeds; study: a smoke test of the path (seconds; no claim)")
     b.add_argument("--spaces", help="validity: comma-separated image spaces (deepsim-fc6, fourier, dcgan-face; "
                                     "deepsim-fc6-weights is added with --generator-weights)")
     b.add_argument("--units", help="validity: comma-separated known-optimum units (colour, gabor-energy, blob, "
@@ -61,6 +68,9 @@ def run(args) -> int:
     if args.what == "validity":
         from benchmarks.validity import cli_bench_validity
         return cli_bench_validity(args)
+    if args.what == "study":
+        from benchmarks.study import cli_bench_study
+        return cli_bench_study(args)
     if args.what == "optimizers":
         from benchmarks.optimizers import cli_bench_optimizers
         return cli_bench_optimizers(args)

@@ -1,0 +1,69 @@
+"""`xdream bench study` (benchmarks/study.py): the study's size, its statistics on
+numbers worked by hand, and its --quick version end to end (sequentially)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import study as bs
+from benchmarks import validity
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_study_is_large_enough_for_claims():
+    s = bs.make_study("study")
+    assert s.n_units >= 16 and len(s.layers) >= 4 and set(s.known) == set(validity.UNITS)
+    assert len(s.seeds) == 3 and s.sigmas == (0.0, 0.2, 0.5)
+    assert {"sphere-es", "sphere-cma", "pycma"} <= set(s.optimizers)
+    jobs = bs.list_jobs(s, {"generator": {"weights": None, "sha256": None, "seed": 0},
+                            "alexnet": {"weights": None, "sha256": None, "seed": 0}})
+    runs = [j for j in jobs if j["type"] in ("run", "known")]
+    assert len(runs) == s.n_units * 3 * 3 * len(s.optimizers)
+    assert len({bs.job_path(j, Path("o")) for j in jobs}) == len(jobs)
+
+
+def test_interval_and_paired_test_on_numbers_worked_by_hand():
+    m, lo, hi, n = bs.interval([1.0, 2.0, 3.0])
+    half = 4.302652729911275 / math.sqrt(3)          # t(0.975, 2) x s.d. 1 / sqrt(3)
+    assert (m, n) == (2.0, 3) and lo == pytest.approx(2 - half) and hi == pytest.approx(2 + half)
+    rows = []
+    for seed in range(10):      # sphere-es ahead on all 10 pairs; exact two-sided p = 2 / 2**10
+        rows.append({"unit": "u", "seed": seed, "sigma": 0.0, "optimizer": "sphere-es", "score": 0.5 + 0.01 * seed})
+        rows.append({"unit": "u", "seed": seed, "sigma": 0.0, "optimizer": "pycma", "score": 0.4})
+    c = bs.paired(rows, "sphere-es", "pycma", 0.0)
+    assert (c["n"], c["wins"], c["losses"], c["ties"]) == (10, 10, 0, 0)
+    assert c["p"] == pytest.approx(2 / 1024)
+    rows[1]["score"] = 0.9      # seed 0: now a loss
+    c = bs.paired(rows, "sphere-es", "pycma", 0.0)
+    assert (c["wins"], c["losses"]) == (9, 1) and c["p"] > 2 / 1024
+
+
+def test_quick_study_from_the_cli(tmp_path):
+    out = tmp_path / "s"
+    p = subprocess.run([sys.executable, "-m", "xdream.cli", "bench", "study", "--quick", "--sequential",
+                        "--device", "cpu", "--out", str(out), "--json"], capture_output=True, text=True,
+                       timeout=400, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert p.returncode == 0, p.stderr
+    summary = json.loads(p.stdout.splitlines()[0])
+    assert summary["failed"] == [] and summary["computed"] == 1 + 2 * 2 * 2 * 3   # white-box + runs
+    table = summary["table"]
+    assert {(r["sigma"], r["optimizer"]) for r in table} == {(s, o) for s in (0.0, 0.5)
+                                                             for o in ("sphere-es", "sphere-cma", "pycma")}
+    for r in table:
+        assert r["n"] == 4 and 0 <= r["mean"] <= 1 + 1e-9     # 2 units x 2 seeds, normalised
+        assert r["ci_low"] <= r["mean"] <= r["ci_high"]
+    for c in summary["comparisons"]:
+        assert c["n"] == 4 and c["wins"] + c["losses"] + c["ties"] == 4
+    assert 0 <= summary["known_sigma0"]["sphere-es"]["mean"] <= 1
+    report = (out / "report.md").read_text()
+    assert "Wilcoxon" in report and "| 0.5 | pycma |" in report
+    # the known-optimum unit's stored runs: their score is the fraction of the optimum of their images
+    assert len(list((out / "jobs" / "known").glob("*.json"))) == 2 * 2 * 3
