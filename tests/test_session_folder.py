@@ -231,68 +231,98 @@ def test_serve_with_a_bad_bind_says_one_line_and_makes_no_folder(tmp_path):
 
 
 # ----------------------------------------------------------------- disk full
-def test_a_full_disk_stops_the_session_cleanly_and_resume_goes_on(tmp_path):
-    """XDREAM_FAULT=enospc:6: from the 6th report record on, every journal write fails with
-    ENOSPC.  The server stops with one clear line, acknowledges nothing it did not write,
-    sends no END (the session is to be resumed); the peers keep their unacknowledged
-    report and give it to the resumed server, which runs the session to its end."""
-    from collections import Counter
+class _DiskFullSession:
+    """A small simulated session as real processes (server, recorder, headless presenter),
+    for the two disk-full tests: started, stopped by a full disk, resumed to its end."""
 
-    from server.journal import read_journal, read_records
-    from tests.test_fault import _line, _start
-    from xdream.stdout_lines import LISTENING, SCREEN_TAP, SESSION_FOLDER
+    def __init__(self, tmp_path, generations: int):
+        cfg = fourier_config(tmp_path, generations=generations)
+        cfg.simulator.rf_size_px = 64
+        cfg.simulator.baseline_hz = 0.0
+        self.config = tmp_path / "c.json"
+        config_mod.save_json(cfg, self.config)
+        self.out = tmp_path / "run"
+        self.out.mkdir()
+        self.procs: list[subprocess.Popen] = []
 
-    cfg = fourier_config(tmp_path, generations=2)
-    cfg.simulator.rf_size_px = 64
-    cfg.simulator.baseline_hz = 0.0
-    path = tmp_path / "c.json"
-    config_mod.save_json(cfg, path)
-    out = tmp_path / "run"
-    out.mkdir()
-    procs = []
-    try:
-        server = _start(CLI + ["-v", "serve", str(path), "--out", str(out / "sessions")], out / "server0.log",
-                        {"XDREAM_FAULT": "enospc:6"})
-        procs.append(server)
-        folder = Path(_line(server, SESSION_FOLDER, out / "server0.log"))
-        endpoint = _line(server, LISTENING, out / "server0.log")
-        recorder = _start(CLI + ["-v", "record", "--server", endpoint, "--simulate", str(path)], out / "rec.log")
-        procs.append(recorder)
-        tap = _line(recorder, SCREEN_TAP, out / "rec.log")
-        presenter = _start(CLI + ["-v", "present", "--server", endpoint, "--screen-tap", tap, "--headless",
-                                  "--window-size", "128", "128", "--log-dir", str(folder)], out / "pres.log")
-        procs.append(presenter)
-        server.stdout.read()
-        assert server.wait(timeout=300) == 2
-        log0 = (out / "server0.log").read_text()
-        assert "No space left on device" in log0 and f"xdream serve --resume {folder}" in log0
+    def start(self, sessions: Path, env=None, log_dir: Path | None = None) -> None:
+        from tests.test_fault import _line, _start
+        from xdream.stdout_lines import LISTENING, SCREEN_TAP, SESSION_FOLDER
+        out = self.out
+        self.server = self._keep(_start(CLI + ["-v", "serve", str(self.config), "--out", str(sessions)],
+                                        out / "server0.log", env))
+        self.folder = Path(_line(self.server, SESSION_FOLDER, out / "server0.log"))
+        self.endpoint = _line(self.server, LISTENING, out / "server0.log")
+        self.recorder = self._keep(_start(CLI + ["-v", "record", "--server", self.endpoint, "--simulate",
+                                                 str(self.config)], out / "rec.log"))
+        tap = _line(self.recorder, SCREEN_TAP, out / "rec.log")
+        self.presenter = self._keep(_start(CLI + ["-v", "present", "--server", self.endpoint, "--screen-tap", tap,
+                                                  "--headless", "--window-size", "128", "128", "--log-dir",
+                                                  str(log_dir or self.folder)], out / "pres.log"))
+
+    def stopped_for_space(self) -> None:
+        """The server stopped with one clear line (exit 2), no traceback, no session_end."""
+        from server.journal import read_journal
+        self.server.stdout.read()
+        assert self.server.wait(timeout=300) == 2, (self.out / "server0.log").read_text()[-3000:]
+        log0 = (self.out / "server0.log").read_text()
+        assert "No space left on device" in log0 and f"xdream serve --resume {self.folder}" in log0
         assert "Traceback" not in log0
-        read = read_journal(folder)
-        assert read.dropped_bytes == 0                 # nothing half-written
-        reports = [r for r in read.records if r["kind"] in ("shown", "counts")]
-        assert len(reports) == 5                       # the 6th was refused, so never acknowledged
-        assert not [r for r in read.records if r["kind"] == "session_end"]
-        # space is back: the resumed server takes the unacknowledged report and finishes
-        resumed = _start(CLI + ["-v", "serve", "--resume", str(folder)], out / "server1.log")
-        procs.append(resumed)
-        assert _line(resumed, LISTENING, out / "server1.log") == endpoint
+        assert not [r for r in read_journal(self.folder).records if r["kind"] == "session_end"]
+
+    def resume_to_end(self) -> None:
+        """Space is back: the resumed server takes the unacknowledged reports and finishes."""
+        from tests.test_fault import _line, _start
+        from xdream.stdout_lines import LISTENING
+        resumed = self._keep(_start(CLI + ["-v", "serve", "--resume", str(self.folder)], self.out / "server1.log"))
+        assert _line(resumed, LISTENING, self.out / "server1.log") == self.endpoint
         resumed.stdout.read()
-        assert resumed.wait(timeout=300) == 0, (out / "server1.log").read_text()[-3000:]
-        for peer, name in ((recorder, "rec"), (presenter, "pres")):
-            assert peer.wait(timeout=60) == 0, (out / f"{name}.log").read_text()[-3000:]
-    finally:
-        for p in procs:
+        assert resumed.wait(timeout=300) == 0, (self.out / "server1.log").read_text()[-3000:]
+        for peer, name in ((self.recorder, "rec"), (self.presenter, "pres")):
+            assert peer.wait(timeout=60) == 0, (self.out / f"{name}.log").read_text()[-3000:]
+
+    def kill(self) -> None:
+        for p in self.procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    records = read_records(folder)
+
+    def _keep(self, proc: subprocess.Popen) -> subprocess.Popen:
+        self.procs.append(proc)
+        return proc
+
+
+def _every_report_once(records: list[dict], n_presentations: int) -> None:
+    """Every presentation sent once, shown and counted exactly once, none lost, a finished end."""
+    from collections import Counter
     sent = [p["pid"] for r in records if r["kind"] == "block" for p in r["presentations"]]
-    assert len(sent) == len(set(sent)) == 2 * 8
+    assert len(sent) == len(set(sent)) == n_presentations
     for kind in ("shown", "counts"):
         got = Counter(r["pid"] for r in records if r["kind"] == kind)
         assert set(got) == set(sent) and set(got.values()) == {1}, kind
     assert not [r for r in records if r["kind"] in ("missing", "orphan_shown", "orphan_counts")]
     assert records[-1]["kind"] == "session_end" and records[-1]["reason"] == "finished"
+
+
+def test_a_full_disk_stops_the_session_cleanly_and_resume_goes_on(tmp_path):
+    """XDREAM_FAULT=enospc:6: from the 6th report record on, every journal write fails with
+    ENOSPC.  The server stops with one clear line, acknowledges nothing it did not write,
+    sends no END (the session is to be resumed); the peers keep their unacknowledged
+    report and give it to the resumed server, which runs the session to its end."""
+    from server.journal import read_journal, read_records
+
+    session = _DiskFullSession(tmp_path, generations=2)
+    try:
+        session.start(session.out / "sessions", {"XDREAM_FAULT": "enospc:6"})
+        session.stopped_for_space()
+        read = read_journal(session.folder)
+        assert read.dropped_bytes == 0                 # nothing half-written
+        reports = [r for r in read.records if r["kind"] in ("shown", "counts")]
+        assert len(reports) == 5                       # the 6th was refused, so never acknowledged
+        session.resume_to_end()
+    finally:
+        session.kill()
+    _every_report_once(read_records(session.folder), 2 * 8)
 
 
 def _mount_tmpfs(where: Path, size: str) -> bool:
@@ -308,37 +338,18 @@ def test_a_real_full_disk_stops_the_session_cleanly_and_resume_goes_on_once_spac
     The server stops with one clear line and no traceback; nothing acknowledged is lost;
     the filler removed, `serve --resume` runs the session to its end with every report once.
     Needs a tmpfs mount (root or CAP_SYS_ADMIN); the injected-ENOSPC test above runs anywhere."""
-    from collections import Counter
-
-    from server.journal import read_journal, read_records
-    from tests.test_fault import _line, _start
-    from xdream.stdout_lines import LISTENING, SCREEN_TAP, SESSION_FOLDER
+    from server.journal import read_records
 
     disk = tmp_path / "disk"
     if not _mount_tmpfs(disk, "16m"):
         pytest.skip("cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN)")
-    cfg = fourier_config(tmp_path, generations=3)
-    cfg.simulator.rf_size_px = 64
-    cfg.simulator.baseline_hz = 0.0
-    path = tmp_path / "c.json"
-    config_mod.save_json(cfg, path)
-    out = tmp_path / "run"
-    out.mkdir()
-    procs = []
+    session = _DiskFullSession(tmp_path, generations=3)
     try:
-        server = _start(CLI + ["-v", "serve", str(path), "--out", str(disk / "sessions")], out / "server0.log")
-        procs.append(server)
-        folder = Path(_line(server, SESSION_FOLDER, out / "server0.log"))
-        endpoint = _line(server, LISTENING, out / "server0.log")
-        recorder = _start(CLI + ["-v", "record", "--server", endpoint, "--simulate", str(path)], out / "rec.log")
-        procs.append(recorder)
-        tap = _line(recorder, SCREEN_TAP, out / "rec.log")
-        presenter = _start(CLI + ["-v", "present", "--server", endpoint, "--screen-tap", tap, "--headless",
-                                  "--window-size", "128", "128", "--log-dir", str(out)], out / "pres.log")
-        procs.append(presenter)
+        session.start(disk / "sessions", log_dir=session.out)
         deadline = time.monotonic() + 120
-        while '"kind": "block"' not in (folder / "journal.jsonl").read_text():
-            assert time.monotonic() < deadline and server.poll() is None, (out / "server0.log").read_text()[-3000:]
+        while '"kind": "block"' not in (session.folder / "journal.jsonl").read_text():
+            assert time.monotonic() < deadline and session.server.poll() is None, \
+                (session.out / "server0.log").read_text()[-3000:]
             time.sleep(0.05)
         with open(disk / "filler", "wb") as f:    # the disk is full from here on
             try:
@@ -347,31 +358,11 @@ def test_a_real_full_disk_stops_the_session_cleanly_and_resume_goes_on_once_spac
                     f.flush()
             except OSError:
                 pass
-        server.stdout.read()
-        assert server.wait(timeout=300) == 2, (out / "server0.log").read_text()[-3000:]
-        log0 = (out / "server0.log").read_text()
-        assert "No space left on device" in log0 and f"xdream serve --resume {folder}" in log0
-        assert "Traceback" not in log0
-        assert not [r for r in read_journal(folder).records if r["kind"] == "session_end"]
+        session.stopped_for_space()
         (disk / "filler").unlink()                 # space is back
-        resumed = _start(CLI + ["-v", "serve", "--resume", str(folder)], out / "server1.log")
-        procs.append(resumed)
-        assert _line(resumed, LISTENING, out / "server1.log") == endpoint
-        resumed.stdout.read()
-        assert resumed.wait(timeout=300) == 0, (out / "server1.log").read_text()[-3000:]
-        for peer, name in ((recorder, "rec"), (presenter, "pres")):
-            assert peer.wait(timeout=60) == 0, (out / f"{name}.log").read_text()[-3000:]
-        records = read_records(folder)
+        session.resume_to_end()
+        records = read_records(session.folder)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        session.kill()
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
-    sent = [p["pid"] for r in records if r["kind"] == "block" for p in r["presentations"]]
-    assert len(sent) == len(set(sent)) == 3 * 8
-    for kind in ("shown", "counts"):
-        got = Counter(r["pid"] for r in records if r["kind"] == kind)
-        assert set(got) == set(sent) and set(got.values()) == {1}, kind
-    assert not [r for r in records if r["kind"] in ("missing", "orphan_shown", "orphan_counts")]
-    assert records[-1]["kind"] == "session_end" and records[-1]["reason"] == "finished"
+    _every_report_once(records, 3 * 8)
