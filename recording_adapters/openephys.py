@@ -217,7 +217,10 @@ class OpenEphysSource(RigSource):
             self._stalled = True
             log.warning("openephys: no message for %.1f s: has acquisition stopped? (waiting; presentations "
                         "whose windows cannot complete will be reported missing)", self.stall_warn_s)
+        fast = self._spike_fast if self.plugin == "zmq-interface" else None
         for i, frames in enumerate(messages):
+            if fast is not None and fast(frames):
+                continue
             try:
                 if self._handle(frames) == "jump":
                     self._stash = messages[i:]       # the next poll starts in the new clock
@@ -231,14 +234,20 @@ class OpenEphysSource(RigSource):
         # recv(copy=False) returns a Frame that knows whether more frames follow; recv_multipart
         # asks the socket with getsockopt per frame, which costs more than the Frame (3.6 vs 2.6 us
         # per 3-frame message here).  A multipart message arrives whole, so no frame is left behind.
+        # Only the first two frames (envelope and header) are copied to bytes; a third and later
+        # (a spike's waveform, a TTL payload, continuous samples) stay zmq Frames, read through
+        # len() and the buffer protocol when needed at all (a spike's waveform never is).
         recv, append, nowait = self.socket.recv, messages.append, zmq.NOBLOCK
         try:
             while len(messages) < MAX_MESSAGES_PER_POLL:
                 frame = recv(nowait, copy=False)
                 frames = [frame.bytes]
-                while frame.more:
+                if frame.more:
                     frame = recv(nowait, copy=False)
                     frames.append(frame.bytes)
+                    while frame.more:
+                        frame = recv(nowait, copy=False)
+                        frames.append(frame)
                 append(frames)
         except zmq.Again:
             pass
@@ -299,6 +308,35 @@ class OpenEphysSource(RigSource):
                 self._close_group(before=lagged)
                 self._wm_sample = lagged
         return None
+
+    def _spike_fast(self, frames: list[bytes]) -> bool:
+        """The common message, ~19,200 a second on 384 channels: a well-formed ZMQ Interface spike
+        of a known electrode, numbered next, at or after the watermark.  Handled here in one call
+        (True), changing nothing unless it is all of that; anything else returns False and goes
+        the full, checking way (_handle)."""
+        if len(frames) != 3 or frames[0] != b"EVENT\0":
+            return False
+        try:
+            header = _fast_loads(frames[1])
+        except ValueError:
+            return False
+        if header.__class__ is not dict or header.get("type") != "spike":
+            return False
+        num, body = header.get("message_num"), header.get("spike")
+        if num.__class__ is not int or self._message_num is None or num != self._message_num + 1 \
+                or body.__class__ is not dict:
+            return False
+        sample, name = body.get("sample_num"), body.get("electrode")
+        if sample.__class__ is not int or sample < 0 or (self._wm_sample is not None and sample < self._wm_sample):
+            return False
+        channel = self._channel_of.get(name) if name.__class__ is str else None
+        if channel is None:
+            return False
+        self._message_num = num
+        batch = self._batch
+        batch.spike_samples.append(sample)
+        batch.spike_channels.append(channel)
+        return True
 
     def _zmq_interface(self, frames):
         if len(frames) not in (2, 3):

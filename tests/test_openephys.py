@@ -327,3 +327,64 @@ def test_the_simulated_gui_numbers_messages_from_1_after_each_acquisition_start(
         assert json.loads(again[0][1])["message_num"] == 1
     finally:
         peer.close()
+
+
+def _decode_mixed_stream(monkeypatch, fast: bool):
+    """A ZMQ Interface stream with every case the one-call spike path must hand on to the full path:
+    the first message (no number yet), a message_num gap, a spike before the watermark (a clock
+    jump), an unknown electrode, a malformed spike, a restart; what comes out, in ticks, plus the
+    adapter's counters.  Each stage is polled out before the next is sent."""
+    from recording_adapters.openephys import OpenEphysSource
+    if not fast:
+        monkeypatch.setattr(OpenEphysSource, "_spike_fast", lambda self, frames: False)
+    peer = start_peer("openephys", 4, plugin="zmq-interface", format="json")
+    source = build_source("openephys", peer.adapter_options())
+    out = []
+
+    def drain():
+        for _ in range(15):
+            e = source.poll(0.05)
+            if not e.empty:
+                out.append((e.codes, e.spike_times.tolist(), e.spike_channels.tolist()))
+
+    def raw(sample_s, electrode):
+        peer._message_num += 1
+        header = {"message_num": peer._message_num, "type": "spike",
+                  "spike": {"electrode": electrode, "sample_num": sample_s}}
+        peer.send_raw([b"EVENT\0", json.dumps(header).encode(), b"\0" * 160])
+
+    try:
+        rng = np.random.default_rng(3)
+        spikes = sorted((round(float(t), 4), int(c)) for t, c in zip(rng.uniform(0.1, 1.9, 400),
+                                                                      rng.integers(0, 4, 400)))
+        peer.send(sent([(0.5, 3)], spikes, 2.0))
+        drain()
+        peer._message_num += 3                                 # a gap
+        peer.send(sent([(2.5, 5)], [(2.2, 1), (2.9, 2)], 3.0))
+        drain()
+        raw(int(3.05 * FS), "Electrode 99")                   # an unknown electrode: dropped
+        raw("3.1", "Electrode 1")                              # malformed: a bad packet
+        peer.send(sent([], [(3.2, 0), (3.3, 3)], 4.0))
+        drain()
+        raw(int(1.5 * FS), "Electrode 2")                      # long before the watermark: a clock jump
+        peer.send(sent([(1.7, 7)], [(1.6, 2), (1.8, 1)], 2.5))
+        drain()
+        return out, (source.lost_messages, source.bad_packets, source.dropped_spikes, source.clock_jumps)
+    finally:
+        source.close()
+        peer.close()
+
+
+def test_the_one_call_spike_path_decodes_exactly_as_the_full_path(monkeypatch):
+    fast_events, fast_counters = _decode_mixed_stream(monkeypatch, fast=True)
+    monkeypatch.undo()
+    full_events, full_counters = _decode_mixed_stream(monkeypatch, fast=False)
+    assert fast_counters == full_counters == (3, 1, 1, 1)   # the gap, the bad packet, electrode 99, the jump
+
+    def merged(events):
+        return ([c for e in events for c in e[0]], [t for e in events for t in e[1]],
+                [ch for e in events for ch in e[2]])
+
+    codes, times, _ = merged(fast_events)
+    assert len(times) >= 400 and [c for _, c in codes][:2] == [3, 5]   # the stream really went through
+    assert merged(fast_events) == merged(full_events)
