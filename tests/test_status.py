@@ -203,3 +203,46 @@ async def test_the_presenters_pause_key_stops_the_block_timer_and_is_journaled(t
     assert "missing" not in [r["kind"] for r in records] and summary[0]["n_missing"] == 0
     held = [(r["kind"], r["source"]) for r in records if r["kind"] in ("paused", "resumed")]
     assert held == [("paused", "presenter pres"), ("resumed", "presenter pres")]
+
+
+async def test_a_dashboard_that_missed_events_takes_a_fresh_snapshot_and_misses_nothing(monkeypatch, caplog):
+    """libzmq's PUB drops, silently, what a slow subscriber's queue cannot take: the next event's
+    seq skips.  The dashboard's follower notices the skip and resyncs from a snapshot, so its view
+    ends with every event, the lost ones included, and the newest state."""
+    from xdream.dashboard.live import follow
+    from xdream.dashboard.web import Hub
+
+    lost = {3, 4}
+    real = StatusPublisher._publish
+
+    def lossy(self, pub, kind, fields):
+        class DroppingPub:       # what the PUB does at its high-water mark: the seq is used, nothing leaves
+            def send_multipart(_, frames, flags=0):
+                if self._seq not in lost:
+                    pub.send_multipart(frames, flags=flags)
+        real(self, DroppingPub(), kind, fields)
+
+    monkeypatch.setattr(StatusPublisher, "_publish", lossy)
+    publisher = StatusPublisher("tcp://127.0.0.1:0")
+    endpoint = publisher.start(lambda op, who: None)
+    hub = Hub(StatusState(), live=True)
+    task = asyncio.create_task(follow(hub, endpoint))
+    try:
+        publisher.emit("warning", text="w1")
+        for _ in range(200):                       # hub.state is set once the SUB is connected
+            if hub.state.seq >= 1:
+                break
+            await asyncio.sleep(0.05)
+        for i in range(2, 7):
+            publisher.emit("warning", text=f"w{i}")
+        for _ in range(200):
+            if hub.state.seq >= 6:
+                break
+            await asyncio.sleep(0.05)
+        assert [w["text"] for w in hub.state.warnings] == [f"w{i}" for i in range(1, 7)]
+        assert hub.state.seq == 6
+        assert "2 events were lost on the way" in caplog.text
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        publisher.close()

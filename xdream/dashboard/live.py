@@ -50,9 +50,13 @@ async def follow(hub: Hub, endpoint: str, server_token: str = "") -> None:
         sub.setsockopt(zmq.SUBSCRIBE, b"")
         sub.connect(status_client.pub_endpoint(endpoint, first))
         await asyncio.sleep(0.2)   # the subscription reaches the PUB before the snapshot is taken
-        snap = (await asyncio.to_thread(status_client.request, sync_ctx, endpoint, "snapshot"))["snapshot"]
-        hub.state = StatusState.from_snapshot(snap)
-        hub.publish({"v": 1, "kind": "resync", "seq": hub.state.seq})
+
+        async def resync() -> None:
+            snap = (await asyncio.to_thread(status_client.request, sync_ctx, endpoint, "snapshot"))["snapshot"]
+            hub.state = StatusState.from_snapshot(snap)
+            hub.publish({"v": 1, "kind": "resync", "seq": hub.state.seq})
+
+        await resync()
         while True:
             frames = await sub.recv_multipart()
             try:
@@ -60,7 +64,14 @@ async def follow(hub: Hub, endpoint: str, server_token: str = "") -> None:
             except XdreamError as exc:
                 log.warning("ignored a status message: %s", exc)
                 continue
-            if int(event.get("seq", 0)) > hub.state.seq:
+            seq = int(event.get("seq", 0))
+            if seq > hub.state.seq + 1:
+                # the server's PUB dropped events for us (we read too slowly; it never waits): what
+                # was lost is older than what is arriving, so a fresh snapshot gives the newest state
+                log.warning("status: %d events were lost on the way (a slow reader); taking a fresh snapshot",
+                            seq - hub.state.seq - 1)
+                await resync()
+            if seq > hub.state.seq:
                 hub.publish(event)
     finally:
         if sub is not None:
