@@ -50,7 +50,6 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from xdream.session_reader import SessionRecord
 from xdream.session_tables import PRESENTATION_COLUMNS, Tables, tables
@@ -85,19 +84,17 @@ def _csv_value(v):
 # ---------------------------------------------------------------------- NWB
 def images_of(session: SessionRecord) -> tuple[dict[str, np.ndarray], list[str]]:
     """image_id -> pixels: generated ones regenerated from the codes, references as stored."""
-    from server.regenerate import Regenerator, stored_references
+    from server.regenerate import Regenerator, best_differs, stored_references
 
     notes = []
     regenerator = Regenerator(session)
     pixels: dict[str, np.ndarray] = {}
-    items = sorted(session.scores.items())
-    for (g, name), rec in progress(items, "export: regenerating images", total=len(items), unit="gen"):
-        pixels.update(regenerator.images(g, [name]))
-        if not np.isnan(rec.scores).all():
-            best = rec.ids[int(np.nanargmax(rec.scores))]
-            stored = session.folder / "best" / f"gen{g:03d}_{name}.png"
-            if stored.is_file() and not np.array_equal(np.asarray(Image.open(stored).convert("RGB")), pixels[best]):
-                notes.append(f"generation {g}, thread {name}: the regenerated best image differs from {stored.name}")
+    items = sorted(session.scores)
+    for g, name in progress(items, "export: regenerating images", total=len(items), unit="gen"):
+        made = regenerator.of_thread(g, name)
+        pixels.update(made)
+        if (note := best_differs(session, g, name, made)) is not None:
+            notes.append(note)
     pixels.update(stored_references(session))
     return pixels, notes
 

@@ -2,8 +2,10 @@
 with its figures as PNG files beside it.
 
 What it holds: per thread the score trajectory (generated images' mean ± s.d. and max, the
-reference images' mean), each thread's best image every N generations as a montage, the
-reference images' responses over time (drift), a rig-health summary and the config.  Figures
+reference images' mean), the latest generation's images as a grid with their scores beside the
+best image so far (made again from the codes, server/latest.py), each thread's best image every N
+generations as a montage, the reference images' responses over time (drift), a rig-health
+summary and the config.  Figures
 are drawn with matplotlib (server/report_figures.py) and embedded as base64 PNG: the page
 fetches nothing, so it opens offline and survives being mailed or archived.
 
@@ -30,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from server import report_figures as figures
+from server.latest import LATEST_IMAGES, Latest, latest_generations, thumbnail_png
 from xdream.dashboard.journal_events import state_of
 from xdream.notebook import Session, load_session
 from xdream.progress import progress
@@ -37,6 +40,7 @@ from xdream.progress import progress
 log = logging.getLogger(__name__)
 
 MONTAGE_TILES = 16     # default N makes at most this many tiles per thread
+BEST_PX = 128          # the best image so far, beside the latest generation's thumbnails
 
 
 @dataclass
@@ -50,8 +54,10 @@ def default_every(generations: int, tiles: int = MONTAGE_TILES) -> int:
     return max(1, math.ceil(generations / tiles))
 
 
-def write_report(folder, out: Path | None = None, every: int | None = None) -> Report:
-    """Write OUT (default SESSION/report/report.html) and its PNGs (OUT's stem + '-NAME.png')."""
+def write_report(folder, out: Path | None = None, every: int | None = None,
+                 latest_images: int = LATEST_IMAGES) -> Report:
+    """Write OUT (default SESSION/report/report.html) and its PNGs (OUT's stem + '-NAME.png');
+    `latest_images`: at most this many of each thread's latest generation (0: none)."""
     session = load_session(folder)
     out = Path(out) if out else session.folder / "report" / "report.html"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -73,8 +79,11 @@ def write_report(folder, out: Path | None = None, every: int | None = None) -> R
                      figures.drift(_drift(rows.references), targets, fig_path("drift"))))
     montages, montage_notes = _montages(session, gens, every, fig_path)
     notes += montage_notes
-    page = _html(session, made, montages, every, notes)
+    latest = latest_generations(session, latest_images)
+    page = _html(session, made, montages, every, notes, latest)
     out.write_text(page, encoding="utf-8")
+    # printed by the CLI; the page shows them above each thread's grid
+    notes += [f"latest generation of thread {name}: {lat.note}" for name, lat in latest.items() if lat.note]
     return Report(out, [p for _, p in made] + [p for _, p in montages], notes)
 
 
@@ -175,12 +184,49 @@ td, th { border: 1px solid #ddd; padding: .25em .6em; text-align: left; }
 th { background: #f4f4f4; } td.n { text-align: right; font-variant-numeric: tabular-nums; }
 img { max-width: 100%; } pre { background: #f7f7f7; padding: 1em; overflow: auto; font-size: 12px; }
 .note { color: #8a5a00; } .wide { overflow-x: auto; }
+.grid { display: flex; flex-wrap: wrap; gap: 6px; align-items: flex-end; }
+.cell { margin: 0; text-align: center; font-size: 12px; } .cell img { display: block; }
+.best { margin-left: 1em; }
 """
 
 
 def _img(path: Path, alt: str) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+    return _png_tag(path.read_bytes(), alt)
+
+
+def _png_tag(png: bytes, alt: str, cls: str = "") -> str:
+    data = base64.b64encode(png).decode("ascii")
+    klass = f' class="{cls}"' if cls else ""
+    return f'<img{klass} alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _score(x: float | None) -> str:
+    return "not measured" if x is None or not math.isfinite(x) else f"{x:.1f}"
+
+
+def _latest_html(session: Session, latest: dict[str, Latest]) -> list[str]:
+    """Per thread: the latest generation's images (best first) with their scores, and the best
+    image so far (best/best_THREAD.png, as the server saved it)."""
+    if not latest:
+        return ["<p>(no scored generation)</p>"]
+    best = {t["thread"]: t for t in session.rows.threads}
+    parts = []
+    for name, lat in latest.items():
+        parts.append(f"<h3>Thread {html.escape(name)}: generation {lat.generation} ({lat.size} images)</h3>")
+        if lat.note:
+            parts.append(f"<p class='note grid-note'>{html.escape(lat.note)}</p>")
+        cells = [f"<figure class='cell'>{_png_tag(thumbnail_png(p), i, 'gen-image')}"
+                 f"<figcaption>{_score(x)}</figcaption></figure>" for i, p, x in zip(lat.ids, lat.pixels, lat.scores)]
+        row = best.get(name, {})
+        path = session.folder / "best" / f"best_{name}.png"
+        if path.is_file():
+            tag = _png_tag(thumbnail_png(_png(path), BEST_PX), f"best of {name}", "best-so-far")
+            cells.append(f"<figure class='cell best'>{tag}<figcaption>best so far: {_score(row.get('best_score'))} "
+                         f"(gen {row.get('best_generation', '?')})</figcaption></figure>")
+        else:
+            parts.append(f"<p class='note'>best so far: {html.escape(path.name)} is missing</p>")
+        parts.append(f"<div class='grid'>{''.join(cells)}</div>")
+    return parts
 
 
 def _cell(v) -> str:
@@ -200,7 +246,7 @@ def _table(rows: list[dict], columns: list[str] | None = None) -> str:
     return f"<div class='wide'><table><tr>{head}</tr>{body}</table></div>"
 
 
-def _html(session: Session, made, montages, every: int, notes: list[str]) -> str:
+def _html(session: Session, made, montages, every: int, notes: list[str], latest: dict[str, Latest]) -> str:
     start = session.first("session_start") or {}
     when = dt.datetime.fromtimestamp(float(start["t"]), tz=dt.UTC).strftime("%Y-%m-%d %H:%M UTC") \
         if isinstance(start.get("t"), (int, float)) else "?"
@@ -219,6 +265,10 @@ def _html(session: Session, made, montages, every: int, notes: list[str]) -> str
     for title, path in made:
         anchor = "trajectories" if "trajector" in path.name else "drift"
         parts += [f"<h2 id='{anchor}'>{html.escape(title)}</h2>", f"<figure>{_img(path, title)}</figure>"]
+    parts.append("<h2 id='latest-generation'>Latest generation</h2>")
+    parts.append("<p>Each thread's latest generation, best first, with its scores, made again from its codes by "
+                 "the session's generator; beside it the best image so far.</p>")
+    parts += _latest_html(session, latest)
     parts.append("<h2 id='best-images'>Best images</h2>")
     parts.append(f"<p>Each thread's best image every {every} generations (and of the last), with its score.</p>"
                  if every > 1 else "<p>The best image of each generation of each thread, with its score.</p>")

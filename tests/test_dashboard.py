@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 from playwright import sync_api   # the test extra; its browser is Debian's, never a download
 
 from tests.conftest import small_config
@@ -169,22 +172,89 @@ def test_the_journal_folds_into_the_same_psth_as_the_live_stream(live_session):
     assert all("psth" not in th for g in state.generations for th in g["threads"])   # summaries stay small
 
 
-def test_a_finished_sessions_page_renders_from_its_journal(live_session, tmp_path):
-    dash, url = _dashboard([str(live_session["folder"])], tmp_path)
+def _finished_page(folder: Path, tmp_path: Path, shot: str, *extra: str) -> dict:
+    """`xdream dashboard FOLDER` in Chromium: what the finished page shows (and a screenshot)."""
+    dash, url = _dashboard([str(folder), *extra], tmp_path)
     try:
         with sync_api.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(url)
             _wait(lambda: page.locator("#state").inner_text() == "ended", 20, "the finished page")
-            scored = {r["generation"] for r in journal(live_session["folder"]) if r["kind"] == "scores"}
-            assert int(page.locator("#trajectory").get_attribute("data-points")) == len(scored)
-            assert page.locator("img.best-image").count() == 1
-            assert not page.locator("#controls").is_visible()     # a finished session has no controls
-            assert page.locator("#trajectory .scatterlayer .trace").count() == 3   # mean, max, reference
-            assert page.locator("#psth-panel").is_visible()
-            page.screenshot(path=str(tmp_path / "finished.png"), full_page=True)
+            cells = page.locator("img.gen-image")
+            seen = {"points": int(page.locator("#trajectory").get_attribute("data-points")),
+                    "best": page.locator("img.best-image").count(),
+                    "controls": page.locator("#controls").is_visible(),
+                    "traces": page.locator("#trajectory .scatterlayer .trace").count(),
+                    "psth": page.locator("#psth-panel").is_visible(),
+                    "grid": [(cells.nth(k).get_attribute("alt"), cells.nth(k).get_attribute("src"))
+                             for k in range(cells.count())],
+                    "loaded": page.evaluate("Array.from(document.querySelectorAll('img.gen-image'))"
+                                            ".map(i => i.complete && i.naturalWidth)"),
+                    "header": page.locator("#latest > div").first.inner_text(),
+                    "notes": page.locator("#latest .grid-note").all_inner_texts()}
+            page.screenshot(path=str(tmp_path / shot), full_page=True)
             browser.close()
     finally:
         dash.kill()
         dash.wait()
+    return seen
+
+
+def _latest(folder: Path) -> tuple[int, list[str], list[float | None]]:
+    """Thread a's latest scored generation, from the journal read on its own: (generation, ids, scores)."""
+    rec = max((r for r in journal(folder) if r["kind"] == "scores" and r["thread"] == "a"),
+              key=lambda r: r["generation"])
+    return rec["generation"], rec["ids"], rec["scores"]
+
+
+def test_a_finished_sessions_page_renders_from_its_journal(live_session, tmp_path):
+    """Besides the history, the latest generation's images as a grid (issue 14): one thumbnail per
+    image of that generation, each the JPEG the live stream would have sent of the image the
+    session's generator makes again from the journaled code, and the best of them is the image
+    the server saved in best/ while the session ran."""
+    import base64
+
+    from server.regenerate import Regenerator
+    from server.status import thumbnail
+    from xdream.session_reader import load_session
+
+    folder = live_session["folder"]
+    seen = _finished_page(folder, tmp_path, "finished.png")
+    scored = {r["generation"] for r in journal(folder) if r["kind"] == "scores"}
+    assert seen["points"] == len(scored)
+    assert seen["best"] == 1
+    assert not seen["controls"]     # a finished session has no controls
+    assert seen["traces"] == 3      # mean, max, reference
+    assert seen["psth"]
+    g, ids, scores = _latest(folder)
+    assert f"generation {g}" in seen["header"]
+    assert len(seen["grid"]) == len(ids) == 6 and seen["notes"] == []   # population 6: every image, no note
+    assert all(seen["loaded"]), seen["loaded"]
+    shown = {alt: base64.b64decode(src.split(",", 1)[1]) for alt, src in seen["grid"]}
+    assert sorted(shown) == sorted(ids)
+    made = Regenerator(load_session(folder), device="cpu").of_thread(g, "a")
+    assert all(shown[i] == thumbnail(made[i]) for i in ids)
+    assert len(set(shown.values())) == len(ids)       # six different images, not one six times
+    best = ids[max(range(len(ids)), key=lambda k: -1e300 if scores[k] is None else scores[k])]
+    stored = np.asarray(Image.open(folder / "best" / f"gen{g:03d}_a.png").convert("RGB"))
+    assert shown[best] == thumbnail(stored)           # the session's own image, not only our regeneration
+    assert seen["grid"][0][0] == best                 # sorted by score, best first
+
+
+def test_a_finished_page_without_its_generator_says_why_its_grid_is_empty(live_session, tmp_path):
+    """A weights file named in the config and gone since: the page renders all the same (history,
+    best image from best/), with an empty grid and one line saying why."""
+    copy = tmp_path / live_session["folder"].name
+    shutil.copytree(live_session["folder"], copy)
+    cfg = json.loads((copy / "config.json").read_text())
+    gone = tmp_path / "moved" / "fc6.pt"
+    cfg["threads"][0]["generator"]["weights"] = str(gone)
+    (copy / "config.json").write_text(json.dumps(cfg))
+    seen = _finished_page(copy, tmp_path, "no-generator.png")
+    assert seen["grid"] == [] and seen["best"] == 1
+    assert seen["points"] == len({r["generation"] for r in journal(copy) if r["kind"] == "scores"})
+    assert len(seen["notes"]) == 1, seen["notes"]
+    note = seen["notes"][0]
+    assert note.startswith("no images: the session's generator could not be built") and str(gone) in note, note
+    assert "\n" not in note

@@ -15,6 +15,9 @@ def add_parser(sub) -> None:
     d.add_argument("--host", default="127.0.0.1",
                    help="where the page listens (default 127.0.0.1; wider, the controls need the printed token)")
     d.add_argument("--port", type=int, default=8765, help="the page's port (default 8765; 0: a free one)")
+    d.add_argument("--latest-images", type=int, default=None, metavar="N",
+                   help="a finished session: the latest generation's best N images per thread made again from "
+                        "the codes, on the CPU (default 40; 0: none, no generator built)")
     d.set_defaults(func=run)
 
 
@@ -27,12 +30,15 @@ def run(args) -> int:
 
     if (args.session is None) == (args.server is None):
         raise ConfigError("dashboard needs either SESSION_DIR (a finished session) or --server ENDPOINT (a live one)")
+    if args.latest_images is not None and args.server is not None:
+        raise ConfigError("--latest-images is for a finished session (SESSION_DIR); a live one sends its images")
+    if args.latest_images is not None and args.latest_images < 0:
+        raise ConfigError("--latest-images must be 0 or more")
     token = dashboard_token(args.host)
     if args.server is not None:
         hub = Hub(StatusState(), live=True)
     else:
-        from xdream.dashboard.journal_events import session_state
-        hub = Hub(session_state(args.session), live=False)
+        hub = Hub(_finished_state(args.session, args.latest_images), live=False)
 
     def on_url(url: str) -> None:
         print(f"{DASHBOARD}{url}", flush=True)
@@ -44,3 +50,14 @@ def run(args) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _finished_state(folder, limit: int | None):
+    """The journal's fold, with the latest generation's thumbnails made again (server/latest.py)."""
+    from server.latest import LATEST_IMAGES, for_dashboard, latest_generations
+    from xdream.dashboard.journal_events import state_of
+    from xdream.session_reader import load_session
+
+    session = load_session(folder)
+    latest = latest_generations(session, LATEST_IMAGES if limit is None else limit)
+    return state_of(session, for_dashboard(latest))

@@ -1,10 +1,11 @@
 """A finished session's journal as status events, folded like the live stream's.
 
 The status stream's kinds (xdream/status_wire.py) are rebuilt from the journal
-records, so the finished view and the live one share xdream.status_state.  What
-the journal does not keep is absent: a finished session has no thumbnails of
-each generation's images (only its codes); the best image per generation and
-per thread (best/*.png) stands in.
+records, so the finished view and the live one share xdream.status_state.  The
+journal keeps each generation's codes, not its images: the best image per
+generation and per thread (best/*.png) stands in for the history, and the latest
+generation's thumbnails come from outside, made again from the codes by the
+session's generator (server/latest.py; this core module cannot build one).
 """
 
 from __future__ import annotations
@@ -36,11 +37,14 @@ def _num(x: float) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
-def session_state(folder) -> StatusState:
-    return state_of(load_session(folder))
+def session_state(folder, latest: dict[str, dict] | None = None) -> StatusState:
+    return state_of(load_session(folder), latest)
 
 
-def state_of(s: SessionRecord) -> StatusState:
+def state_of(s: SessionRecord, latest: dict[str, dict] | None = None) -> StatusState:
+    """`latest`: thread -> {"generation", "images": {image id: JPEG}, "note"}, the latest
+    generation's thumbnails (server/latest.py for_dashboard); its note (why there are none, or
+    only some) is shown above the thread's grid."""
     state = StatusState()
     seq = 0
 
@@ -105,6 +109,14 @@ def state_of(s: SessionRecord) -> StatusState:
         width = min((len(c) for c in counted), default=0)
         channels = [sum(c[i] for c in counted) / len(counted) for i in range(width)] if counted else []
         apply("generation", None, generation=g, threads=out, timing={}, channels=channels)
+    for name, got in (latest or {}).items():
+        lat = state.latest.get(name)
+        if lat is None:
+            continue
+        images = got.get("images") or {}
+        if got.get("generation") == lat["generation"] and images:
+            lat["images"] = [images.get(i) for i in lat["ids"]]   # in the order of ids and scores
+        lat["note"] = str(got.get("note", ""))
     # the best image so far of each thread is the session's best, not the last generation's
     for t in threads:
         best = _jpeg(s.folder / "best" / f"best_{t['name']}.png")

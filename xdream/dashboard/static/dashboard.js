@@ -134,9 +134,17 @@ function drawImages() {
     const l = snap.latest[name];
     if (!l) continue;
     const h = document.createElement("div");
-    h.innerHTML = `<b>${name}</b> — generation ${l.generation}` +
-      (l.images.length ? "" : " (scores only: a finished session keeps codes, not each image)");
+    h.innerHTML = `<b>${name}</b> — generation ${l.generation}`;
     latest.appendChild(h);
+    // a finished session's grid is made again from the codes (server/latest.py); its note says
+    // why it is empty or partial.  Text, not HTML: it may hold a path or an exception's words.
+    const why = l.note || (l.images.length ? "" : "scores only: a finished session keeps codes, not each image");
+    if (why) {
+      const n = document.createElement("div");
+      n.className = "grid-note";
+      n.textContent = why;
+      latest.appendChild(n);
+    }
     const grid = document.createElement("div");
     grid.className = "grid";
     const order = l.scores.map((s, i) => [s === null ? -Infinity : s, i]).sort((a, b) => b[0] - a[0]);
