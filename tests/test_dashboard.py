@@ -258,3 +258,51 @@ def test_a_finished_page_without_its_generator_says_why_its_grid_is_empty(live_s
     note = seen["notes"][0]
     assert note.startswith("no images: the session's generator could not be built") and str(gone) in note, note
     assert "\n" not in note
+
+
+def test_names_and_warnings_from_peers_are_shown_as_text_never_as_markup(tmp_path):
+    """A peer's name (its hello) and warnings (which quote rigs and peers) are untrusted: the page
+    shows them as text; markup in them builds no element and runs nothing."""
+    import asyncio
+    import threading
+
+    from xdream.dashboard.web import Hub, make_app, start_site
+    from xdream.status_state import StatusState
+
+    evil = '<img id="injected" src="x" onerror="window.__pwned = 1">'
+    state = StatusState()
+    state.apply({"v": 1, "kind": "session", "seq": 1, "t": time.time(), "session": "s", "generations": 3,
+                 "threads": [{"name": "a", "channel": 0}], "population": 2, "references": []})
+    state.apply({"v": 1, "kind": "peers", "seq": 2, "t": time.time(),
+                 "peers": [{"name": evil, "role": "recorder", "connected": True, "last_seen_s": 0.1, "joins": 1}]})
+    state.apply({"v": 1, "kind": "warning", "seq": 3, "t": time.time(), "text": f"rig said {evil}"})
+    state.apply({"v": 1, "kind": "generation", "seq": 4, "t": time.time(), "generation": 0, "timing": {},
+                 "channels": [], "threads": [{"thread": "a", "channel": 0, "mean": 1.0, "max": 2.0, "ref_mean": 0.5,
+                                              "ids": [evil, "b"], "scores": [None, None], "images": []}]})
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    runner, url = asyncio.run_coroutine_threadsafe(start_site(make_app(Hub(state, live=False)), "127.0.0.1", 0),
+                                                   loop).result(30)
+
+    async def shut_down() -> None:     # the page's event stream waits on its queue: cancel it first
+        for task in asyncio.all_tasks():
+            if task is not asyncio.current_task():
+                task.cancel()
+        await runner.cleanup()
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            page = browser.new_page()
+            page.goto(url)
+            _wait(lambda: evil in page.locator("#warnings").inner_text(), 20, "the warning, as text")
+            assert evil in page.locator("#peers").inner_text()
+            assert page.locator("#injected").count() == 0
+            assert page.evaluate("() => window.__pwned === undefined")
+            page.screenshot(path=str(tmp_path / "escaped.png"), full_page=True)
+            browser.close()
+    finally:
+        asyncio.run_coroutine_threadsafe(shut_down(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()

@@ -4,7 +4,7 @@ The server's publisher folds every event it publishes into one `StatusState`
 and answers a snapshot request with `snapshot()`; a dashboard starts from that
 snapshot and folds the live events that follow (those with a larger `seq`).
 A finished session's journal is turned into the same events
-(xdream/status_journal.py), so one fold serves the live and the finished view.
+(xdream/dashboard/journal_events.py), so one fold serves the live and the finished view.
 
 Bounded whatever the session's length: per generation only the summary
 (scores' mean and max, reference mean, timing) is kept; images only for the

@@ -6,6 +6,10 @@ let snap = null;
 let pending = false;
 
 function el(id) { return document.getElementById(id); }
+// Names, ids and warnings come from peers and rigs (untrusted): escaped wherever HTML is built.
+function esc(x) {
+  return String(x).replace(/[&<>"']/g, c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]));
+}
 function fmt(x) { return x === null || x === undefined ? "–" : (Math.abs(x) >= 100 ? x.toFixed(0) : x.toFixed(2)); }
 
 function stride(list) {
@@ -134,7 +138,7 @@ function drawImages() {
     const l = snap.latest[name];
     if (!l) continue;
     const h = document.createElement("div");
-    h.innerHTML = `<b>${name}</b> — generation ${l.generation}`;
+    h.innerHTML = `<b>${esc(name)}</b> — generation ${esc(l.generation)}`;
     latest.appendChild(h);
     // a finished session's grid is made again from the codes (server/latest.py); its note says
     // why it is empty or partial.  Text, not HTML: it may hold a path or an exception's words.
@@ -147,11 +151,11 @@ function drawImages() {
     }
     const grid = document.createElement("div");
     grid.className = "grid";
-    const order = l.scores.map((s, i) => [s === null ? -Infinity : s, i]).sort((a, b) => b[0] - a[0]);
+    const order = l.scores.map((s, i) => [s === null ? -Infinity : s, i]).sort((a, b) => (b[0] - a[0]) || (a[1] - b[1]));   // unscored last, in order
     for (const [, i] of order) {
       const cell = document.createElement("div");
       cell.className = "cell";
-      cell.innerHTML = (l.images[i] ? `<img class="gen-image" src="${l.images[i]}" alt="${l.ids[i]}">` : "") +
+      cell.innerHTML = (l.images[i] ? `<img class="gen-image" src="${esc(l.images[i])}" alt="${esc(l.ids[i])}">` : "") +
         `${fmt(l.scores[i])}`;
       grid.appendChild(cell);
     }
@@ -164,13 +168,13 @@ function drawImages() {
     if (!b) continue;
     const cell = document.createElement("div");
     cell.className = "cell best";
-    cell.innerHTML = `<img class="best-image" src="${b.image}" alt="best of ${name}">${name}: ${fmt(b.score)} (gen ${b.generation})`;
+    cell.innerHTML = `<img class="best-image" src="${esc(b.image)}" alt="best of ${esc(name)}">${esc(name)}: ${fmt(b.score)} (gen ${esc(b.generation)})`;
     best.appendChild(cell);
   }
 }
 
 function rows(table, pairs) {
-  el(table).innerHTML = pairs.map(([k, v]) => `<tr><th>${k}</th><td>${v}</td></tr>`).join("");
+  el(table).innerHTML = pairs.map(([k, v]) => `<tr><th>${esc(k)}</th><td>${esc(v)}</td></tr>`).join("");
 }
 
 function drawRig() {
@@ -181,10 +185,10 @@ function drawRig() {
     ["shown", r.shown], ["aborted", r.aborted], ["counted", r.counted], ["missing", r.missing],
     ["dropped frames", r.dropped_frames], ["late reports", r.late]]);
   el("peers").innerHTML = (snap.peers || []).map(p =>
-    `<tr><td>${p.role}</td><td>${p.name}</td><td>heard ${fmt(p.last_seen_s)} s ago</td><td>joins ${p.joins}</td></tr>`).join("");
+    `<tr><td>${esc(p.role)}</td><td>${esc(p.name)}</td><td>heard ${fmt(p.last_seen_s)} s ago</td><td>joins ${esc(p.joins)}</td></tr>`).join("");
   const g = snap.generations[snap.generations.length - 1];
   rows("timing", Object.entries(g && g.timing ? g.timing : {}).map(([k, v]) => [k, fmt(v)]));
-  el("warnings").innerHTML = (snap.warnings || []).slice(-10).map(w => `<div>${w.text}</div>`).join("");
+  el("warnings").innerHTML = (snap.warnings || []).slice(-10).map(w => `<div>${esc(w.text)}</div>`).join("");
 }
 
 async function control(op) {
