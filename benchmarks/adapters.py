@@ -3,7 +3,8 @@ one decodes a 384-channel rig through its real wire format on loopback.
 
 For each rig with a simulated peer (simulators/wire_peers.py), the peer is fed
 a synthetic rig -- Poisson spikes at 50 Hz on every channel and an event code
-every 100 ms, in 50 ms chunks -- as fast as the adapter takes it (never more
+every 100 ms, in 50 ms chunks, every time a sample number of its 30 kHz clock
+as a real rig's are (RigEvents with `rate`) -- as fast as the adapter takes it (never more
 than `window_s` of rig time ahead of what the adapter has decoded, counted in
 spikes, so no socket buffer overflows), and the adapter is polled until every
 spike and code has come out.  A rig counts only if every event arrived: spikes
@@ -38,6 +39,7 @@ import platform
 import sys
 import threading
 import time
+from fractions import Fraction
 
 import numpy as np
 
@@ -50,39 +52,46 @@ RATE_HZ = 50.0
 CODE_EVERY_S = 0.1
 CHUNK_S = 0.05
 SAMPLE_HZ = 30000
+TICKS = Fraction(SAMPLE_HZ)             # the rig's events are sample numbers of this rate
+CHUNK = round(CHUNK_S * SAMPLE_HZ)      # ticks per chunk
+CODE_EVERY = round(CODE_EVERY_S * SAMPLE_HZ)
 TAIL_S = 1.0   # spikes without codes after the last code: adapters hold a code until its window is past
 FLUSH_S = 1.0  # then empty chunks: an adapter may keep the stream's last moments until time moves on
 
 
-def synthetic_rig(start: float, seconds: float, tail_s: float = TAIL_S, channels: int = CHANNELS,
+def synthetic_rig(start: int, seconds: float, tail_s: float = TAIL_S, channels: int = CHANNELS,
                   seed: int = 0) -> list[RigEvents]:
-    """The rig's stream from `start` in chunks: sorted spike times, a code every 100 ms for `seconds`,
-    then `tail_s` of spikes alone; each chunk's watermark at its end."""
-    rng = np.random.default_rng([seed, int(start * 1000)])
+    """The rig's stream from sample `start` in chunks, every time a sample number (tick of SAMPLE_HZ):
+    sorted spikes, a code every 100 ms for `seconds`, then `tail_s` of spikes alone; each chunk's
+    watermark at its end."""
+    rng = np.random.default_rng([seed, int(start)])
+    n_codes = int(round(seconds / CODE_EVERY_S))
     chunks = []
     for i in range(int(round((seconds + tail_s) / CHUNK_S))):
-        t0, t1 = start + i * CHUNK_S, start + (i + 1) * CHUNK_S
+        t0, t1 = start + i * CHUNK, start + (i + 1) * CHUNK
         n = rng.poisson(channels * RATE_HZ * CHUNK_S)
-        # on a 30 kHz sample grid, at most one spike per channel and sample (a neuron's refractory
-        # period); a quarter sample in, so that every rig's own quantization lands on the same sample
-        samples = rng.integers(round(t0 * SAMPLE_HZ), round(t1 * SAMPLE_HZ), n)
+        # at most one spike per channel and sample (a neuron's refractory period)
+        samples = rng.integers(t0, t1, n)
         chans = rng.integers(0, channels, n)
-        pairs = np.unique(samples * channels + chans)
+        pairs = np.unique(samples * channels + chans)     # sorted by sample, then channel
         samples, chans = pairs // channels, pairs % channels
-        times = (samples + 0.25) / SAMPLE_HZ
-        order = np.argsort(times, kind="stable")
-        first, last = int(np.ceil(i * CHUNK_S / CODE_EVERY_S - 1e-9)), int(np.ceil((i + 1) * CHUNK_S / CODE_EVERY_S - 1e-9))
-        codes = [(round(start + k * CODE_EVERY_S, 6), k % 255 + 1) for k in range(first, last)
-                 if k * CODE_EVERY_S < seconds - 1e-9]
-        chunks.append(RigEvents(codes=codes, spike_times=times[order],
-                                spike_channels=chans[order], watermark=t1))
+        codes = [(start + k * CODE_EVERY, k % 255 + 1) for k in range(n_codes)
+                 if t0 <= start + k * CODE_EVERY < t1]
+        chunks.append(RigEvents(codes=codes, spike_times=samples.astype(np.int64),
+                                spike_channels=chans.astype(np.int64), watermark=t1, rate=TICKS))
     return chunks
 
 
-def warm_up(peer, source, limit_s: float = 30.0) -> float:
+def _end(chunk: RigEvents) -> int:
+    """A chunk's watermark: the sample its successor starts at."""
+    assert chunk.watermark is not None
+    return int(chunk.watermark)
+
+
+def warm_up(peer, source, limit_s: float = 30.0) -> int:
     """Feed spikes (no codes) at real-time pace until the adapter delivers one: connections made,
-    acquisition started.  Returns the rig time the measured stream starts at."""
-    t = 0.0
+    acquisition started.  Returns the sample the measured stream starts at."""
+    t = 0
     deadline = time.monotonic() + limit_s
     while not getattr(peer, "running", True) and time.monotonic() < deadline:
         time.sleep(0.005)  # a peer that a client must start (Intan RHX): data before would not exist
@@ -90,17 +99,17 @@ def warm_up(peer, source, limit_s: float = 30.0) -> float:
     while time.monotonic() < deadline:
         (chunk,) = synthetic_rig(t, 0.0, CHUNK_S, seed=1)
         peer.send(chunk)
-        t = chunk.watermark
+        t = _end(chunk)
         ev = source.poll(CHUNK_S)
         flowing = flowing + 1 if len(ev.spike_times) else 0
         if flowing >= 5:  # the stream is established; let what is in flight come out
             for k in range(1, 11):  # time moves on without spikes: a rig sending whole blocks flushes
-                peer.send(RigEvents(watermark=round(t + k * CHUNK_S, 6)))
+                peer.send(RigEvents(watermark=t + k * CHUNK, rate=TICKS))
             quiet_since = time.monotonic()
             while time.monotonic() - quiet_since < 0.3 and time.monotonic() < deadline:
                 if len(source.poll(0.01).spike_times):
                     quiet_since = time.monotonic()
-            return round(t + 10 * CHUNK_S, 6)  # a clean margin past anything sent so far
+            return t + 10 * CHUNK  # a clean margin past anything sent so far
     raise TimeoutError(f"the adapter delivered no spike within {limit_s:.0f} s of warm-up")
 
 
@@ -181,8 +190,8 @@ def _send_paced(peer, chunks: list[RigEvents], window_s: float, decoded, error: 
 
 
 def _flush_chunks(chunks: list[RigEvents]) -> list[RigEvents]:
-    return [RigEvents(watermark=chunks[-1].watermark + (i + 1) * CHUNK_S)
-            for i in range(int(round(FLUSH_S / CHUNK_S)))]
+    end = _end(chunks[-1])
+    return [RigEvents(watermark=end + (i + 1) * CHUNK, rate=TICKS) for i in range(int(round(FLUSH_S / CHUNK_S)))]
 
 
 class _ThreadFeed:
@@ -242,16 +251,16 @@ def _peer_process(name: str, seconds: float, window_s: float, conn, decoded) -> 
         deadline = time.monotonic() + 30.0
         while not getattr(peer, "running", True) and time.monotonic() < deadline:
             time.sleep(0.005)  # a peer that a client must start (Intan RHX)
-        t = 0.0
+        t = 0
         while not conn.poll(0):  # the adapter says when spikes flow
             (chunk,) = synthetic_rig(t, 0.0, CHUNK_S, seed=1)
             peer.send(chunk)
-            t = chunk.watermark
+            t = _end(chunk)
             time.sleep(CHUNK_S)
         conn.recv()
         for k in range(1, 11):  # time moves on without spikes: a rig sending whole blocks flushes
-            peer.send(RigEvents(watermark=round(t + k * CHUNK_S, 6)))
-        begin = round(t + 10 * CHUNK_S, 6)
+            peer.send(RigEvents(watermark=t + k * CHUNK, rate=TICKS))
+        begin = t + 10 * CHUNK
         chunks = synthetic_rig(begin, seconds)
         encoded = None
         if hasattr(peer, "encode"):  # encode ahead: the real rig's encoder is native code, not timed here

@@ -29,7 +29,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from benchmarks.adapters import CHANNELS, RATE_HZ, synthetic_rig
+from benchmarks.adapters import CHANNELS, RATE_HZ, SAMPLE_HZ, synthetic_rig
 from recording_adapters.counting import SpikeCounter
 from server.app import EvolutionServer
 from xdream import protocol
@@ -58,8 +58,8 @@ def journal_line(body: protocol.Counts) -> int:
 
 
 def bench(seconds: float) -> dict:
-    chunks = synthetic_rig(1.0, seconds)
-    rig_s = chunks[-1].watermark - 1.0
+    chunks = synthetic_rig(SAMPLE_HZ, seconds)      # from 1 s, in samples
+    rig_s = (int(chunks[-1].watermark) - SAMPLE_HZ) / SAMPLE_HZ
     plain, plain_s = count(chunks, None)
     timed, timed_s = count(chunks, SPAN_S)
     assert [c.counts for c in plain] == [c.counts for c in timed], "spike times changed the counts"

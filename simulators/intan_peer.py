@@ -163,6 +163,11 @@ class _DataPort(_Port):
 class IntanPeer:
     """Cls(channels, **options) per simulators.wire_peers: RigEvents in, RHX's TCP bytes out."""
 
+    # the adapter options naming its TCP ports, for simulators/resegmenting_proxy.py: towards the
+    # command port a read may end only after a ';' (readClientCommand parses each read whole, so a
+    # command cut in two is broken in RHX itself); the data ports may be cut anywhere
+    TCP_PORTS = {"command_port": b";", "waveform_port": None, "spike_port": None}
+
     def __init__(self, channels: int, sample_rate: str = "30000", pulse_ms: str = "10",
                  photodiode_line: str = ""):
         self.channels = int(channels)

@@ -7,10 +7,15 @@ rig's).  On each onset frame the presenter's tap sends, it records the event
 code and emits the spikes that reproduce the recorded counts of the
 presentation sent with that code: the first recorded presentation with that
 code not yet replayed, in the order the server sent them (the order a
-realtime replay re-sends them).  k counted spikes are spread evenly inside
-the response window after the new onset, the baseline spikes inside the
-baseline window, so a recorder that aligns and counts correctly reports the
-recorded counts exactly.  A presentation that had no counts fires nothing.
+realtime replay re-sends them).  Like a real rig's, its times are sample
+numbers (integer ticks of 30 kHz, RATE_HZ): the onset is the frame time's
+nearest tick n, and k counted spikes are spread evenly over the ticks of the
+response window, [n + ceil(t0 * rate), n + ceil(t1 * rate)) as
+docs/adapters.md's counter defines it, the first on the window's first tick
+and (k > 1) the last on its last tick; the baseline spikes likewise in the
+baseline window.  A recorder that aligns and counts correctly so reports the
+recorded counts exactly, and one that moves a window's edge by a tick does
+not.  A presentation that had no counts fires nothing.
 
 The recording holds counts, not spike times, so the spikes are a stand-in
 with the right count in each window.  They reproduce the counts only while a
@@ -26,15 +31,17 @@ still gives a display's timeline.
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import zmq
 
-from recording_adapters.events import RigEvents
+from recording_adapters.events import RigEvents, exact, round_ticks
 from xdream.session_reader import load_session
-from simulators.rig_clock import IDLE_GAP_S, RigClock
+from simulators.rig_clock import IDLE_GAP_S, RATE_HZ, RigClock
 from xdream import protocol
 from xdream.errors import ProtocolError
 from xdream.protocol import MsgType
@@ -47,8 +54,12 @@ class ReplayRig:
                  context: zmq.Context | None = None):
         session = load_session(session_folder)
         cfg = session.cfg
+        self.rate = Fraction(RATE_HZ)
         self.window = [ms / 1000.0 for ms in cfg.response.window_ms]
         self.baseline = [ms / 1000.0 for ms in cfg.response.baseline_ms]
+        # the windows' tick offsets after an onset tick, in exact arithmetic (0.05 s is 1/20 s, not a double)
+        self.window_ticks = window_offsets(cfg.response.window_ms, self.rate)
+        self.baseline_ticks = window_offsets(cfg.response.baseline_ms, self.rate)
         span = max(self.window[1], self.baseline[1]) - min(self.window[0], self.baseline[0])
         soa = (cfg.presentation.on_ms + cfg.presentation.off_ms) / 1000.0
         if span > soa + 1e-9:
@@ -73,8 +84,9 @@ class ReplayRig:
         self._watermark = 0.0
 
     def poll(self, timeout_s: float) -> RigEvents:
-        events = RigEvents()
-        times, chans = [], []
+        events = RigEvents(rate=self.rate)
+        times: list[np.ndarray] = []
+        chans: list[np.ndarray] = []
         if self.socket.poll(int(timeout_s * 1000)):
             while self.socket.poll(0):
                 try:
@@ -90,16 +102,23 @@ class ReplayRig:
                     self._watermark = max(self._watermark, t + IDLE_GAP_S)
                     self._clock.last_t = self._watermark
                     continue
-                events.codes.append((t, msg.body.code))
-                self._fire(t, msg.body.code, times, chans)
+                onset = self._tick(t)
+                events.codes.append((onset, msg.body.code))
+                self._fire(t, onset, msg.body.code, times, chans)
                 self._watermark = max(self._watermark, t)   # every spike before this onset is out
         if times:
             events.spike_times = np.concatenate(times)
             events.spike_channels = np.concatenate(chans).astype(int)
-        events.watermark = self._watermark
+        else:
+            events.spike_times = np.empty(0, np.int64)
+        events.watermark = self._tick(self._watermark)
         return events
 
-    def _fire(self, t: float, code: int, times: list, chans: list) -> None:
+    def _tick(self, t: float) -> int:
+        """A time of the frame clock (seconds) -> the nearest tick, as a rig stamps its samples."""
+        return int(round_ticks([t], self.rate)[0])
+
+    def _fire(self, t: float, onset: int, code: int, times: list, chans: list) -> None:
         queue = self._by_code.get(code)
         if not queue:
             self.unmatched_codes.append(code)
@@ -109,12 +128,26 @@ class ReplayRig:
         self.replayed.append(pid)
         if counts is None:
             return
-        for values, (a, b) in ((counts, self.window), (baseline, self.baseline)):
+        for values, (a, b) in ((counts, self.window_ticks), (baseline, self.baseline_ticks)):
             for ch, k in enumerate(values):
                 k = int(round(k))
                 if k > 0:
-                    times.append(t + a + (np.arange(k) + 0.5) * (b - a) / k)
+                    times.append(onset + spread(k, a, b))
                     chans.append(np.full(k, ch))
 
     def close(self) -> None:
         self.socket.close()
+
+
+def window_offsets(window_ms, rate: Fraction) -> tuple[int, int]:
+    """[t0, t1) ms after an onset -> [a, b) tick offsets: onset + k is in iff a <= k < b."""
+    t0, t1 = (exact(ms) / 1000 for ms in window_ms)
+    return math.ceil(t0 * rate), math.ceil(t1 * rate)
+
+
+def spread(k: int, a: int, b: int) -> np.ndarray:
+    """k tick offsets evenly over [a, b): the first on a, the last (k > 1) on b - 1, both edges of the
+    window.  More spikes than ticks share ticks (a count the window cannot hold is still replayed)."""
+    if k == 1 or b - a <= 1:
+        return np.full(k, a, dtype=np.int64)
+    return a + (np.arange(k, dtype=np.int64) * (b - 1 - a)) // (k - 1)

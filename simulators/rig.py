@@ -12,6 +12,12 @@ as after a server restart) draws the same spikes, and nothing after it shifts:
 a resumed session sees the responses an uninterrupted one would have.
 Baseline spikes follow the rig's clock, which a re-showing does move.
 
+With `spikes` (a simulators/scripted_spikes.ScriptedSpikes) the neuron is
+replaced by a script: the same screen tap and clock, but no network pass and
+no draws; exactly the scripted spikes go out, as integer ticks of the script's
+rate, each once the watermark passes it (the exact-edge tests, a lab's replay
+of a recorded spike train).
+
 In-process source for the recorder (RigEvents); real rig wire formats are the
 adapters' issue.
 """
@@ -22,13 +28,15 @@ import hashlib
 import logging
 import time
 from collections import deque
+from fractions import Fraction
 
 import numpy as np
 import zmq
 
 from recording_adapters.events import RigEvents
-from simulators.neuron import build_units
-from simulators.rig_clock import IDLE_GAP_S, RigClock
+from simulators.neuron import ConvNetUnits, SimulatedUnits, build_units
+from simulators.rig_clock import IDLE_GAP_S, RATE_HZ, RigClock
+from simulators.scripted_spikes import ScriptedSpikes
 from xdream import protocol
 from xdream.errors import ProtocolError
 from xdream.protocol import MsgType
@@ -37,14 +45,21 @@ log = logging.getLogger(__name__)
 
 BIN_S = 0.1           # baseline spikes are drawn per bin of rig time
 WORK_PER_POLL_S = 0.2  # a poll's budget of network passes (a few onsets on a CPU)
-RATE_HZ = 30000       # the rig's sample clock: events go out as its sample numbers, as a real rig's do
 
 
 class SimulatedRig:
-    def __init__(self, cfg, bind: str = "tcp://127.0.0.1:0", context: zmq.Context | None = None):
+    def __init__(self, cfg, bind: str = "tcp://127.0.0.1:0", context: zmq.Context | None = None,
+                 spikes: ScriptedSpikes | None = None):
         self.cfg = cfg
-        self.units = build_units(cfg, cfg.device)
-        self.channels = self.units.channels
+        self.script = spikes
+        # a scripted rig has no neuron to build: its channels and sample clock are the script's
+        self.units: ConvNetUnits | SimulatedUnits | None = None
+        self.rate: Fraction = Fraction(RATE_HZ)
+        if spikes is None:
+            self.units = build_units(cfg, cfg.device)
+            self.channels = self.units.channels
+        else:
+            self.channels, self.rate = spikes.channels, spikes.rate
         self.socket = (context or zmq.Context.instance()).socket(zmq.PULL)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.bind(bind)
@@ -78,16 +93,35 @@ class SimulatedRig:
             if m.type != MsgType.SCREEN_FRAME:
                 continue
             if m.body.code != 0:
-                self._fire([m], events)
+                if self.script is not None:     # no neuron: the code at its onset; the script fires
+                    t = self._clock.time_of(m.body)
+                    events.codes.append((t, m.body.code))
+                    self.onsets += 1
+                    self._watermark = max(self._watermark, t + self.latency)
+                else:
+                    self._fire([m], events)
                 continue
             t = self._clock.time_of(m.body)   # screen idle: the clock runs on
             self._watermark = max(self._watermark, t + IDLE_GAP_S)
             self._clock.last_t = self._watermark
+        if self.script is not None:
+            return self._scripted(events)
         self._draw_baseline(self._watermark, events)
         # counts are final only where baseline spikes have been drawn too
         events.watermark = min(self._watermark, self._baseline_bins * BIN_S)
         # drawn in seconds, handed on as samples (nearest), as an acquisition system stamps them
-        return events.in_ticks(RATE_HZ)
+        return events.in_ticks(self.rate)
+
+    def _scripted(self, events: RigEvents) -> RigEvents:
+        """Onsets (seconds of the frame clock) to the nearest tick, as in_ticks does; then every
+        scripted spike before the watermark's tick, as the integer it was given."""
+        script = self.script
+        assert script is not None
+        events.watermark = self._watermark
+        out = events.in_ticks(script.rate)
+        ticks, chans = script.take(int(out.watermark or 0))
+        out.spike_times, out.spike_channels = ticks, chans
+        return out
 
     @property
     def backlog(self) -> int:
@@ -95,6 +129,7 @@ class SimulatedRig:
         return len(self._pending)
 
     def _fire(self, onsets, events: RigEvents) -> None:
+        assert self.units is not None      # a scripted rig fires no neuron
         views = np.stack([self._receptive_field(m.images()[0]) for m in onsets])
         # one view per forward pass: a batch's size (how many onsets one poll collected) may pick
         # another float kernel on some CPUs, and a rate that differs in its last bit can change a draw

@@ -9,6 +9,7 @@ import math
 from xdream import protocol
 
 IDLE_GAP_S = 0.5   # rig time that passes when the screen goes idle between blocks
+RATE_HZ = 30000    # the simulated rigs' sample clock: events go out as its sample numbers, as a real rig's do
 
 
 class RigClock:

@@ -14,7 +14,10 @@ are faked in tests/test_plexon_blackrock.py), has typed, defaulted options
 that the docs list, and a typo is a ConfigError naming the option.  A plugin
 joins through the entry point group `xdream.rig_adapters`.
 
-A new adapter with a simulated peer joins by a line in WIRE below.
+A new adapter with a simulated peer joins by a line in WIRE below.  A peer that
+reads a TCP byte stream (its TCP_PORTS: Intan RHX) is driven twice, straight and
+through simulators/resegmenting_proxy.py (seeded): the same codes and spike
+counts must come back either way.
 """
 
 from __future__ import annotations
@@ -45,7 +48,9 @@ from recording_adapters.sources import (
     adapter_class,
     build_source,
     check_source,
+    load_class,
 )
+from simulators.resegmenting_proxy import ResegmentingProxy, resegment
 from simulators.wire_peers import PEERS, start_peer
 from tests.test_plexon_blackrock import blackrock, plexon
 from xdream.errors import ConfigError, SessionError
@@ -122,27 +127,53 @@ class Pair:
     peer: object
     source: RigSource
     before: set[int]          # connections held before the adapter was built
+    proxies: list[ResegmentingProxy] = field(default_factory=list)
+
+    def close(self) -> None:
+        self.source.close()
+        for proxy in self.proxies:
+            proxy.close()
+        self.peer.close()
 
 
-def open_pair(name: str) -> Pair:
+def open_pair(name: str, resegment_seed: int | None = None) -> Pair:
+    """The peer and its adapter, straight or (with a seed) through a re-segmenting proxy per TCP port."""
     case = WIRE[name]
     peer = start_peer(name, CHANNELS)
-    before = established_sockets()
+    proxies: list[ResegmentingProxy] = []
     try:
-        source = build_source(name, {**peer.adapter_options(), **case.options})
+        options = peer.adapter_options()
+        if resegment_seed is not None:
+            options, proxies = resegment(peer, options, resegment_seed)
+        before = established_sockets()
+        source = build_source(name, {**options, **case.options})
     except BaseException:
+        for proxy in proxies:
+            proxy.close()
         peer.close()
         raise
-    assert case.ready(peer), f"the simulated {name} peer never got ready"
-    return Pair(name, case, peer, source, before)
+    pair = Pair(name, case, peer, source, before, proxies)
+    if not case.ready(peer):
+        pair.close()
+        raise AssertionError(f"the simulated {name} peer never got ready")
+    return pair
 
 
-@pytest.fixture(params=sorted(WIRE))
+# every peer straight; those that speak a TCP byte stream also through the re-segmenting proxy
+ROUTES = [(name, None) for name in sorted(WIRE)] + \
+    [(name, 20260 + i) for i, name in enumerate(sorted(WIRE)) if getattr(load_class(PEERS, name, "peer"),
+                                                                         "TCP_PORTS", None)]
+
+
+@pytest.fixture(params=ROUTES, ids=[name if seed is None else f"{name}-resegmented" for name, seed in ROUTES])
 def pair(request):
-    p = open_pair(request.param)
+    p = open_pair(*request.param)
     yield p
-    p.source.close()
-    p.peer.close()
+    p.close()
+
+
+def test_the_byte_stream_peers_are_also_driven_through_the_proxy():
+    assert ("intan", None) in ROUTES and any(name == "intan" and seed is not None for name, seed in ROUTES)
 
 
 # --- what goes through the wire ---------------------------------------------------------------
@@ -257,11 +288,14 @@ def test_close_is_idempotent_and_lets_go_of_every_connection(pair):
     assert _wait(lambda: established_sockets() <= pair.before, 5.0), \
         f"connections still open after close(): {established_sockets() - pair.before}"
     pair.peer.close()
-    again = open_pair(pair.name)                     # a new peer and adapter start as the first did
-    with again.source as source:                     # the context manager closes it
-        assert isinstance(source.poll(0.0), RigEvents)
-    assert again.source.closed
-    again.peer.close()
+    # a new peer and adapter start as the first did (through a proxy again, if the first was)
+    again = open_pair(pair.name, pair.proxies[0].seed + 1 if pair.proxies else None)
+    try:
+        with again.source as source:                 # the context manager closes it
+            assert isinstance(source.poll(0.0), RigEvents)
+        assert again.source.closed
+    finally:
+        again.close()
 
 
 # --- options: every registered adapter, no peer needed ----------------------------------------

@@ -10,17 +10,21 @@ from benchmarks.adapters import CHANNELS, CHUNK_S, SAMPLE_HZ, bench_rig, synthet
 
 
 def test_the_synthetic_rig_is_384_channels_at_50_hz_with_a_code_every_100_ms():
-    chunks = synthetic_rig(2.0, 3.0, tail_s=1.0)
+    """On the rig's sample clock, as a real rig's events are: every time an integer sample number."""
+    chunks = synthetic_rig(2 * SAMPLE_HZ, 3.0, tail_s=1.0)
+    assert all(c.rate == SAMPLE_HZ for c in chunks)
     times = np.concatenate([c.spike_times for c in chunks])
     chans = np.concatenate([c.spike_channels for c in chunks])
     codes = [c for chunk in chunks for c in chunk.codes]
-    assert [t for t, _ in codes] == [round(2.0 + 0.1 * k, 6) for k in range(30)]
+    assert times.dtype == np.int64 and all(isinstance(t, int) for t, _ in codes)
+    assert [t for t, _ in codes] == [2 * SAMPLE_HZ + 3000 * k for k in range(30)]
     assert [c for _, c in codes] == list(range(1, 31))
     assert abs(len(times) / (4.0 * CHANNELS) - 50.0) < 2.0 and set(chans) == set(range(CHANNELS))
-    samples = np.floor(times * SAMPLE_HZ).astype(np.int64)
-    assert len(np.unique(samples * CHANNELS + chans)) == len(times)   # one spike per channel and sample
+    assert len(np.unique(times * CHANNELS + chans)) == len(times)   # one spike per channel and sample
     assert all(np.all(np.diff(c.spike_times) >= 0) for c in chunks)
-    assert [c.watermark for c in chunks[:2]] == [2.0 + CHUNK_S, 2.0 + 2 * CHUNK_S]
+    assert [c.watermark for c in chunks[:2]] == [2 * SAMPLE_HZ + round(CHUNK_S * SAMPLE_HZ),
+                                                 2 * SAMPLE_HZ + 2 * round(CHUNK_S * SAMPLE_HZ)]
+    assert times.min() >= 2 * SAMPLE_HZ and times.max() < chunks[-1].watermark
 
 
 def test_bench_runs_a_rig_through_its_wire_format_and_counts_every_event():

@@ -1,7 +1,9 @@
 """Exact window edges through every adapter's real input: spikes on the ticks either side of each
 window edge (tests/edges.py) for every presentation, sent through the simulated peer's wire format
 (Open Ephys ZMQ Interface, Intan RHX TCP, LSL outlets) or the client-API fake (Plexon's pyopxclient,
-Blackrock's pycbsdk), counted by the real SpikeCounter; the counts must equal the integer truth.
+Blackrock's pycbsdk), or fired by the in-process simulated rig (simulators/rig.py, its spikes scripted
+by simulators/scripted_spikes.py, its onsets from the presenter's frames on its screen tap), counted
+by the real SpikeCounter; the counts must equal the integer truth.
 
 The onsets include 0.9 s and 2.1 s at 30 kHz (where float seconds put an edge spike on the wrong
 side, issue 13) and sample numbers past 2^31 and 2^32 (Intan's timestamps are uint32: below 2^32).
@@ -15,13 +17,19 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+import zmq
 
 import tests.test_plexon_blackrock as tpb
 from recording_adapters.counting import SpikeCounter
 from recording_adapters.events import RigEvents
 from recording_adapters.sources import build_source
+from simulators.rig import SimulatedRig
+from simulators.scripted_spikes import ScriptedSpikes
 from simulators.wire_peers import start_peer
 from tests import edges
+from xdream import config as config_mod
+from xdream import protocol
+from xdream.protocol import MsgType
 
 
 def onset_sets(rate: int, *, below_2_32: bool = False) -> list[list[int]]:
@@ -164,3 +172,60 @@ def test_blackrock_counts_every_edge_exactly_on_the_nsp_ticks(monkeypatch, rate)
             check(drive(source, counter_for(pids), pids, limit_s=5.0), pids, onsets, ticks, chans, rate)
         finally:
             source.close()
+
+
+# --------------------------------------------------------------------------- the simulated rig
+FRAME_PERIOD = 1 / 60          # the presenter's nominal frame period, as its screen tap sends it
+
+
+def rig_frame_sets(rate: int) -> list[list[int]]:
+    """Presenter frame indices of onsets.  Multiples of 3, so that each onset is a whole tick at
+    every rate (i * rate / 60): frames 54 and 126 are 0.9 s and 2.1 s; a stretch 0.45 s apart; two
+    past 2^31 ticks and two past 2^32."""
+    per_3 = rate // 20            # ticks in 3 frames
+    return [[54, 126], [3 * k for k in range(7, 43, 9)],
+            [3 * (2**31 // per_3 + 1) + 27 * k for k in range(2)],
+            [3 * (2**32 // per_3 + 1) + 27 * k for k in range(2)]]
+
+
+@pytest.mark.parametrize("rate", edges.RATES)
+def test_simulated_rig_counts_every_edge_exactly(rate):
+    """The in-process rig with scripted spikes: onsets come from the frames on its screen tap
+    (frame index x nominal period, to the nearest tick of `rate`), the spikes are the edge cases
+    as integer ticks, and what it hands the counter gives the integer truth at every onset."""
+    sim_cfg = config_mod.load(None).simulator
+    ctx = zmq.Context()
+    try:
+        for frames in rig_frame_sets(rate):
+            onsets = [i * rate // 60 for i in frames]
+            ticks, chans = edges.edge_spikes(onsets, rate)
+            rig = SimulatedRig(sim_cfg, context=ctx, spikes=ScriptedSpikes(ticks, chans, rate, edges.CHANNELS))
+            push = ctx.socket(zmq.PUSH)
+            push.setsockopt(zmq.LINGER, 1000)
+            try:
+                push.connect(rig.endpoint)
+                image = np.full((4, 4, 3), 128, np.uint8)
+                codes = edges.codes_for(len(frames))
+                for i, code in zip(frames, codes):
+                    body = protocol.ScreenFrame(code, i, FRAME_PERIOD, 0.0, 4, 4)
+                    push.send_multipart(protocol.encode(MsgType.SCREEN_FRAME, body, images=[image]))
+                # the screen goes idle after the last: the rig's clock runs on past every window
+                idle = protocol.ScreenFrame(0, frames[-1] + 30, FRAME_PERIOD, 0.0, 0, 0)
+                push.send_multipart(protocol.encode(MsgType.SCREEN_FRAME, idle))
+                pids = [f"p{i}" for i in range(len(frames))]
+                counter, got, seen = counter_for(pids), {}, []
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline and len(got) < len(pids):
+                    ev = rig.poll(0.02)
+                    assert ev.rate == rate and np.asarray(ev.spike_times).dtype.kind == "i"
+                    seen += ev.codes
+                    for c in counter.add(ev):
+                        got[c.pid] = c
+                assert seen == list(zip(onsets, codes)), "the rig put an onset on another tick"
+                check(got, pids, onsets, ticks, chans, rate)
+                assert rig.script is not None and rig.script.left == 0
+            finally:
+                push.close()
+                rig.close()
+    finally:
+        ctx.destroy(linger=0)

@@ -25,9 +25,11 @@ from recording_adapters.events import RigEvents
 from recording_adapters.intan import IntanOptions, IntanSource
 from simulators.intan_peer import IntanPeer
 from tests.resegmenting_proxy import DOWN, UP, ResegmentingProxy
+from simulators.resegmenting_proxy import ENV_SEED
+from tests.conftest import small_config
 from tests.dryrun_helpers import (assert_every_presentation_counted, assert_responses_rise,
-                                  assert_wire_counts_like_in_process, dry_run_journal,
-                                  embedded_config)
+                                  assert_wire_counts_like_in_process, dry_run, embedded_config, journal)
+from xdream import config as config_mod
 from xdream.errors import ConfigError, SessionError
 
 FS = 30000
@@ -489,26 +491,73 @@ def test_options_table_in_the_docs_gives_the_codes_defaults():
 
 # --- the closed loop through RHX's wire format ----------------------------------------------------
 
-def test_dry_run_through_intan_rises(tmp_path):
+PROXIED = "go through re-segmenting proxies (seed {seed})"
+
+
+def pieces_towards_the_adapter(stderr: str) -> int:
+    """What the recorder process said of its proxies when it closed them (simulators/simulated_source.py)."""
+    found = re.findall(r"re-segmenting proxies: (\d+) pieces", stderr)
+    assert len(found) == 1, stderr[-3000:]
+    return int(found[0])
+
+
+@pytest.mark.parametrize("path", ["direct", "resegmented"])
+def test_dry_run_through_intan_rises(tmp_path, monkeypatch, path):
     """`xdream dry-run --rig intan`: the embedded config, 10 generations; the neuron's
-    responses rise and every presentation is counted.
+    responses rise and every presentation is counted, straight to the simulated RHX's ports and
+    through a re-segmenting proxy on each (XDREAM_RESEGMENT_SEED reaches the recorder process).
 
     Why the margin holds on any CPU: generation 0 against the last 5 generations, both
     threads pooled (40 images against 200), t over 3 and x1.25 asked; seen here: t 9.9 (x2.20)
     on AVX2 (kernel path left alone, or forced with ATEN_CPU_CAPABILITY=avx2), t 15.8 (x2.65) on the
     portable kernels (ATEN_CPU_CAPABILITY=default, ONEDNN_MAX_CPU_ISA=SSE41). Thread b alone
     rises little in 10 generations of these seeds (t 2.8 on AVX2), hence the pooling; other
-    courses at 8 generations (three rigs, six other seeds) gave t 6.0 to 13.1."""
-    records = dry_run_journal([embedded_config(tmp_path), "--rig", "intan", "--generations", "10"],
-                              tmp_path / "out")
+    courses at 8 generations (three rigs, six other seeds) gave t 6.0 to 13.1.  The proxy
+    changes no count (the test below), so the same margins hold through it."""
+    if path == "resegmented":
+        monkeypatch.setenv(ENV_SEED, "13")
+    result, folder = dry_run([embedded_config(tmp_path), "--rig", "intan", "--generations", "10"],
+                             tmp_path / "out")
+    records = journal(folder)
     assert_responses_rise(records, generations=10)
     assert_every_presentation_counted(records)
+    if path == "resegmented":
+        assert PROXIED.format(seed=13) in result.stderr
+        assert pieces_towards_the_adapter(result.stderr) > 1000
 
 
 def test_dry_run_through_intan_counts_like_the_in_process_rig(tmp_path):
     """The same seeded session through RHX's TCP ports and in-process: the counts agree
     (up to a spike within one 1/30 kHz sample of a window edge)."""
     assert_wire_counts_like_in_process("intan", tmp_path)
+
+
+def test_dry_run_through_intan_counts_the_same_through_the_resegmenting_proxy(tmp_path, monkeypatch):
+    """The same seeded 3-generation session through RHX's TCP ports, straight and with every port's
+    bytes cut and joined at random places (seed 5): every presentation's counts and baseline, and
+    every score, are identical.  The seeded simulated rig draws the same spikes whatever the
+    scheduling (tests/test_simulators.py), so any difference is the adapter's reading of the bytes."""
+    path = tmp_path / "small.json"
+    config_mod.save_json(small_config(tmp_path, generations=3), path)
+
+    def session(name: str, seed: str | None):
+        if seed is None:
+            monkeypatch.delenv(ENV_SEED, raising=False)
+        else:
+            monkeypatch.setenv(ENV_SEED, seed)
+        result, folder = dry_run([str(path), "--rig", "intan"], tmp_path / name)
+        records = journal(folder)
+        assert_every_presentation_counted(records)
+        counts = {r["pid"]: (r["counts"], r.get("baseline")) for r in records if r["kind"] == "counts"}
+        scores = [r["scores"] for r in records if r["kind"] == "scores"]
+        return result, counts, scores
+
+    _, straight, straight_scores = session("straight", None)
+    cut, resegmented, resegmented_scores = session("resegmented", "5")
+    assert PROXIED.format(seed=5) in cut.stderr and pieces_towards_the_adapter(cut.stderr) > 100
+    assert straight and sum(sum(c) for c, _ in straight.values()) > 0
+    assert resegmented == straight
+    assert resegmented_scores == straight_scores
 
 
 def test_outputs_the_adapter_did_not_set_up_are_reported_not_misread(rhx, route, caplog):

@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -290,3 +291,75 @@ def test_a_mismatch_on_the_recording_machine_names_no_machine(copy):
     recs[i]["scores"][0] = (recs[i]["scores"][0] or 0) + 1.0
     write(copy, recs)
     assert "recorded on" not in replay(copy).mismatch.what
+
+
+def test_the_replay_rig_fires_the_recorded_counts_as_sample_ticks_on_the_window_edges(session, zmq_ctx):
+    """Issue 13: the replay rig handed on float seconds (the counter rounded them to 1 us), its
+    spikes kept inside the windows.  Now its times are sample numbers of its 30 kHz clock, as a real
+    rig's, and its spikes sit on the windows' edge ticks, first and last, so a counter that moves an
+    edge by one tick miscounts.  Onsets at 0.9 s and 2.1 s (frames 54 and 126 at 60 Hz), where float
+    seconds put an edge spike on the wrong side (tests/test_counting_edges.py), then every 0.45 s:
+    the real SpikeCounter reports every recorded count and baseline exactly."""
+    from fractions import Fraction
+
+    import zmq
+
+    from recording_adapters.counting import SpikeCounter
+    from simulators.replay_rig import ReplayRig
+    from xdream import protocol
+    from xdream.protocol import MsgType
+    from xdream.session_reader import load_session
+
+    recorded = load_session(session)
+    cfg = recorded.cfg
+    rig = ReplayRig(session, context=zmq_ctx)
+    push = zmq_ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 1000)
+    push.connect(rig.endpoint)
+    try:
+        shown = recorded.presentations
+        frames = [54, 126] + [126 + 27 * k for k in range(1, len(shown) - 1)]
+        image = np.full((4, 4, 3), 128, np.uint8)
+        for i, p in zip(frames, shown):
+            body = protocol.ScreenFrame(p.code, i, 1 / 60, 0.0, 4, 4)
+            push.send_multipart(protocol.encode(MsgType.SCREEN_FRAME, body, images=[image]))
+        push.send_multipart(protocol.encode(MsgType.SCREEN_FRAME,
+                                            protocol.ScreenFrame(0, frames[-1] + 30, 1 / 60, 0.0, 0, 0)))
+        counter = SpikeCounter(rig.channels, [ms / 1000 for ms in cfg.response.window_ms],
+                               [ms / 1000 for ms in cfg.response.baseline_ms], timeout_s=60.0)
+        for block in dict.fromkeys(p.block_id for p in shown):
+            counter.expect(block, [(p.pid, p.code) for p in shown if p.block_id == block])
+        got, events = {}, []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(got) < len(shown):
+            ev = rig.poll(0.05)
+            events.append(ev)
+            for c in counter.add(ev):
+                got[c.pid] = c
+    finally:
+        push.close()
+        rig.close()
+    assert all(ev.rate == Fraction(30000) for ev in events), "the replay rig's times are not sample numbers"
+    codes = [t for ev in events for t, _ in ev.codes]
+    assert codes[:2] == [27000, 63000] and all(isinstance(t, int) for t in codes)
+    ticks = np.concatenate([np.asarray(ev.spike_times) for ev in events])
+    chans = np.concatenate([np.asarray(ev.spike_channels) for ev in events])
+    assert ticks.dtype.kind == "i"
+    fired = set(zip(ticks.tolist(), chans.tolist()))
+    a, b = 1500, 6000         # the response window 50-200 ms in ticks of 30 kHz
+    edged = 0
+    for i, p in zip(frames, shown):       # frame i at 60 Hz: onset tick i * 500
+        for ch, k in enumerate((p.counts or {}).get("counts") or []):
+            if p.counts["status"] == "ok" and round(k) >= 2:
+                assert {(i * 500 + a, ch), (i * 500 + b - 1, ch)} <= fired, (p.pid, ch)
+                edged += 1
+    assert edged > 10, "too few presentations with spikes on both edges to mean anything"
+    compared = 0
+    for p in shown:
+        if p.counts and p.counts["status"] == "ok":
+            assert got[p.pid].status == "ok", p.pid
+            assert [int(x) for x in got[p.pid].counts] == [int(round(x)) for x in p.counts["counts"]], p.pid
+            assert [int(x) for x in got[p.pid].baseline] == \
+                [int(round(x)) for x in p.counts.get("baseline") or []], p.pid
+            compared += 1
+    assert compared > len(shown) // 2
