@@ -120,6 +120,25 @@ class CalibrationConfig:
     target_deg: Positive = 1.0      # the target's outer diameter
 
 
+VALIDATION_MIN_TARGET_S = 0.6   # PsychoPy takes the samples from 0.55 to 0.15 s before a target's end
+
+
+@dataclass
+class ValidationConfig:
+    """eye.source = iohub: PsychoPy's ValidationProcedure (psychopy.iohub.client.eyetracker.validation),
+    drawn in the presenter's window, one target after the other, paced by time."""
+    # the targets' centres in degrees (x right, y up, 0 at the window's centre); each must fit the window
+    positions_deg: Annotated[list[Pair], Meta(min_length=1, max_length=50)] = field(
+        default_factory=lambda: [[0.0, 0.0], [-5.0, 5.0], [5.0, 5.0], [-5.0, -5.0], [5.0, -5.0]])
+    randomize: bool = True          # show the targets in a random order (the first one stays first)
+    target_s: Positive = 1.0        # how long each target stays (at least 0.6 s)
+    delay_s: NonNegative = 0.5      # blank screen between targets
+    target_deg: Positive = 1.0      # the target's outer diameter
+    # a target passes when the mean distance of its gaze samples from it is at most this;
+    # the validation passes when every target does
+    threshold_deg: Positive = 1.0
+
+
 @dataclass
 class EyeConfig:
     source: EyeSource = "none"      # none (no fixation control) | simulated | iohub (a real tracker)
@@ -135,8 +154,10 @@ class EyeConfig:
     settings: dict[str, typing.Any] = field(default_factory=dict)
     max_sample_age_ms: Positive = 50.0  # iohub: an older newest sample counts as no sample (outside)
     calibrate_at_start: bool = False    # iohub: run the tracker's setup before connecting to the server
+    validate_at_start: bool = False     # iohub: then validate it (after calibrate_at_start), before connecting
     datastore: bool = False         # iohub: ioHub also saves every event to an HDF5 file in log.dir
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)  # iohub: [eye.calibration]
+    validation: ValidationConfig = field(default_factory=ValidationConfig)     # iohub: [eye.validation]
 
 
 @dataclass
@@ -152,9 +173,14 @@ class KeysConfig:
     pause: Annotated[str, Meta(min_length=1)] = "p"      # toggles pause (gray screen, heartbeats go on)
     quit: Annotated[str, Meta(min_length=1)] = "escape"  # ends cleanly: reports flushed, the server told
     calibrate: Annotated[str, Meta(min_length=1)] = "c"  # eye.source = iohub: the tracker's calibration
+    validate: Annotated[str, Meta(min_length=1)] = "v"   # eye.source = iohub: PsychoPy's validation
     # psychopy.hardware.keyboard's backend: auto (PsychoPy's choice: iohub when ioHub runs, else
     # ptb when psychtoolbox loads, else event) | ptb | iohub | event
     backend: KeyBackend = "auto"
+
+    def named(self) -> dict[str, str]:
+        """The presenter's keys by what they do (each must be its own key)."""
+        return {"pause": self.pause, "quit": self.quit, "calibrate": self.calibrate, "validate": self.validate}
 
 
 @dataclass
@@ -198,9 +224,18 @@ class PresenterConfig:
             raise ConfigError("markers.kind = 'serial' needs markers.port (e.g. COM3 or /dev/ttyUSB0)")
         if k.kind == "lsl" and not k.stream_name:
             raise ConfigError("markers.kind = 'lsl' needs markers.stream_name")
-        named = {"pause": self.keys.pause, "quit": self.keys.quit, "calibrate": self.keys.calibrate}
+        named = self.keys.named()
         if len(set(named.values())) < len(named):
-            raise ConfigError(f"keys.pause, keys.quit and keys.calibrate must be three different keys, got {named}")
+            raise ConfigError(f"keys.pause, keys.quit, keys.calibrate and keys.validate must be four different "
+                              f"keys, got {named}")
+        v = self.eye.validation
+        if v.target_s < VALIDATION_MIN_TARGET_S:
+            raise ConfigError(f"eye.validation.target_s must be at least {VALIDATION_MIN_TARGET_S} s (PsychoPy's "
+                              f"ValidationProcedure takes each target's samples from 0.55 to 0.15 s before its "
+                              f"end), got {v.target_s}")
+        if self.eye.validate_at_start and self.eye.source != "iohub":
+            raise ConfigError(f"eye.validate_at_start needs eye.source = 'iohub' (validation is PsychoPy's ioHub "
+                              f"procedure), got eye.source = {self.eye.source!r}")
         if self.keys.backend == "iohub" and self.eye.source != "iohub":
             raise ConfigError("keys.backend = 'iohub' needs eye.source = 'iohub' (ioHub runs only for the tracker)")
         return self

@@ -12,7 +12,7 @@ returns its newest sample, converted to degrees of visual angle (x right,
 y up, 0 at the screen's centre); `None` means no valid sample (a blink, a lost
 pupil) and counts as outside the fixation window.  To plug in another tracker
 (an analog eye signal, ...), subclass EyeSource, implement `gaze` (and
-`calibrate`, `close`) and add it to eye_sources.make_eye.
+`calibrate`, `validate`, `close`) and add it to eye_sources.make_eye.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ AWAY_DEG = (30.0, 0.0)  # where the simulated eye looks during a break: well out
 class EyeSource:
     enabled = True
     can_calibrate = False
+    can_validate = False
 
     def describe(self) -> dict:
         return {"source": type(self).__name__}
@@ -34,6 +35,10 @@ class EyeSource:
     def calibrate(self) -> dict:
         """The tracker's setup (calibration / validation); blocks until it is done."""
         raise NotImplementedError(f"{type(self).__name__} has no calibration")
+
+    def validate(self) -> dict:
+        """A validation of the tracker (targets, errors in degrees); blocks until it is done."""
+        raise NotImplementedError(f"{type(self).__name__} has no validation")
 
     def begin_trial(self, trial: int, t: float, duration_s: float) -> None:
         """A trial's first frame will appear at `t`; the trial lasts `duration_s` if not broken."""

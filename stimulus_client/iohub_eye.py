@@ -42,6 +42,9 @@ Calibration.  `calibrate()` calls the tracker's `runSetupProcedure`, which
 ioHub runs in its server process in a fullscreen window of its own (EyeLink:
 its camera setup, calibration and validation screens); the presenter's window
 is minimised meanwhile on Windows (psychopy.hardware.eyetracker.EyetrackerCalibration.run).
+
+Validation.  `validate()` runs PsychoPy's ValidationProcedure in the presenter's own window
+(stimulus_client/eye_validation.py) and judges its samples in the presenter's degrees.
 """
 
 from __future__ import annotations
@@ -54,7 +57,8 @@ import typing
 from collections.abc import Callable
 from pathlib import Path
 
-from stimulus_client.config import CalibrationConfig, PresenterConfig
+from stimulus_client import eye_validation
+from stimulus_client.config import CalibrationConfig, PresenterConfig, ValidationConfig
 from stimulus_client.eye import EyeSource
 from xdream.errors import ConfigError
 
@@ -154,10 +158,11 @@ class IoHubEye(EyeSource):
     `io` is a running ioHubConnection (launchHubServer's result); the eye owns it and
     shuts the ioHub server down on close."""
     can_calibrate = True
+    can_validate = True
 
     def __init__(self, io, *, px_per_deg: float, window_offset_px: tuple[float, float] = (0.0, 0.0),
                  clock: Callable[[], float], max_sample_age_s: float = 0.05, window=None,
-                 calibration: CalibrationConfig | None = None):
+                 calibration: CalibrationConfig | None = None, validation: ValidationConfig | None = None):
         self.io = io
         self.tracker = io.getDevice(TRACKER_NAME)
         if self.tracker is None:
@@ -168,6 +173,7 @@ class IoHubEye(EyeSource):
         self.max_sample_age_s = max_sample_age_s
         self.window = window
         self.calibration = calibration or CalibrationConfig()
+        self.validation = validation or ValidationConfig()
         self.offset_s, self.offset_uncertainty_s = clock_offset(clock, io.getTime)
         self._latest: tuple[float, tuple[float, float] | None] | None = None  # (presenter time, gaze deg)
         self.samples = 0
@@ -248,6 +254,22 @@ class IoHubEye(EyeSource):
         result = setup.last
         return result if isinstance(result, dict) else {"RESULT": result}
 
+    # ----------------------------------------------------------- validation
+    def validate(self) -> dict:
+        """PsychoPy's validation in the presenter's window (this thread: it owns the window's GL
+        context); blocks for about (delay_s + target_s) per target.  Returns the summary that
+        eye_validation.summarize makes, {"cancelled": True} after escape."""
+        v = self.validation
+        try:
+            results = eye_validation.run_procedure(self.window, v, self.px_per_deg)
+        finally:
+            self.tracker.setRecordingState(True)   # the procedure leaves the tracker as it found it; be sure
+            self._latest = None                      # nothing from before counts (it cleared ioHub's events)
+        if results is None:
+            return {"cancelled": True, "passed": False, "threshold_deg": v.threshold_deg}
+        return eye_validation.summarize(results, threshold_deg=v.threshold_deg, gaze_to_deg=self.to_degrees,
+                                        target_to_deg=lambda x, y: (x / self.px_per_deg, y / self.px_per_deg))
+
     def close(self) -> None:
         if self._closed:
             return
@@ -265,6 +287,9 @@ def open_iohub_eye(cfg: PresenterConfig, display) -> IoHubEye:
     win = getattr(display, "win", None)
     if win is None:
         raise ConfigError("eye.source = 'iohub' needs a window: it cannot run with --headless")
+    # before ioHub starts: a target outside the window is a config error, found before the animal waits
+    eye_validation.check_positions(cfg.eye.validation, display.layout.px_per_deg,
+                                  (display.layout.width, display.layout.height))
     from psychopy.iohub import launchHubServer
     from psychopy.iohub.client import ioHubConnection
     if ioHubConnection.getActiveConnection() is not None:
@@ -284,7 +309,7 @@ def open_iohub_eye(cfg: PresenterConfig, display) -> IoHubEye:
         offset = window_offset(win, io)
         eye = IoHubEye(io, px_per_deg=display.layout.px_per_deg, window_offset_px=offset, clock=display.now,
                        max_sample_age_s=cfg.eye.max_sample_age_ms / 1000.0, window=win,
-                       calibration=cfg.eye.calibration)
+                       calibration=cfg.eye.calibration, validation=cfg.eye.validation)
     except BaseException:
         io.quit()
         raise

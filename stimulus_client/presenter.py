@@ -36,6 +36,7 @@ import zmq
 
 from stimulus_client.config import PresenterConfig
 from stimulus_client.eye import EyeSource, NoEye
+from stimulus_client.eye_validation import validate_eye
 from stimulus_client.keys import KeySource
 from stimulus_client.markers import MarkerOutput
 from stimulus_client.session_log import SessionLog
@@ -122,12 +123,12 @@ class Presenter:
         self.layout = display.layout
         self.markers = markers or MarkerOutput()
         self.eye = eye or NoEye()
-        self.keys = keys or display.keys([cfg.keys.pause, cfg.keys.quit, cfg.keys.calibrate], cfg.keys.backend)
+        named = list(cfg.keys.named().values())
+        self.keys = keys or display.keys(named, cfg.keys.backend)
         self.log = session_log
         self.tap = tap
         if self.log:
-            self.log.write("keys", backend=getattr(self.keys, "backend", None), keys=[cfg.keys.pause, cfg.keys.quit,
-                                                                                    cfg.keys.calibrate])
+            self.log.write("keys", backend=getattr(self.keys, "backend", None), keys=named)
         self.queue: collections.deque[protocol.Message] = collections.deque()
         self.done: set[str] = set()               # pids shown or aborted: never shown again
         self.result = Result()
@@ -142,6 +143,7 @@ class Presenter:
         self._marker_log = RateLimitedLog(log, burst=10)   # the first 10, then one line per 10 s
         self._quit: str | None = None
         self._idle_drawn = False
+        self._paused = False                     # the pause key's gray screen is up
 
     # ================================================================ run
     def run(self) -> Result:
@@ -223,7 +225,7 @@ class Presenter:
 
     def _handle_keys(self) -> str | None:
         """Between trials and while idle: the quit key quits, the pause key pauses, the calibrate
-        key runs the tracker's setup."""
+        key runs the tracker's setup, the validate key its validation."""
         for key in self.keys.poll():
             if key == self.cfg.keys.quit:
                 self._request_quit(f"quit: {key} pressed")
@@ -232,6 +234,8 @@ class Presenter:
                 return self._pause()
             if key == self.cfg.keys.calibrate:
                 return self._calibrate()
+            if key == self.cfg.keys.validate:
+                return self._validate()
         return None
 
     def _calibrate(self) -> str:
@@ -271,6 +275,45 @@ class Presenter:
             self.log.flush()
         return "resume"
 
+    def _validate(self) -> str:
+        """PsychoPy's validation of the tracker, drawn in this window by this thread (the window's
+        GL context lives here).  Meanwhile a helper thread alone uses the connection: heartbeats
+        go on and blocks are queued.  The server is told as for the pause key (its block timer
+        stands still), and the result's one line comes back to it as the RESUMED reason, which
+        its journal keeps.  A failed validation is a warning; the session goes on."""
+        if not self.eye.can_validate:
+            log.warning("validate key: the %s eye source has no validation (it needs eye.source = 'iohub')",
+                        type(self.eye).__name__)
+            return "resume"
+        log.warning("eye validation started")
+        if self.log:
+            self.log.write("validation_start")
+            self.log.flush()
+        tell_server = not self._paused and self.conn.welcome is not None and not self.conn.ended
+        if tell_server:
+            self.conn.send(MsgType.PAUSED, protocol.Paused("eye validation"), reliable=True)
+        stop = threading.Event()
+
+        def pump() -> None:
+            while not stop.is_set():
+                self._take(self.conn.poll(IDLE_POLL_S))
+
+        pumper = threading.Thread(target=pump, name="connection-pump", daemon=True)
+        pumper.start()
+        try:
+            summary, line = validate_eye(self.eye)
+        finally:
+            stop.set()
+            pumper.join()
+        self.keys.clear()  # the procedure's own keys (escape cancels it) were meant for it
+        self._idle_drawn = False
+        if self.log:
+            self.log.write("validation", when="session", **summary)
+            self.log.flush()
+        if tell_server and not self.conn.ended:
+            self.conn.send(MsgType.RESUMED, protocol.Resumed(line), reliable=True)
+        return "resume"
+
     def _request_quit(self, reason: str) -> None:
         log.warning("%s: reporting what is left, then leaving", reason)
         self._quit = reason
@@ -288,24 +331,31 @@ class Presenter:
         self.display.draw(None, fixation=False, photodiode_white=False)
         self._flip()
         self._idle_drawn = False
-        while not self.conn.ended:
-            self._take(self.conn.poll(IDLE_POLL_S))
-            for key in self.keys.poll():
-                if key == self.cfg.keys.quit:
-                    self._request_quit(f"quit: {key} pressed while paused")
-                    return "quit"
-                if key == self.cfg.keys.calibrate:
-                    self._calibrate()
-                    self.display.draw(None, fixation=False, photodiode_white=False)  # still paused
-                    self._flip()
-                    continue
-                if key == self.cfg.keys.pause:
-                    log.warning("resumed")
-                    self.conn.send(MsgType.RESUMED, protocol.Resumed("pause key"), reliable=True)
-                    if self.log:
-                        self.log.write("resume")
-                    return "resume"
-        return "end"
+        self._paused = True
+        try:
+            while not self.conn.ended:
+                self._take(self.conn.poll(IDLE_POLL_S))
+                for key in self.keys.poll():
+                    if key == self.cfg.keys.quit:
+                        self._request_quit(f"quit: {key} pressed while paused")
+                        return "quit"
+                    if key in (self.cfg.keys.calibrate, self.cfg.keys.validate):
+                        if key == self.cfg.keys.calibrate:
+                            self._calibrate()
+                        else:
+                            self._validate()
+                        self.display.draw(None, fixation=False, photodiode_white=False)  # still paused
+                        self._flip()
+                        continue
+                    if key == self.cfg.keys.pause:
+                        log.warning("resumed")
+                        self.conn.send(MsgType.RESUMED, protocol.Resumed("pause key"), reliable=True)
+                        if self.log:
+                            self.log.write("resume")
+                        return "resume"
+            return "end"
+        finally:
+            self._paused = False
 
     # ============================================================== frames
     def _draw_idle(self) -> None:
@@ -440,6 +490,8 @@ class Presenter:
                         outcome, reason = "pause", "paused"
                     elif key == self.cfg.keys.calibrate and outcome == "done" and self.eye.can_calibrate:
                         outcome, reason = "calibrate", "tracker setup"
+                    elif key == self.cfg.keys.validate and outcome == "done" and self.eye.can_validate:
+                        outcome, reason = "validate", "eye validation"
                 if outcome == "done" and not self._eye_in():
                     outcome, reason = "break", "fixation break"
                 if outcome != "done":
@@ -471,6 +523,8 @@ class Presenter:
             return self._pause() or "pause"
         if outcome == "calibrate":
             self._calibrate()
+        if outcome == "validate":
+            self._validate()
         return outcome
 
     def _abort(self, records: list[Record], reason: str) -> None:

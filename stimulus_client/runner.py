@@ -14,6 +14,7 @@ from stimulus_client.config import PresenterConfig, to_dict
 from xdream.peer import PeerConnection
 from stimulus_client.display import open_display
 from stimulus_client.eye_sources import make_eye
+from stimulus_client.eye_validation import validate_eye
 from stimulus_client.markers import make_markers
 from stimulus_client.monitor_center import apply_saved
 from stimulus_client.presenter import Presenter, Result, ScreenTap
@@ -57,6 +58,9 @@ def run(cfg: PresenterConfig, *, headless: bool = False, screen_tap: str | None 
             result = eye.calibrate()  # before hello: a setup takes minutes, the server would call us lost
             log.info("tracker setup: %s", result)
             session_log.write("calibration", when="start", result=result)
+        if cfg.eye.validate_at_start and eye.can_validate:
+            summary, _ = validate_eye(eye)   # before hello too; a failure is a warning, the session goes on
+            session_log.write("validation", when="start", **summary)
         tap = ScreenTap(screen_tap, zmq.Context.instance()) if screen_tap else None
         if tap:
             opened.append(tap.close)

@@ -54,11 +54,23 @@ def test_hub_config_reports_in_pixels_and_reads_a_saved_monitor_without_writing_
 
 
 def test_eye_and_key_config_rules():
-    with pytest.raises(ConfigError, match="three different keys"):
+    with pytest.raises(ConfigError, match="four different keys"):
         pconfig.from_dict({"keys": {"calibrate": "p"}})
+    with pytest.raises(ConfigError, match="four different keys"):
+        pconfig.from_dict({"keys": {"validate": "c"}})
+    with pytest.raises(ConfigError, match="validate_at_start needs eye.source = 'iohub'"):
+        pconfig.from_dict({"eye": {"source": "simulated", "validate_at_start": True}})
+    with pytest.raises(ConfigError, match="target_s must be at least 0.6"):
+        pconfig.from_dict({"eye": {"source": "iohub", "validation": {"target_s": 0.5}}})
+    with pytest.raises(ConfigError, match="positions_deg"):
+        pconfig.from_dict({"eye": {"validation": {"positions_deg": []}}})
+    with pytest.raises(ConfigError, match="threshold_deg"):
+        pconfig.from_dict({"eye": {"validation": {"threshold_deg": 0}}})
     with pytest.raises(ConfigError, match="needs eye.source = 'iohub'"):
         pconfig.from_dict({"keys": {"backend": "iohub"}})
     with pytest.raises(ConfigError, match="eye.tracker"):
         pconfig.from_dict({"eye": {"source": "iohub", "tracker": "smi"}})
     cfg = pconfig.from_dict({"eye": {"source": "iohub", "calibration": {"points": "FIVE_POINTS"}}})
     assert cfg.eye.calibration.points == "FIVE_POINTS" and cfg.keys.calibrate == "c"
+    assert cfg.keys.validate == "v" and cfg.eye.validation.threshold_deg == 1.0
+    assert len(cfg.eye.validation.positions_deg) == 5 and not cfg.eye.validate_at_start

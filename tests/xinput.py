@@ -49,5 +49,14 @@ class XInput:
         w, h = win.size
         self.move(x + w // 2, y + h // 2)
 
+    def grab(self, x: int, y: int, w: int, h: int):
+        """What the X server shows in that rectangle of the desktop, as an (h, w, 3) RGB uint8 array
+        (the pixels a person, or a simulated subject, would see; a 24-bit TrueColor screen)."""
+        import numpy as np
+        from Xlib import X
+        image = self.d.screen().root.get_image(int(x), int(y), int(w), int(h), X.ZPixmap, 0xFFFFFFFF)
+        pixels = np.frombuffer(image.data, dtype=np.uint8).reshape(int(h), int(w), 4)   # B, G, R, pad
+        return pixels[:, :, 2::-1].copy()
+
     def close(self) -> None:
         self.d.close()
