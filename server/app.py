@@ -57,6 +57,8 @@ class Peer:
     channels: int
     last_seen: float
     peer_id: str
+    features: frozenset[str] = frozenset()   # what its FEATURES took up of its welcome's
+    told_paused: bool = False                # a PAUSE sent to it, not yet followed by RESUME
 
 
 @dataclass
@@ -135,6 +137,8 @@ class EvolutionServer:
         self.control = SessionControl(lambda kind, **kw: self.journal.write(kind, **kw), self.status.emit)
         self._joins: dict[str, int] = {}
         self._report: status_mod.GenerationReport | None = None
+        self._telling: set[asyncio.Task] = set()   # PAUSE / RESUME on their way (a task keeps a reference)
+        self._telling_lock = asyncio.Lock()         # one at a time: a quick pause-resume ends resumed
 
     @property
     def recovered(self) -> JournalRead:
@@ -600,6 +604,7 @@ class EvolutionServer:
             MsgType.RIG_CLOCK: self._on_rig_clock,
             MsgType.PAUSED: self._on_paused,
             MsgType.RESUMED: self._on_paused,
+            MsgType.FEATURES: self._on_features,
         }.get(msg.type)
         if handler is None:
             raise ProtocolError(f"a {peer.role} may not send {msg.type.value}")
@@ -672,7 +677,7 @@ class EvolutionServer:
         """The peer's config table, and which of protocol.FEATURES it may use (an older peer
         ignores both the key and the features; docs/protocol.md, "Features")."""
         if role == "presenter":
-            return asdict(self.cfg.presentation) | {"features": ["trial"]}
+            return asdict(self.cfg.presentation) | {"features": ["trial", "pause"]}
         features = ["rig_clock"] + (["spike_times"] if self.cfg.response.spike_times_ms else [])
         return asdict(self.cfg.response) | {"features": features}
 
@@ -696,6 +701,49 @@ class EvolutionServer:
         self.journal.sync()
         await self._send(peer.routing_id, MsgType.ACK, protocol.Ack(msg.seq))
         self._changed.set()
+
+    async def _on_features(self, peer: Peer, msg: protocol.Message) -> None:
+        """A peer takes up features of its welcome (docs/protocol.md, "Features"); it is told of
+        a pause already held."""
+        offered = self._settings_for(peer.role)["features"]
+        unknown = [f for f in msg.body.features if f not in offered]
+        if unknown:
+            raise ProtocolError(f"features {unknown} were not offered to a {peer.role} (offered: {offered})")
+        peer.features = frozenset(msg.body.features)
+        self.journal.write("peer_features", peer=peer.name, role=peer.role, features=sorted(peer.features))
+        await self._tell_presenters()
+
+    async def _tell_presenters(self) -> None:
+        """Bring every presenter that took up "pause" in line with the operator's hold: PAUSE
+        (it stops after the presentation on screen) or RESUME.  A presenter without the feature
+        is told nothing: it shows its block to the end, and no next one is sent."""
+        async with self._telling_lock:
+            await self._tell_presenters_now()
+
+    async def _tell_presenters_now(self) -> None:
+        who = self.control.holds.get(OPERATOR)
+        for peer in list(self.peers.values()):
+            if "pause" not in peer.features or peer.told_paused == (who is not None):
+                continue
+            if who is not None:
+                body: protocol.Pause | protocol.Resume = protocol.Pause(f"operator {who}")
+                msg_type = MsgType.PAUSE
+            else:
+                body, msg_type = protocol.Resume("operator"), MsgType.RESUME
+            if await self._send(peer.routing_id, msg_type, body):
+                peer.told_paused = who is not None
+                self.journal.write(f"told_{msg_type.value}", peer=peer.name, why=body.reason)
+        self.journal.sync()
+
+    def _tell_presenters_soon(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._tell_presenters())
+        self._telling.add(task)
+        task.add_done_callback(self._told)
+
+    def _told(self, task: asyncio.Task) -> None:
+        self._telling.discard(task)
+        if not task.cancelled() and task.exception() is not None:   # (a journal that failed stops the session)
+            log.error("could not tell the presenters of a pause or resume: %r", task.exception())
 
     async def _on_bye(self, peer: Peer, msg: protocol.Message) -> None:
         self._drop_peer(peer, f"said bye: {msg.body.reason}")
@@ -797,6 +845,7 @@ class EvolutionServer:
             self.control.resume(OPERATOR, who)
         elif op == "stop":
             self.control.stop(who)
+        self._tell_presenters_soon()
         self._changed.set()
 
     async def _while_paused(self) -> None:

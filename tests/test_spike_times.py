@@ -137,7 +137,7 @@ async def test_the_server_takes_old_and_new_recorders_and_checks_spike_times(tmp
         welcome = await rec.join()
         assert welcome.body.settings["spike_times_ms"] == [-100.0, 400.0]
         assert set(welcome.body.settings["features"]) == {"spike_times", "rig_clock"}
-        assert (await pres.join()).body.settings["features"] == ["trial"]
+        assert (await pres.join()).body.settings["features"] == ["trial", "pause"]
         alive = [asyncio.create_task(keep_alive(p)) for p in (pres, rec)]
         block = await pres.expect(MsgType.BLOCK)
         await rec.expect(MsgType.BLOCK_INFO)
