@@ -678,7 +678,7 @@ class EvolutionServer:
         ignores both the key and the features; docs/protocol.md, "Features")."""
         if role == "presenter":
             return asdict(self.cfg.presentation) | {"features": ["trial", "pause"]}
-        features = ["rig_clock"] + (["spike_times"] if self.cfg.response.spike_times_ms else [])
+        features = ["rig_clock"] + (["spike_times"] if self.cfg.response.spike_times_ms else []) + ["pause"]
         return asdict(self.cfg.response) | {"features": features}
 
     async def _on_rig_clock(self, peer: Peer, msg: protocol.Message) -> None:
@@ -700,6 +700,7 @@ class EvolutionServer:
             self.control.resume(source, peer.name, msg.body.reason)
         self.journal.sync()
         await self._send(peer.routing_id, MsgType.ACK, protocol.Ack(msg.seq))
+        await self._tell_peers()   # the recorders: no code is due while paused
         self._changed.set()
 
     async def _on_features(self, peer: Peer, msg: protocol.Message) -> None:
@@ -711,39 +712,43 @@ class EvolutionServer:
             raise ProtocolError(f"features {unknown} were not offered to a {peer.role} (offered: {offered})")
         peer.features = frozenset(msg.body.features)
         self.journal.write("peer_features", peer=peer.name, role=peer.role, features=sorted(peer.features))
-        await self._tell_presenters()
+        await self._tell_peers()
 
-    async def _tell_presenters(self) -> None:
-        """Bring every presenter that took up "pause" in line with the operator's hold: PAUSE
-        (it stops after the presentation on screen) or RESUME.  A presenter without the feature
-        is told nothing: it shows its block to the end, and no next one is sent."""
+    async def _tell_peers(self) -> None:
+        """Bring every peer that took up "pause" in line with the holds: PAUSE or RESUME.
+        A presenter follows the operator's hold (it stops after the presentation on screen; its
+        own pause key it knows of); a recorder follows the session's, any source's (no event
+        code is due while paused: its aligner's timeout stands still).  A peer without the
+        feature is told nothing: a presenter shows its block to the end, and no next one is sent."""
         async with self._telling_lock:
-            await self._tell_presenters_now()
+            await self._tell_peers_now()
 
-    async def _tell_presenters_now(self) -> None:
-        who = self.control.holds.get(OPERATOR)
+    async def _tell_peers_now(self) -> None:
+        operator = self.control.holds.get(OPERATOR)
+        holders = ", ".join(sorted(self.control.holds))
         for peer in list(self.peers.values()):
-            if "pause" not in peer.features or peer.told_paused == (who is not None):
-                continue
-            if who is not None:
-                body: protocol.Pause | protocol.Resume = protocol.Pause(f"operator {who}")
-                msg_type = MsgType.PAUSE
+            if peer.role == "presenter":
+                pause, why = operator is not None, f"operator {operator}"
             else:
-                body, msg_type = protocol.Resume("operator"), MsgType.RESUME
+                pause, why = self.control.paused, f"paused by {holders}"
+            if "pause" not in peer.features or peer.told_paused == pause:
+                continue
+            body: protocol.Pause | protocol.Resume = protocol.Pause(why) if pause else protocol.Resume("resumed")
+            msg_type = MsgType.PAUSE if pause else MsgType.RESUME
             if await self._send(peer.routing_id, msg_type, body):
-                peer.told_paused = who is not None
+                peer.told_paused = pause
                 self.journal.write(f"told_{msg_type.value}", peer=peer.name, why=body.reason)
         self.journal.sync()
 
-    def _tell_presenters_soon(self) -> None:
-        task = asyncio.get_running_loop().create_task(self._tell_presenters())
+    def _tell_peers_soon(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._tell_peers())
         self._telling.add(task)
         task.add_done_callback(self._told)
 
     def _told(self, task: asyncio.Task) -> None:
         self._telling.discard(task)
         if not task.cancelled() and task.exception() is not None:   # (a journal that failed stops the session)
-            log.error("could not tell the presenters of a pause or resume: %r", task.exception())
+            log.error("could not tell the peers of a pause or resume: %r", task.exception())
 
     async def _on_bye(self, peer: Peer, msg: protocol.Message) -> None:
         self._drop_peer(peer, f"said bye: {msg.body.reason}")
@@ -845,7 +850,7 @@ class EvolutionServer:
             self.control.resume(OPERATOR, who)
         elif op == "stop":
             self.control.stop(who)
-        self._tell_presenters_soon()
+        self._tell_peers_soon()
         self._changed.set()
 
     async def _while_paused(self) -> None:
@@ -886,6 +891,7 @@ class EvolutionServer:
                                    why=f"{peer.role} {peer.name} lost")
                 self._status_missing(progress.block.block_id, missing, f"{peer.role} {peer.name} lost")
         self.control.resume(f"presenter {peer.name}", peer.name, "presenter lost")
+        self._tell_peers_soon()
         self._status_peers()
         self._changed.set()
 

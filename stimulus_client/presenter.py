@@ -335,6 +335,8 @@ class Presenter:
         self.display.draw(None, fixation=False, photodiode_white=False)
         self._flip()
         self._idle_drawn = False
+        if self.tap:   # gray from here on: a simulated rig's clock runs on (its last counts complete)
+            self.tap.send(0, self.display.frame_index, self.display.frame_period, 0.0)
         while not self.conn.ended:
             if not self._key_hold and not self._server_holds():
                 log.warning("resumed")

@@ -20,6 +20,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from server.app import EvolutionServer
@@ -27,6 +28,8 @@ from stimulus_client.keys import KeySource
 from stimulus_client.markers import MarkerOutput
 from stimulus_client.presenter import Presenter
 from stimulus_client.session_log import SessionLog, read
+from recording_adapters.events import RigEvents
+from recording_adapters.recorder import Recorder
 from tests.conftest import small_config
 from tests.dryrun_helpers import journal
 from tests.test_presenter_window import KeyPresses
@@ -41,48 +44,44 @@ from xdream.protocol import MsgType
 
 # ------------------------------------------------------------ helpers
 class RigLine(MarkerOutput):
-    """The rig's event line: each onset's (frame, code), handed on to the recorder; `on_onset`
-    runs inside the onset flip, as a marker write does."""
+    """The rig's event line: each onset's (frame, code), and (rig time, code) for the rig below;
+    `on_onset` runs inside the onset flip, as a marker write does."""
 
     def __init__(self, display, on_onset):
         self.display = display
         self.onsets: list[tuple[int, int]] = []
         self.codes: queue.Queue = queue.Queue()
         self.on_onset = on_onset
+        self.t0 = time.monotonic()
 
     def send(self, code):
         self.onsets.append((self.display.frame_index, code))
-        self.codes.put(code)
+        self.codes.put((time.monotonic() - self.t0, code))
         self.on_onset(len(self.onsets))
 
 
-class CountingRecorder(threading.Thread):
-    """A recorder peer (xdream.peer, as `xdream record` uses) that counts 5 and 3 spikes at every
-    event code the presenter's line sent, once its block_info named the code."""
+class LineRig:
+    """A rig stream (recording_adapters/base.py's contract) whose clock is the wall clock since
+    the line opened: each code the presenter's line sent, a neuron that fires once 100 ms after
+    every onset on both channels (and once at 20 ms, in the baseline), and a watermark that
+    follows the wall clock, as a streaming rig's does, paused or not."""
+    channels = 2
 
-    def __init__(self, endpoint, codes: queue.Queue, context):
-        super().__init__(daemon=True)
-        self.conn = PeerConnection(endpoint, "recorder", "rec", channels=2, context=context)
-        self.codes = codes
-        self.stop = threading.Event()
-        self.sent = 0
+    def __init__(self, line: RigLine):
+        self.line = line
 
-    def run(self):
-        known: dict[int, tuple[int, str]] = {}
-        pending: list[int] = []
-        while not self.stop.is_set() and not self.conn.ended:
-            for msg in self.conn.poll(0.01):
-                if msg.type == MsgType.BLOCK_INFO:
-                    known.update({s.code: (msg.body.block_id, s.pid) for s in msg.body.presentations})
-            while not self.codes.empty():
-                pending.append(self.codes.get())
-            for code in [c for c in pending if c in known]:
-                pending.remove(code)
-                block_id, pid = known.pop(code)
-                self.conn.send(MsgType.COUNTS, protocol.Counts(block_id, pid, "ok", [5.0, 3.0], [0.0, 0.0]),
-                               reliable=True)
-                self.sent += 1
-        self.conn.close()
+    def poll(self, timeout_s):
+        time.sleep(min(timeout_s, 0.01))
+        now = time.monotonic() - self.line.t0   # before the codes are taken: every code before it is
+        codes = []
+        while not self.line.codes.empty():
+            codes.append(self.line.codes.get())
+        spikes = sorted(t + dt for t, _ in codes for dt in (0.02, 0.1) for _ in range(2))
+        channels = [0, 1] * (len(spikes) // 2)
+        return RigEvents(codes, np.array(spikes), np.array(channels, dtype=int), now)
+
+    def close(self):
+        pass
 
 
 class Steps(KeySource):
@@ -162,16 +161,19 @@ def test_operator_pause_mid_block_stops_after_the_presentation_on_screen_and_cou
 
     line = RigLine(win, on_onset)
     keys = Steps([(lambda: "t" in paused_at and time.monotonic() - paused_at["t"] > 4.0, resume)])
-    recorder = CountingRecorder(box["endpoint"], line.codes, zmq_ctx)
-    recorder.start()
+    # the real recorder (aligner, counter), its code timeout far shorter than the pause
+    recorder = Recorder(PeerConnection(box["endpoint"], "recorder", "rec", channels=2, context=zmq_ctx),
+                        LineRig(line), {"timeout_s": 2.0})
+    recording = threading.Thread(target=recorder.run, daemon=True)
+    recording.start()
     conn = PeerConnection(box["endpoint"], "presenter", pcfg.connection.name, context=zmq_ctx)
     p = Presenter(conn, win, pcfg, markers=line, keys=keys, session_log=SessionLog(tmp_path, "pres"))
     try:
         result = p.run()
         thread.join(60)
     finally:
-        recorder.stop.set()
-        recorder.join(10)
+        recorder.halt.set()
+        recording.join(10)
     assert "error" not in box, box.get("error")
     summary = box["summary"]
     assert result.reason == "done" and p.conn.taken_up == ("pause",)
@@ -201,15 +203,17 @@ def test_operator_pause_mid_block_stops_after_the_presentation_on_screen_and_cou
     # every presentation reported once, every shown one counted once, every image of the block once
     reported = [r["pid"] for r in records if r["kind"] == "shown"]
     assert len(reported) == len(set(reported))
-    counted = [r["pid"] for r in records if r["kind"] == "counts"]
+    counted = [r["pid"] for r in records if r["kind"] == "counts" and r["status"] == "ok"]
     assert sorted(counted) == sorted(q for q, r in shown.items() if r["status"] == "shown")
+    # (the aborted ones' codes never came: the recorder reports them missing, which changes nothing)
+    assert {r["pid"] for r in records if r["kind"] == "counts" and r["status"] != "ok"} <= set(pids[2:4])
     sent = [q for r in records if r["kind"] == "block" for q in r["presentations"]]
     requeues = [q for q in sent if q["requeue_of"]]
     assert sorted(q["requeue_of"] for q in requeues) == sorted(pids[2:4])
     image_of = {q["pid"]: q["image_id"] for q in sent}
     counted_images = sorted(image_of[q] for q in counted)
     assert counted_images == sorted(q["image_id"] for q in first_block["presentations"])
-    assert recorder.sent == len(counted) == len(line.onsets)
+    assert len(counted) == len(line.onsets) == 8
     # the presenter's own log: the server's hold came at the 2nd onset's flip, and was lifted at the resume
     log = read(p.log.path)
     holds = [r for r in log if r["event"] == "hold"]
@@ -322,10 +326,12 @@ def test_a_presenter_takes_up_pause_only_from_a_server_that_offers_it(tmp_path):
             assert types.index("features") < types.index("shown")
 
 
-async def test_only_presenters_that_took_up_pause_are_told_and_a_late_one_at_once(tmp_path, zmq_ctx):
-    """Two presenters: `pres` never says FEATURES (an older presenter) and is sent no PAUSE; `new`
-    takes up "pause" and gets PAUSE / RESUME with the operator's pause; a presenter joining while
-    paused is told at once; a quick pause-resume leaves RESUME last; a feature not offered is refused."""
+async def test_only_peers_that_took_up_pause_are_told_and_a_late_one_at_once(tmp_path, zmq_ctx):
+    """Two presenters and a recorder: `pres` never says FEATURES (an older presenter) and is sent
+    no PAUSE; `new` takes up "pause" and gets PAUSE / RESUME with the operator's pause; a presenter
+    joining while paused is told at once; the recorder is told of every hold (a presenter's pause
+    key too, which the other presenters are not told of); a quick pause-resume leaves RESUME last;
+    a feature not offered to the role is refused."""
     cfg = small_config(tmp_path, generations=1)
     folder = tmp_path / "s"
     async with serving(cfg, folder) as (run, pres, rec):
@@ -337,10 +343,12 @@ async def test_only_presenters_that_took_up_pause_are_told_and_a_late_one_at_onc
             await peer.join()
         alive = [asyncio.create_task(keep_alive(p)) for p in (pres, rec, new)]
         await new.send(MsgType.FEATURES, protocol.Features(["pause"]))
+        await rec.send(MsgType.FEATURES, protocol.Features(["pause"]))
         await pres.expect(MsgType.BLOCK)
         await new.expect(MsgType.BLOCK)
         await _request(zmq_ctx, endpoint, "pause", by="test")
         assert (await new.expect(MsgType.PAUSE)).body.reason == "operator test"
+        assert (await rec.expect(MsgType.PAUSE)).body.reason == "paused by operator"
         with pytest.raises(TimeoutError):
             await pres.expect(MsgType.PAUSE, timeout=1.0)
         late = FakePeer(ctx, server.endpoint, "presenter", "late")
@@ -348,8 +356,15 @@ async def test_only_presenters_that_took_up_pause_are_told_and_a_late_one_at_onc
         await late.send(MsgType.FEATURES, protocol.Features(["pause", "trial"]))
         assert (await late.expect(MsgType.PAUSE)).body.reason == "operator test"
         await _request(zmq_ctx, endpoint, "resume", by="test")
-        for peer in (new, late):
-            assert (await peer.expect(MsgType.RESUME)).body.reason == "operator"
+        for peer in (new, late, rec):
+            assert (await peer.expect(MsgType.RESUME)).body.reason == "resumed"
+        # a presenter's pause key: the recorder hears of it, the other presenters do not
+        await pres.send(MsgType.PAUSED, protocol.Paused("pause key"))
+        assert (await rec.expect(MsgType.PAUSE)).body.reason == "paused by presenter pres"
+        await pres.send(MsgType.RESUMED, protocol.Resumed("pause key"))
+        await rec.expect(MsgType.RESUME)
+        with pytest.raises(TimeoutError):
+            await new.expect(MsgType.PAUSE, timeout=0.5)
         # a pause and a resume in quick succession: what `new` hears last is RESUME (or nothing)
         new.inbox.clear()
         await _request(zmq_ctx, endpoint, "pause", by="test")
@@ -364,10 +379,12 @@ async def test_only_presenters_that_took_up_pause_are_told_and_a_late_one_at_onc
             t.cancel()
     records = journal(folder)
     taken = [(r["peer"], r["features"]) for r in records if r["kind"] == "peer_features"]
-    assert taken == [("new", ["pause"]), ("late", ["pause", "trial"])]
+    assert taken == [("new", ["pause"]), ("rec", ["pause"]), ("late", ["pause", "trial"])]
     told = [(r["kind"], r["peer"]) for r in records if r["kind"].startswith("told_")]
-    assert ("told_pause", "pres") not in told and told[:3] == [("told_pause", "new"), ("told_pause", "late"),
-                                                               ("told_resume", "new")]
+    assert not [t for t in told if t[1] == "pres"]
+    assert sorted(told[:6]) == sorted([("told_pause", "new"), ("told_pause", "rec"), ("told_pause", "late"),
+                                       ("told_resume", "new"), ("told_resume", "rec"), ("told_resume", "late")])
+    assert told[6:8] == [("told_pause", "rec"), ("told_resume", "rec")]
 
 
 def test_a_new_welcome_lifts_the_old_connections_server_pause(tmp_path):
