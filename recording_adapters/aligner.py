@@ -23,7 +23,9 @@ arrive, and survives what real rigs do:
 - a code that never arrives: `expire(now)` reports the presentations still
   waiting for a code missing once `timeout_s` of wall time has passed since the
   later of their BLOCK_INFO and the last matched code (wall time, so that a rig
-  stream that stopped altogether still ends them).
+  stream that stopped altogether still ends them).  While the session is paused
+  (`hold`: the server's PAUSE, feature "pause") no code is due: nothing expires,
+  and the timeout counts afresh from the resume.
 
 Photodiode (optional, `photodiode_max_lag_s` set): a matched presentation's
 onset is the first photodiode crossing in [code time, code time + max lag].
@@ -93,7 +95,8 @@ class Aligner:
         self._matched: list[Expected] = []            # code seen, onset not final (photodiode)
         self._photodiode: list[float] = []
         self._last: tuple[float, int] | None = None   # (t, code) of the last match
-        self._progress = clock()                      # wall time of the last match
+        self._progress = clock()                      # wall time of the last match (or resume)
+        self._held = False                            # the session is paused: no code is due
         self._missing: list[tuple[Expected, str]] = []
         self.stats = {"matched": 0, "missing_code": 0, "extra_code": 0, "duplicate_code": 0,
                       "timed_out": 0, "clock_jumps": 0, "photodiode_outliers": 0}
@@ -153,8 +156,16 @@ class Aligner:
                 done.append(p)
         return done
 
+    def hold(self, paused: bool) -> None:
+        """The session paused (no code is due) or resumed (the timeout counts from now)."""
+        self._held = paused
+        if not paused:
+            self._progress = self.clock()
+
     def expire(self) -> None:
         """Presentations whose code did not come in time: missing."""
+        if self._held:
+            return
         now = self.clock()
         while self._queue and now - max(self._queue[0].since, self._progress) > self.timeout_s:
             p = self._queue.popleft()

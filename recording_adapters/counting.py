@@ -101,6 +101,10 @@ class SpikeCounter:
     def unmatched_codes(self) -> int:
         return self.aligner.stats["extra_code"]
 
+    def hold(self, paused: bool) -> None:
+        """The session paused or resumed: no event code is due meanwhile (Aligner.hold)."""
+        self.aligner.hold(paused)
+
     def expect(self, block_id: int, presentations: list[tuple[str, int]]) -> None:
         """The server's BLOCK_INFO: pids and their event codes, in presentation order."""
         self.aligner.expect(block_id, presentations)

@@ -12,8 +12,11 @@ in `settings["spike_times_ms"]` (recording_adapters/spike_times.py); with
 "rig_clock", the recorder sends a RIG_CLOCK pair (its wall time, the rig's time)
 at the first poll that brings a watermark and every `RIG_CLOCK_EVERY_S` after,
 which the server journals so that raw rig files line up with the session
-(docs/adapters.md, "Aligning raw data with the session"). An older server asks for
-neither, and gets counts only.
+(docs/adapters.md, "Aligning raw data with the session"). With "pause" (taken up
+with FEATURES after the welcome), the server's PAUSE / RESUME say when the session
+is paused: no event code is due meanwhile, so a long pause loses no presentation
+to the aligner's timeout.  An older server asks for none of these, and gets counts
+only.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class Recorder:
         self.reported = 0
         self.missing = 0
         self.halt = halt or threading.Event()   # set from another thread: stop soon, as at END
+        conn.take_up(("pause",))                 # PAUSE / RESUME from a server that offers them
 
     def run(self, welcome_timeout_s: float = 60.0) -> int:
         try:
@@ -66,6 +70,10 @@ class Recorder:
                 for msg in self.conn.poll(0.005):
                     if msg.type == MsgType.BLOCK_INFO:
                         counter.expect(msg.body.block_id, [(p.pid, p.code) for p in msg.body.presentations])
+                    elif msg.type in (MsgType.PAUSE, MsgType.RESUME):
+                        log.info("the session is %s: %s", "paused" if msg.type == MsgType.PAUSE else "resumed",
+                                 msg.body.reason)
+                        counter.hold(msg.type == MsgType.PAUSE)
                 events = self.source.poll(0.02)
                 wall = time.time()
                 rig_s = events.watermark_s()

@@ -57,6 +57,8 @@ class Peer:
     channels: int
     last_seen: float
     peer_id: str
+    features: frozenset[str] = frozenset()   # what its FEATURES took up of its welcome's
+    told_paused: bool = False                # a PAUSE sent to it, not yet followed by RESUME
 
 
 @dataclass
@@ -135,6 +137,8 @@ class EvolutionServer:
         self.control = SessionControl(lambda kind, **kw: self.journal.write(kind, **kw), self.status.emit)
         self._joins: dict[str, int] = {}
         self._report: status_mod.GenerationReport | None = None
+        self._telling: set[asyncio.Task] = set()   # PAUSE / RESUME on their way (a task keeps a reference)
+        self._telling_lock = asyncio.Lock()         # one at a time: a quick pause-resume ends resumed
 
     @property
     def recovered(self) -> JournalRead:
@@ -600,6 +604,7 @@ class EvolutionServer:
             MsgType.RIG_CLOCK: self._on_rig_clock,
             MsgType.PAUSED: self._on_paused,
             MsgType.RESUMED: self._on_paused,
+            MsgType.FEATURES: self._on_features,
         }.get(msg.type)
         if handler is None:
             raise ProtocolError(f"a {peer.role} may not send {msg.type.value}")
@@ -672,8 +677,8 @@ class EvolutionServer:
         """The peer's config table, and which of protocol.FEATURES it may use (an older peer
         ignores both the key and the features; docs/protocol.md, "Features")."""
         if role == "presenter":
-            return asdict(self.cfg.presentation) | {"features": ["trial"]}
-        features = ["rig_clock"] + (["spike_times"] if self.cfg.response.spike_times_ms else [])
+            return asdict(self.cfg.presentation) | {"features": ["trial", "pause"]}
+        features = ["rig_clock"] + (["spike_times"] if self.cfg.response.spike_times_ms else []) + ["pause"]
         return asdict(self.cfg.response) | {"features": features}
 
     async def _on_rig_clock(self, peer: Peer, msg: protocol.Message) -> None:
@@ -695,7 +700,55 @@ class EvolutionServer:
             self.control.resume(source, peer.name, msg.body.reason)
         self.journal.sync()
         await self._send(peer.routing_id, MsgType.ACK, protocol.Ack(msg.seq))
+        await self._tell_peers()   # the recorders: no code is due while paused
         self._changed.set()
+
+    async def _on_features(self, peer: Peer, msg: protocol.Message) -> None:
+        """A peer takes up features of its welcome (docs/protocol.md, "Features"); it is told of
+        a pause already held."""
+        offered = self._settings_for(peer.role)["features"]
+        unknown = [f for f in msg.body.features if f not in offered]
+        if unknown:
+            raise ProtocolError(f"features {unknown} were not offered to a {peer.role} (offered: {offered})")
+        peer.features = frozenset(msg.body.features)
+        self.journal.write("peer_features", peer=peer.name, role=peer.role, features=sorted(peer.features))
+        await self._tell_peers()
+
+    async def _tell_peers(self) -> None:
+        """Bring every peer that took up "pause" in line with the holds: PAUSE or RESUME.
+        A presenter follows the operator's hold (it stops after the presentation on screen; its
+        own pause key it knows of); a recorder follows the session's, any source's (no event
+        code is due while paused: its aligner's timeout stands still).  A peer without the
+        feature is told nothing: a presenter shows its block to the end, and no next one is sent."""
+        async with self._telling_lock:
+            await self._tell_peers_now()
+
+    async def _tell_peers_now(self) -> None:
+        operator = self.control.holds.get(OPERATOR)
+        holders = ", ".join(sorted(self.control.holds))
+        for peer in list(self.peers.values()):
+            if peer.role == "presenter":
+                pause, why = operator is not None, f"operator {operator}"
+            else:
+                pause, why = self.control.paused, f"paused by {holders}"
+            if "pause" not in peer.features or peer.told_paused == pause:
+                continue
+            body: protocol.Pause | protocol.Resume = protocol.Pause(why) if pause else protocol.Resume("resumed")
+            msg_type = MsgType.PAUSE if pause else MsgType.RESUME
+            if await self._send(peer.routing_id, msg_type, body):
+                peer.told_paused = pause
+                self.journal.write(f"told_{msg_type.value}", peer=peer.name, why=body.reason)
+        self.journal.sync()
+
+    def _tell_peers_soon(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._tell_peers())
+        self._telling.add(task)
+        task.add_done_callback(self._told)
+
+    def _told(self, task: asyncio.Task) -> None:
+        self._telling.discard(task)
+        if not task.cancelled() and task.exception() is not None:   # (a journal that failed stops the session)
+            log.error("could not tell the peers of a pause or resume: %r", task.exception())
 
     async def _on_bye(self, peer: Peer, msg: protocol.Message) -> None:
         self._drop_peer(peer, f"said bye: {msg.body.reason}")
@@ -797,6 +850,7 @@ class EvolutionServer:
             self.control.resume(OPERATOR, who)
         elif op == "stop":
             self.control.stop(who)
+        self._tell_peers_soon()
         self._changed.set()
 
     async def _while_paused(self) -> None:
@@ -837,6 +891,7 @@ class EvolutionServer:
                                    why=f"{peer.role} {peer.name} lost")
                 self._status_missing(progress.block.block_id, missing, f"{peer.role} {peer.name} lost")
         self.control.resume(f"presenter {peer.name}", peer.name, "presenter lost")
+        self._tell_peers_soon()
         self._status_peers()
         self._changed.set()
 

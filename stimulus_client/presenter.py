@@ -18,6 +18,13 @@ a zero timeout after each flip, and while idle with a short timeout; the
 connection never sleeps (xdream.peer).  Presentation ids that
 were shown or aborted once are never shown again, even if a block is re-sent.
 
+A pause is held by the pause key (the presenter's own: PAUSED / RESUMED tell the
+server) or by the server (PAUSE / RESUME, the operator's pause; feature "pause").
+A pause mid-trial ends the trial as a fixation break does, except when: the pause
+key at once (the presentation on screen is aborted), the server's after the
+presentation on screen, whose frames all run.  The screen stays gray, heartbeats
+and blocks keep coming, until no source holds a pause.
+
 Quitting (the quit key, Ctrl-C, an error) reports every presentation received
 and not yet reported as aborted, waits for the acks up to
 `connection.flush_timeout_s`, then says BYE with the reason.  When the server
@@ -144,6 +151,10 @@ class Presenter:
         self._quit: str | None = None
         self._idle_drawn = False
         self._paused = False                     # the pause key's gray screen is up
+        self._key_hold = False                   # the pause key holds a pause
+        self._server_hold: str | None = None     # the server's PAUSE holds one (its reason)
+        self._hold_welcome = None                # ... under this welcome
+        conn.take_up(("pause",))                 # PAUSE / RESUME from a server that offers them
 
     # ================================================================ run
     def run(self) -> Result:
@@ -220,23 +231,58 @@ class Presenter:
         for msg in messages:
             if msg.type == MsgType.BLOCK:
                 self.queue.append(msg)
+            elif msg.type in (MsgType.PAUSE, MsgType.RESUME):
+                self._server_pause(msg.type == MsgType.PAUSE, msg.body.reason)
             elif msg.type != MsgType.END:
                 log.warning("presenter ignores %s", msg.type.value)
 
     def _handle_keys(self) -> str | None:
         """Between trials and while idle: the quit key quits, the pause key pauses, the calibrate
-        key runs the tracker's setup, the validate key its validation."""
+        key runs the tracker's setup, the validate key its validation; the server's pause pauses."""
         for key in self.keys.poll():
             if key == self.cfg.keys.quit:
                 self._request_quit(f"quit: {key} pressed")
                 return "quit"
             if key == self.cfg.keys.pause:
+                self._hold_by_key(True)
                 return self._pause()
             if key == self.cfg.keys.calibrate:
                 return self._calibrate()
             if key == self.cfg.keys.validate:
                 return self._validate()
+        if self._server_holds():
+            return self._pause()
         return None
+
+    def _server_pause(self, hold: bool, reason: str) -> None:
+        """PAUSE / RESUME from the server: noted here, acted on at the next frame that may stop."""
+        if hold:
+            self._hold_welcome = self.conn.welcome
+        if hold == (self._server_hold is not None):
+            return
+        self._server_hold = (reason or "server") if hold else None
+        log.warning("the server %s%s", "paused the presenter" if hold else "resumed", f" ({reason})" if reason else "")
+        if self.log:
+            self.log.write("hold", source="server", held=hold, reason=reason, frame=self.display.frame_index)
+
+    def _server_holds(self) -> bool:
+        """Whether the server holds a pause.  A hold belongs to the connection that was told it: after
+        a new welcome (a reconnect, a restarted server) it is lifted, and a server that still holds
+        one says PAUSE again right after the welcome."""
+        if self._server_hold is not None and self.conn.welcome is not self._hold_welcome:
+            self._server_pause(False, "a new welcome: the pause was the old connection's")
+        return self._server_hold is not None
+
+    def _hold_by_key(self, hold: bool) -> None:
+        """The pause key takes or releases the presenter's own hold; the server hears of it
+        (PAUSED / RESUMED) and stops its block timer meanwhile (docs/protocol.md)."""
+        self._key_hold = hold
+        if hold:
+            self.conn.send(MsgType.PAUSED, protocol.Paused("pause key"), reliable=True)
+        else:
+            self.conn.send(MsgType.RESUMED, protocol.Resumed("pause key"), reliable=True)
+        if self.log:
+            self.log.write("hold", source="key", held=hold, frame=self.display.frame_index)
 
     def _calibrate(self) -> str:
         """The tracker's own setup (calibration, validation), in a worker thread: it blocks for
@@ -320,42 +366,52 @@ class Presenter:
         if self.log:
             self.log.write("quit", reason=reason)
 
-    def _pause(self) -> str | None:
-        """Gray screen until the pause key again; heartbeats and blocks keep coming."""
-        log.warning("paused (press %r to resume, %r to quit)", self.cfg.keys.pause, self.cfg.keys.quit)
+    def _pause(self) -> str:
+        """Gray screen while the pause key or the server holds a pause; heartbeats and blocks
+        keep coming.  The pause key toggles its own hold: it cannot lift the server's."""
+        held_by = [name for name, on in (("key", self._key_hold), ("server", self._server_hold is not None)) if on]
+        log.warning("paused by the %s (%r: the presenter's own pause on or off, %r to quit)",
+                    " and the ".join(held_by), self.cfg.keys.pause, self.cfg.keys.quit)
         if self.log:
-            self.log.write("pause")
+            self.log.write("pause", by=held_by, reason=self._server_hold or "")
             self.log.flush()
-        # the server stops its block timer meanwhile (docs/protocol.md, PAUSED / RESUMED)
-        self.conn.send(MsgType.PAUSED, protocol.Paused("pause key"), reliable=True)
         self.display.draw(None, fixation=False, photodiode_white=False)
         self._flip()
         self._idle_drawn = False
+        if self.tap:   # gray from here on: a simulated rig's clock runs on (its last counts complete)
+            self.tap.send(0, self.display.frame_index, self.display.frame_period, 0.0)
         self._paused = True
         try:
-            while not self.conn.ended:
-                self._take(self.conn.poll(IDLE_POLL_S))
-                for key in self.keys.poll():
-                    if key == self.cfg.keys.quit:
-                        self._request_quit(f"quit: {key} pressed while paused")
-                        return "quit"
-                    if key in (self.cfg.keys.calibrate, self.cfg.keys.validate):
-                        if key == self.cfg.keys.calibrate:
-                            self._calibrate()
-                        else:
-                            self._validate()
-                        self.display.draw(None, fixation=False, photodiode_white=False)  # still paused
-                        self._flip()
-                        continue
-                    if key == self.cfg.keys.pause:
-                        log.warning("resumed")
-                        self.conn.send(MsgType.RESUMED, protocol.Resumed("pause key"), reliable=True)
-                        if self.log:
-                            self.log.write("resume")
-                        return "resume"
-            return "end"
+            return self._paused_loop()
         finally:
             self._paused = False
+
+    def _paused_loop(self) -> str:
+        while not self.conn.ended:
+            if not self._key_hold and not self._server_holds():
+                log.warning("resumed")
+                if self.log:
+                    self.log.write("resume")
+                return "resume"
+            self._take(self.conn.poll(IDLE_POLL_S))
+            for key in self.keys.poll():
+                if key == self.cfg.keys.quit:
+                    self._request_quit(f"quit: {key} pressed while paused")
+                    return "quit"
+                if key in (self.cfg.keys.calibrate, self.cfg.keys.validate):
+                    if key == self.cfg.keys.calibrate:
+                        self._calibrate()
+                    else:
+                        self._validate()
+                    self.display.draw(None, fixation=False, photodiode_white=False)  # still paused
+                    self._flip()
+                    continue
+                if key == self.cfg.keys.pause:
+                    self._hold_by_key(not self._key_hold)
+                    if self._server_hold is not None:
+                        log.warning("the pause key %s the presenter's own pause; the server's holds (%s)",
+                                    "took" if self._key_hold else "released", self._server_hold)
+        return "end"
 
     # ============================================================== frames
     def _draw_idle(self) -> None:
@@ -456,7 +512,7 @@ class Presenter:
         assert T is not None, "timing is set at the welcome, before any block"
         held = 0
         iti = T.inter_trial_frames
-        while held < T.fixation_frames or iti > 0:  # gray, fixation point on
+        while held < T.fixation_frames or iti > 0 or self._server_holds():  # gray, fixation point on
             if self.conn.ended:
                 return "end"
             key = self._handle_keys()
@@ -477,7 +533,7 @@ class Presenter:
         self.eye.begin_trial(trial, self._next_frame_time(), len(records) * per * T.period)
         for rec in records:
             rec.trial = trial
-        outcome, reason = "done", ""
+        outcome, reason, by_key = "done", "", False
         for rec, handle in zip(records, handles):
             for f in range(per):
                 if self.conn.ended:
@@ -488,10 +544,14 @@ class Presenter:
                         outcome, reason = "quit", self._quit or f"quit: {key} pressed"
                     elif key == self.cfg.keys.pause and outcome == "done":
                         outcome, reason = "pause", "paused"
+                        by_key = True
                     elif key == self.cfg.keys.calibrate and outcome == "done" and self.eye.can_calibrate:
                         outcome, reason = "calibrate", "tracker setup"
                     elif key == self.cfg.keys.validate and outcome == "done" and self.eye.can_validate:
                         outcome, reason = "validate", "eye validation"
+                if outcome == "done" and f == 0 and self._server_holds():
+                    # the server's pause: the presentation before this one ran all its frames
+                    outcome, reason = "pause", f"paused by the server ({self._server_hold})"
                 if outcome == "done" and not self._eye_in():
                     outcome, reason = "break", "fixation break"
                 if outcome != "done":
@@ -520,7 +580,9 @@ class Presenter:
                            pids=[r.spec.pid for r in records])
             self.log.flush()
         if outcome == "pause":
-            return self._pause() or "pause"
+            if by_key:
+                self._hold_by_key(True)
+            return self._pause()
         if outcome == "calibrate":
             self._calibrate()
         if outcome == "validate":

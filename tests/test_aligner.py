@@ -184,3 +184,20 @@ def test_photodiode_waits_for_its_lag(clock):
 @pytest.fixture(autouse=True)
 def _warnings(caplog):
     caplog.set_level(logging.WARNING)
+
+
+def test_a_paused_session_lets_no_code_time_out_and_the_timeout_restarts_at_the_resume(clock):
+    """The server's PAUSE (feature "pause"): no event code is due while the session is paused,
+    however long; from the resume the codes have the whole timeout again."""
+    c = counter(clock, timeout_s=10.0)
+    out = run(c, [ev([(1.0, 1), (2.0, 2)], one_spike_per_window([1.0, 2.0]), 3.0)])
+    assert set(out) == {"p0", "p1"}
+    c.hold(True)
+    clock.now = 300.0
+    assert c.add(ev(watermark=300.0)) == []        # paused for minutes: nothing missing
+    c.hold(False)
+    clock.now = 309.0
+    assert c.add(ev(watermark=309.0)) == []        # 9 s after the resume: not yet
+    clock.now = 310.5
+    out = run(c, [ev(watermark=310.0)])
+    assert {p: o.status for p, o in out.items()} == {"p2": "missing", "p3": "missing"}

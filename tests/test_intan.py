@@ -608,6 +608,9 @@ def test_the_recorder_hands_the_session_id_to_the_adapter():
         def wait_welcome(self, timeout_s):
             return protocol.Welcome("recorder-1", 1.0, 5.0, {"window_ms": [50, 200], "baseline_ms": [0, 50]})
 
+        def take_up(self, features):
+            pass
+
         def close(self):
             pass
 

@@ -202,6 +202,9 @@ def test_the_recorder_starts_the_guis_recording_with_the_session_id(peer):
         def wait_welcome(self, timeout_s):
             return protocol.Welcome("recorder-1", 1.0, 5.0, {"window_ms": [50, 200], "baseline_ms": [0, 50]})
 
+        def take_up(self, features):
+            pass
+
         def close(self):
             pass
 

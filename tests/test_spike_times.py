@@ -136,8 +136,8 @@ async def test_the_server_takes_old_and_new_recorders_and_checks_spike_times(tmp
     async with serving(cfg, folder) as (run, pres, rec):
         welcome = await rec.join()
         assert welcome.body.settings["spike_times_ms"] == [-100.0, 400.0]
-        assert set(welcome.body.settings["features"]) == {"spike_times", "rig_clock"}
-        assert (await pres.join()).body.settings["features"] == ["trial"]
+        assert set(welcome.body.settings["features"]) == {"spike_times", "rig_clock", "pause"}
+        assert (await pres.join()).body.settings["features"] == ["trial", "pause"]
         alive = [asyncio.create_task(keep_alive(p)) for p in (pres, rec)]
         block = await pres.expect(MsgType.BLOCK)
         await rec.expect(MsgType.BLOCK_INFO)
@@ -177,7 +177,7 @@ async def test_spike_times_are_refused_when_the_session_asked_for_none(tmp_path)
     cfg.response.spike_times_ms = []
     async with serving(cfg, tmp_path / "session") as (run, pres, rec):
         welcome = await rec.join()
-        assert welcome.body.settings["features"] == ["rig_clock"]
+        assert welcome.body.settings["features"] == ["rig_clock", "pause"]
         await pres.join()
         alive = [asyncio.create_task(keep_alive(p)) for p in (pres, rec)]
         block = await rec.expect(MsgType.BLOCK_INFO, timeout=15)
@@ -251,7 +251,7 @@ OLD_SETTINGS = {"window_ms": [50.0, 200.0], "baseline_ms": [0.0, 50.0], "subtrac
 
 def test_a_recorder_sends_an_older_server_only_what_it_knows(zmq_ctx):
     got = run_recorder_against(OLD_SETTINGS, zmq_ctx)
-    assert got["counts_keys"] == [V1_COUNTS_FIELDS] and "rig_clock" not in got
+    assert got["counts_keys"] == [V1_COUNTS_FIELDS] and "rig_clock" not in got and "features" not in got
     assert got["counts"][0].body.counts == [1.0, 1.0]
 
 

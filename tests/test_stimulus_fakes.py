@@ -3,7 +3,8 @@
 ScriptedServer: a real ZeroMQ ROUTER on 127.0.0.1 (port 0), in a thread, that
 speaks the server's side of the protocol: welcome, blocks, heartbeats, acks
 (optionally late), re-queueing of aborted presentations as a new block, END
-once every presentation is accounted for, and a restart on the same endpoint.
+once every presentation is accounted for, a restart on the same endpoint, and
+any other message the test hands it (`tell`: PAUSE, RESUME).
 Recording displays keep what each frame showed.  Fake ports record writes.
 """
 
@@ -98,6 +99,8 @@ class ScriptedServer:
         self._seq = 0
         self._acks: list[tuple[float, int]] = []
         self._outgoing: queue.Queue = queue.Queue()
+        self._told: queue.Queue = queue.Queue()    # (type, body, event set once sent)
+        self.told: list[tuple[float, protocol.Message]] = []   # (time sent, message) of those
         self._next_block = 1000
         self._requeued: set[str] = set()
         self._stop = threading.Event()
@@ -110,6 +113,12 @@ class ScriptedServer:
 
     def send_block(self, block: protocol.Block, images) -> None:
         self._outgoing.put((block, images))
+
+    def tell(self, msg_type: MsgType, body) -> threading.Event:
+        """Send this message to the presenter (once it is welcomed); the event is set once sent."""
+        sent = threading.Event()
+        self._told.put((msg_type, body, sent))
+        return sent
 
     def close(self) -> None:
         self._stop.set()
@@ -158,6 +167,11 @@ class ScriptedServer:
                         block, images = self._outgoing.get()
                         self.sent_blocks.append((block, images))
                         self._send(MsgType.BLOCK, block, images)
+                    while not self._told.empty():
+                        msg_type, body, sent = self._told.get()
+                        self._send(msg_type, body)
+                        self.told.append((time.time(), protocol.Message(msg_type, body)))
+                        sent.set()
                     if now - last_beat > self.heartbeat_s:
                         self._send(MsgType.HEARTBEAT, protocol.Heartbeat())
                         last_beat = now

@@ -48,6 +48,10 @@ class PeerConnection:
         self._backoff = 0.5
         self._early: list[protocol.Message] = []  # arrived while waiting for the welcome
         self._hello_at = 0.0
+        # features that change what the server may send this peer (protocol.FEATURES): taken up after
+        # each welcome that lists them (`take_up`); an older server lists none and is told nothing
+        self.accepts: tuple[str, ...] = ()
+        self.taken_up: tuple[str, ...] = ()   # what the last welcome offered of `accepts`, as sent
         self._connect()
 
     # ------------------------------------------------------------- public
@@ -68,6 +72,12 @@ class PeerConnection:
             self._outbox[self._seq] = (msg_type, body, images, self.session)
         self._send_frames(protocol.encode(msg_type, body, session=self.session, seq=self._seq, images=images))
         return self._seq
+
+    def take_up(self, features: tuple[str, ...]) -> None:
+        """Accept these features from every welcome that offers them (now, if one came already)."""
+        self.accepts = tuple(features)
+        if self.welcome is not None:
+            self._send_features(self.welcome)
 
     @property
     def unacknowledged(self) -> int:
@@ -149,6 +159,7 @@ class PeerConnection:
             self.heartbeat_s = msg.body.heartbeat_s
             self.timeout_s = msg.body.peer_timeout_s
             self._backoff = 0.5
+            self._send_features(msg.body)
             # resend what the last server never acked, in the session it was made for: a resumed
             # server (same session) takes it; another session's server rejects it, and it is dropped
             for seq, (msg_type, body, images, session) in self._outbox.items():
@@ -177,6 +188,15 @@ class PeerConnection:
         if msg.type == MsgType.END:
             self.ended = True
         return True
+
+    def _send_features(self, welcome: protocol.Welcome) -> None:
+        """FEATURES on this connection, before anything else after its welcome; not kept in the
+        outbox: a new connection gets a new welcome, and says it again."""
+        offered = welcome.settings.get("features")
+        offered = offered if isinstance(offered, list) else []
+        self.taken_up = tuple(f for f in self.accepts if f in offered)
+        if self.taken_up:
+            self.send(MsgType.FEATURES, protocol.Features(list(self.taken_up)))
 
     def _keep_alive(self) -> None:
         """Heartbeats, and reconnect once the server has been silent for timeout_s.

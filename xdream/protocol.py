@@ -40,7 +40,8 @@ PROTOCOL_VERSION = 1
 # instead would cut every version-1 peer off a newer server (decode refuses another v).
 FEATURES = ("spike_times",   # COUNTS.spike_times, in settings["spike_times_ms"]
             "rig_clock",     # RIG_CLOCK: the recorder's (wall time, rig time) pairs
-            "trial")         # SHOWN.trial: the presenter's fixation trial of the presentation
+            "trial",         # SHOWN.trial: the presenter's fixation trial of the presentation
+            "pause")         # PAUSE / RESUME to a presenter that took it up (FEATURES)
 MAX_HEADER_BYTES = 1 << 20  # a header this large is a bug or an attack
 MAX_IMAGE_SIDE = 8192
 MAX_IMAGE_BYTES = MAX_IMAGE_SIDE * MAX_IMAGE_SIDE * 3   # one image frame at the largest legal size
@@ -64,6 +65,9 @@ class MsgType(str, Enum):
     RIG_CLOCK = "rig_clock"    # recorder -> server: a (wall time, rig time) pair (feature "rig_clock")
     PAUSED = "paused"          # presenter -> server: the operator paused the presenter (its pause key)
     RESUMED = "resumed"        # presenter -> server: ... and resumed it
+    FEATURES = "features"      # peer -> server: the welcome's features this peer takes up
+    PAUSE = "pause"            # server -> presenter: pause after the presentation on screen (feature "pause")
+    RESUME = "resume"          # server -> presenter: ... and go on
 
 
 Role = Literal["presenter", "recorder"]
@@ -238,6 +242,23 @@ class Resumed(_Body):
 
 
 @dataclass(frozen=True)
+class Features(_Body):
+    """Which of the features its welcome listed this peer takes up: the ones that change what
+    the server may send it (an older peer never sends this, so it is never sent them)."""
+    features: Annotated[list[Annotated[str, Meta(min_length=1, max_length=64)]], Meta(max_length=16)]
+
+
+@dataclass(frozen=True)
+class Pause(_Body):
+    reason: Text = ""
+
+
+@dataclass(frozen=True)
+class Resume(_Body):
+    reason: Text = ""
+
+
+@dataclass(frozen=True)
 class ScreenFrame(_Body):
     """What the presenter drew on an onset frame, for a simulated rig's 'eye'.
 
@@ -281,6 +302,9 @@ BODY_TYPES: dict[MsgType, type] = {
     MsgType.RIG_CLOCK: RigClock,
     MsgType.PAUSED: Paused,
     MsgType.RESUMED: Resumed,
+    MsgType.FEATURES: Features,
+    MsgType.PAUSE: Pause,
+    MsgType.RESUME: Resume,
 }
 _ROOTS = {cls: t.value for t, cls in BODY_TYPES.items()} | {PresentationSpec: "presentation"}
 
