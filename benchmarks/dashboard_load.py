@@ -96,6 +96,7 @@ def live_latency(generations: int, tmp: Path) -> dict:
             page.goto(url)
             page.wait_for_function("() => typeof snap !== 'undefined' && snap !== null", timeout=60_000)
             page.evaluate(WRAP_DRAW)
+            watching_from = time.time()        # generations written before the page watched are not measured
             dry.wait(600)
             time.sleep(1.0)                      # the last generation's draw
             draws = page.evaluate("() => window.__draws")
@@ -113,6 +114,8 @@ def live_latency(generations: int, tmp: Path) -> dict:
                 written[int(rec["generation"])] = float(rec["t"])
     latency = []
     for g, t in sorted(written.items()):
+        if t < watching_from:
+            continue
         shown = [d[0] for d in draws if d[2] >= g]
         if shown:
             latency.append(min(shown) - t)
@@ -208,7 +211,14 @@ def load(threads: int, generations: int, population: int = 20, more: int = 20) -
         time.sleep(1.0)
         draws = page.evaluate("() => window.__draws")
         browser.close()
-    loop.call_soon_threadsafe(loop.stop)    # a daemon thread: the server goes with the process
+    async def shut_down() -> None:      # the page's event stream waits on its queue: cancel it first
+        for task in asyncio.all_tasks():
+            if task is not asyncio.current_task():
+                task.cancel()
+        await got["runner"].cleanup()
+
+    asyncio.run_coroutine_threadsafe(shut_down(), loop).result(30)
+    loop.call_soon_threadsafe(loop.stop)
     latency = [min(d[0] for d in draws if d[2] >= g) - t for g, t in published.items()
                if any(d[2] >= g for d in draws)]
     return {"threads": threads, "generations": generations, "first_draw_s": first,
