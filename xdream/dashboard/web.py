@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 CLIENT_QUEUE = 1000   # events waiting for one browser; beyond, it is told to reload the snapshot
+PLOTLY = web.AppKey("plotly", bytes)
 
 
 def plotly_js() -> bytes:
@@ -87,7 +88,7 @@ def make_app(hub: Hub, *, token: str = "") -> web.Application:
         return web.FileResponse(STATIC / "index.html")
 
     async def plotly(request: web.Request) -> web.Response:
-        return web.Response(body=app["plotly"], content_type="application/javascript",
+        return web.Response(body=app[PLOTLY], content_type="application/javascript",
                             headers={"Cache-Control": "max-age=3600"})
 
     async def snapshot(request: web.Request) -> web.Response:
@@ -135,7 +136,7 @@ def make_app(hub: Hub, *, token: str = "") -> web.Application:
             return web.json_response({"ok": False, "error": str(exc)[:300]}, status=502)
         return web.json_response(jsonable(reply))
 
-    app["plotly"] = plotly_js()
+    app[PLOTLY] = plotly_js()
     app.router.add_get("/", index)
     app.router.add_get("/static/plotly.min.js", plotly)
     app.router.add_static("/static/", STATIC)

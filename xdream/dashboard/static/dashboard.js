@@ -20,14 +20,25 @@ function stride(list) {
   return out;
 }
 
+// The clone pattern (as xdream/status_client.py): listen first, then take the snapshot, then
+// fold the events newer than it.  Events that arrive while a snapshot is on its way wait in
+// `held`; those the snapshot already holds (seq not larger) are not folded twice.
+let held = null;
+
 async function load() {
+  held = held || [];
   const r = await fetch("/api/snapshot");
-  snap = await r.json();
+  const fresh = await r.json();
+  const waiting = held;
+  held = null;
+  snap = fresh;
+  for (const e of waiting) fold(e);
   draw();
 }
 
 function fold(e) {
-  if (!snap) return;
+  if (held) { held.push(e); return; }
+  if (!snap || (e.seq || 0) <= snap.seq) return;
   snap.seq = Math.max(snap.seq, e.seq || 0);
   if (e.kind === "session") snap.session = e;
   else if (e.kind === "generation") {
@@ -200,8 +211,9 @@ async function control(op) {
 for (const op of ["pause", "resume", "stop"]) el(op).addEventListener("click", () => control(op));
 setInterval(async () => { if (snap && snap.live && !snap.ended) { const r = await fetch("/api/snapshot");
   const s = await r.json(); snap.rig.presentations_per_s = s.rig.presentations_per_s; } }, 5000);
-load().then(() => {
-  const events = new EventSource("/api/events");
-  events.onmessage = (m) => { const e = JSON.parse(m.data); if (e.kind === "resync") load(); else fold(e); };
-  events.addEventListener("resync", () => load());
-});
+// "hello" comes once the server counts this page among its listeners (and again after a
+// reconnection, which may have missed events): only then is a snapshot complete with what follows.
+const events = new EventSource("/api/events");
+events.addEventListener("hello", () => load());
+events.onmessage = (m) => { const e = JSON.parse(m.data); if (e.kind === "resync") load(); else fold(e); };
+events.addEventListener("resync", () => load());
