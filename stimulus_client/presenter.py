@@ -295,6 +295,7 @@ class Presenter:
         if self.log:
             self.log.write("calibration_start")
             self.log.flush()
+        told = self._tell_server_paused("tracker setup")
         self.display.draw(None, fixation=False, photodiode_white=False)
         self._flip()
         outcome: dict = {}
@@ -313,13 +314,25 @@ class Presenter:
         self.keys.clear()  # the setup's own keys (space, escape) were meant for it
         self._idle_drawn = False
         if "error" in outcome:
-            log.error("tracker setup failed: %s", outcome["error"])
+            line = f"tracker setup failed: {outcome['error']}"
+            log.error("%s", line)
         else:
-            log.warning("tracker setup done: %s", outcome.get("result"))
+            line = f"tracker setup done: {outcome.get('result')}"
+            log.warning("%s", line)
         if self.log:
             self.log.write("calibration", when="session", **outcome)
             self.log.flush()
+        if told and not self.conn.ended:
+            self.conn.send(MsgType.RESUMED, protocol.Resumed(line[:500]), reliable=True)
         return "resume"
+
+    def _tell_server_paused(self, reason: str) -> bool:
+        """A tracker's setup or validation holds the screen for minutes: the server is told (PAUSED,
+        its block timer stands still) unless a pause already holds it; True if it was told."""
+        if self._paused or self.conn.welcome is None or self.conn.ended:
+            return False
+        self.conn.send(MsgType.PAUSED, protocol.Paused(reason), reliable=True)
+        return True
 
     def _validate(self) -> str:
         """PsychoPy's validation of the tracker, drawn in this window by this thread (the window's
@@ -335,9 +348,7 @@ class Presenter:
         if self.log:
             self.log.write("validation_start")
             self.log.flush()
-        tell_server = not self._paused and self.conn.welcome is not None and not self.conn.ended
-        if tell_server:
-            self.conn.send(MsgType.PAUSED, protocol.Paused("eye validation"), reliable=True)
+        tell_server = self._tell_server_paused("eye validation")
         stop = threading.Event()
 
         def pump() -> None:

@@ -253,6 +253,9 @@ delay_s = 0.1
     t0 = next(r["t"] for r in log if r["event"] == "calibration_start")
     beats = [t for t, _, m in server.received if m.type.value == "heartbeat" and t0 < t < cal["t"]]
     assert cal["t"] - t0 > 1.0 and len(beats) >= (cal["t"] - t0) / 0.1 / 3, "heartbeats stopped during setup"
+    # the server was told, so its block timer stood still: PAUSED, then RESUMED with the outcome
+    told = [(m.type.value, m.body.reason) for _, _, m in server.received if m.type.value in ("paused", "resumed")]
+    assert told == [("paused", "tracker setup"), ("resumed", "tracker setup done: {'RESULT': 'CALIBRATION_OK'}")], told
     assert next(r for r in log if r["event"] == "keys")["backend"] == "iohub"
     assert server.bye is not None and "quit" in server.bye
     assert server.shown_pids("shown") == sorted(pid.pid for pid in block.presentations)
