@@ -236,6 +236,9 @@ class PresenterConfig:
         if self.eye.validate_at_start and self.eye.source != "iohub":
             raise ConfigError(f"eye.validate_at_start needs eye.source = 'iohub' (validation is PsychoPy's ioHub "
                               f"procedure), got eye.source = {self.eye.source!r}")
+        if self.eye.calibrate_at_start and self.eye.source != "iohub":
+            raise ConfigError(f"eye.calibrate_at_start needs eye.source = 'iohub' (the tracker's setup runs through "
+                              f"ioHub), got eye.source = {self.eye.source!r}")
         if self.keys.backend == "iohub" and self.eye.source != "iohub":
             raise ConfigError("keys.backend = 'iohub' needs eye.source = 'iohub' (ioHub runs only for the tracker)")
         return self

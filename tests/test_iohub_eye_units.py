@@ -60,6 +60,8 @@ def test_eye_and_key_config_rules():
         pconfig.from_dict({"keys": {"validate": "c"}})
     with pytest.raises(ConfigError, match="validate_at_start needs eye.source = 'iohub'"):
         pconfig.from_dict({"eye": {"source": "simulated", "validate_at_start": True}})
+    with pytest.raises(ConfigError, match="calibrate_at_start needs eye.source = 'iohub'"):
+        pconfig.from_dict({"eye": {"source": "simulated", "calibrate_at_start": True}})
     with pytest.raises(ConfigError, match="target_s must be at least 0.6"):
         pconfig.from_dict({"eye": {"source": "iohub", "validation": {"target_s": 0.5}}})
     with pytest.raises(ConfigError, match="positions_deg"):
