@@ -61,7 +61,8 @@ def test_journal_holds_every_presentation(default_run):
     assert sorted(shown) == sorted(sent) and sorted(counted) == sorted(sent)
     assert not [r for r in records if r["kind"] in ("missing", "rejected", "late_counts", "late_shown")]
     codes = np.load(sorted((folder / "codes").glob("gen014_a.npz"))[0])
-    assert codes["codes"].shape == (20, 4096)
+    assert codes["codes"].shape == (20, 100)          # the default space: dcgan-face, 100-d codes
+    assert [t["generator"] for t in records[0]["threads"]] == ["dcgan-face", "dcgan-face"]
 
 
 def test_same_seed_same_session(tmp_path):
@@ -93,9 +94,10 @@ def test_neuron_sees_the_frame_psychopy_drew(tmp_path, display):
     assert all(s is not None for gen in w for s in gen)
 
 
-@pytest.mark.parametrize("space", ["fourier", "dcgan-face", "deepsim-fc6-weights"])
+@pytest.mark.parametrize("space", ["fourier", "dcgan-face", "deepsim-fc6", "deepsim-fc6-weights"])
 def test_dry_run_in_each_image_space(tmp_path, space):
-    """`xdream dry-run` with a config naming each image space, two generations."""
+    """`xdream dry-run` with a config naming each image space, two generations (deepsim-fc6:
+    random weights; -weights: a weights file)."""
     import hashlib
 
     import torch
@@ -107,7 +109,7 @@ def test_dry_run_in_each_image_space(tmp_path, space):
     if space == "deepsim-fc6-weights":
         weights = tmp_path / "fc6.pt"
         torch.save(DeePSiMFc6().state_dict(), weights)
-        gen.weights = str(weights)
+        gen.kind, gen.weights = "deepsim-fc6", str(weights)
     else:
         gen.kind = space
     path = tmp_path / f"{space}.json"
