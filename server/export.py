@@ -42,6 +42,7 @@ out (regenerating costs about one generation time per generation).
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import logging
@@ -279,27 +280,42 @@ def _add_units(nwb, session: SessionRecord, t: Tables) -> None:
     onsets = {p.pid: float(p.counts["onset"]) for p in session.presentations
               if p.counts is not None and p.pid in t.spikes}
     channels = max(len(v) for v in t.spikes.values())
-    per_channel: list[list[int]] = [[] for _ in range(channels)]   # absolute rig time, integer us
+    per_channel: list[list[tuple[int, int]]] = [[] for _ in range(channels)]   # (rig time in us, which report)
     spans = []
-    for pid, offsets in t.spikes.items():
+    for k, (pid, offsets) in enumerate(t.spikes.items()):
         onset_us = round(onsets[pid] * 1e6)
         spans.append((onsets[pid] + lo_ms / 1000, onsets[pid] + hi_ms / 1000))
         for ch, off in enumerate(offsets):
-            per_channel[ch].extend(onset_us + o for o in off)
+            per_channel[ch].extend((onset_us + o, k) for o in off)
     observed = _merge(sorted(spans))
     nwb.units = Units(name="units", resolution=1e-6, description=(
         f"spikes the recorder reported from {lo_ms:g} to {hi_ms:g} ms around each presentation's onset "
         f"(response.spike_times_ms), one unit per recorder channel; obs_intervals are those spans, the "
         f"only times observed; kept to the microsecond (resolution), the journal's unit"))
     nwb.add_unit_column("channel", "the recorder channel (its threshold crossings: multi-unit activity)")
-    for ch, times in enumerate(per_channel):
-        us = np.unique(np.asarray(times, dtype=np.int64))
-        # a spike in two presentations' overlapping spans, reported twice: one microsecond apart at most
-        us = us[np.concatenate([[True], np.diff(us) > SAME_SPIKE_US])] if us.size else us
+    for ch, reported in enumerate(per_channel):
+        us = np.asarray(union_of_reports(reported), dtype=np.int64)
         nwb.add_unit(spike_times=us / 1e6, obs_intervals=observed, channel=ch)
 
 
 SAME_SPIKE_US = 2   # one spike reported by two presentations lands within rounding (1 us) of itself
+
+
+def union_of_reports(reported: list[tuple[int, int]]) -> list[int]:
+    """Spike times (us) from overlapping reports, each spike once: a spike in two presentations'
+    spans is reported by both (within SAME_SPIKE_US), while two spikes at one time in one report
+    are two spikes (a rig's tick is coarser than a microsecond).  So each run of times closer
+    than SAME_SPIKE_US keeps as many spikes as the one report that has the most of them."""
+    out: list[int] = []
+    run: list[tuple[int, int]] = []
+    for t, k in sorted(reported) + [(None, -1)]:
+        if run and (t is None or t - run[-1][0] > SAME_SPIKE_US):
+            n = max(collections.Counter(k2 for _, k2 in run).values())
+            out.extend([run[0][0]] * n)
+            run = []
+        if t is not None:
+            run.append((t, k))
+    return out
 
 
 def _merge(spans: list[tuple[float, float]]) -> list[list[float]]:
