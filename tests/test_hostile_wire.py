@@ -83,6 +83,10 @@ async def test_a_handler_that_raises_is_journaled_and_the_receiver_goes_on(tmp_p
         await pres.join()
         for _ in range(3):
             await pres.send(MsgType.HEARTBEAT, protocol.Heartbeat())
+        # a malformed message after them, answered in order: once its ERROR is back, the server
+        # has handled the heartbeats (a probe from another connection may overtake them)
+        await pres.sock.send_multipart([b"not msgpack \xc1"])
+        await pres.expect(MsgType.ERROR)
         await still_receiving(zmq.asyncio.Context.instance(), ep)
         assert not run.done()
     errors = [r for r in journal(folder) if r["kind"] == "handler_error"]
