@@ -193,7 +193,8 @@ def run_job(job: dict, out: Path | None = None, *, keep_best: bool = False) -> d
     unit.optimum(job["image_size"])     # computed (and cached) outside the run's time
     rng = _stream("validity", job["space"], job["unit"], job["optimizer"], job["seed"])
     spikes = _stream("spikes", job["space"], job["unit"], job["optimizer"], job["seed"])
-    opt = build_optimizer(OptimizerConfig(kind=job["optimizer"], population=job["population"]), gen, rng,
+    opt = build_optimizer(OptimizerConfig(kind=job["optimizer"], population=job["population"],
+                                          **job.get("optimizer_params", {})), gen, rng,
                           job["optimizer"], generations=job["generations"])
     t0 = time.perf_counter()
     best, best_image, curve = -1.0, None, []

@@ -63,3 +63,17 @@ def test_cli_writes_table_report_and_figure(tmp_path):
     assert {(r["space"], r["unit"]) for r in summary["table"]} == {("fourier", "colour"),
                                                                    ("fourier", "gabor-energy")}
     assert (out / "best_images.png").stat().st_size > 1000 and "| fourier |" in (out / "report.md").read_text()
+
+
+def test_a_jobs_optimizer_params_reach_the_optimizer():
+    """benchmarks/norm_bounds.py sets sphere-es's norm bounds through the job: the defaults
+    given explicitly reproduce the plain job exactly, other bounds give another run."""
+    from benchmarks import validity
+    suite = validity.make_suite("full", spaces=("dcgan-face",), optimizers=("sphere-es",), generations=10,
+                                population=20, image_size=64, seeds=(0,), units=("blob",))
+    job = validity.list_jobs(suite)[0]
+    plain = validity.run_job(job)["result"]["curve"]
+    job["optimizer_params"] = {"init_norm_factor": 3.0, "min_norm_factor": 3.0, "max_norm_factor": 10.0}
+    assert validity.run_job(job)["result"]["curve"] == plain
+    job["optimizer_params"] = {"init_norm_factor": 1.0, "min_norm_factor": 0.5, "max_norm_factor": 10.0}
+    assert validity.run_job(job)["result"]["curve"] != plain

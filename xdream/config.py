@@ -111,8 +111,8 @@ class OptimizerConfig:
     step_ratio: Positive = 0.33         # the centre's step angle over the sample angle
     norm_rate: Annotated[float, Meta(ge=0)] = 1.0           # how fast the code norm follows the scores; 0: fixed norm
     init_norm_factor: Positive = 3.0    # the code norm starts at this times the first codes' norm ...
-    min_norm_factor: Positive = 3.0     # ... and stays within min .. max times it (3, 3, 10: for DeePSiM
-    max_norm_factor: Positive = 10.0    # fc6 codes drawn N(0, 1); 1, 0.5, 10 for a Gaussian-prior GAN)
+    min_norm_factor: Positive = 3.0     # ... and stays within min .. max times it (3, 3, 10: sized for
+    max_norm_factor: Positive = 10.0    # DeePSiM fc6 codes, and best measured in dcgan-face too)
 
     def __post_init__(self) -> None:
         self.kind = canonical_kind(self.kind)   # an old name ("ours") loads as the kind it names

@@ -36,8 +36,11 @@ A generation, after the first:
     The defaults 3, 3, 10 are for DeePSiM fc6 codes drawn N(0, I) (norm 64,
     far below where every published evolution ends: GA ~135-185, pycma
     ~320-340, Cholesky CMA-ES ~410-440, SphereCMA 300; and 3 x 64 is where
-    the Cholesky CMA-ES's first step lands); for a generator whose prior is
-    its code distribution (a GAN), use 1, 0.5, 10.
+    the Cholesky CMA-ES's first step lands).  For a generator whose prior is
+    its code distribution (a GAN) 1, 0.5, 10 looked natural, but in the
+    dcgan-face space at 3,000 presentations the defaults did better (colour
+    unit 0.93 against 0.56 of its optimum; benchmarks/norm_bounds.py,
+    docs/benchmarks.md, Validity): contrast pays there too.
 An odd population adds the centre itself, scored but not used.  The first
 generation is `init_codes` (or N(0, I)); its rank-weighted best half gives the
 first centre direction.

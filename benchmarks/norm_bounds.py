@@ -1,0 +1,42 @@
+"""sphere-es's code-norm bounds in the default's image space (dcgan-face), at the validity
+suite's Goal budget: 150 generations x 20 images, 64 px, 5 seeds, every known-optimum unit.
+The same jobs as `xdream bench validity` (same seeds, so paired), with the optimizer's
+init / min / max norm factors set.
+
+    python -m benchmarks.norm_bounds 3,3,10      # the default
+    python -m benchmarks.norm_bounds 1,0.5,10    # what sphere_es.py suggested for a GAN
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from benchmarks import validity
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("factors", help="init,min,max norm factors, e.g. 3,3,10")
+    ap.add_argument("--space", default="dcgan-face")
+    ap.add_argument("--seeds", type=int, default=5)
+    args = ap.parse_args(argv)
+    init, lo, hi = (float(x) for x in args.factors.split(","))
+    suite = validity.make_suite("full", spaces=(args.space,), optimizers=("sphere-es",), generations=150,
+                                population=20, image_size=64, seeds=tuple(range(args.seeds)))
+    best: dict[str, list[float]] = {}
+    for job in validity.list_jobs(suite):
+        job["optimizer_params"] = {"init_norm_factor": init, "min_norm_factor": lo, "max_norm_factor": hi}
+        got = validity.run_job(job)["result"]["best"]
+        best.setdefault(job["unit"], []).append(got)
+        print(f"{job['unit']} seed {job['seed']}: {got:.3f}", flush=True)
+    print(f"sphere-es on {args.space}, norm factors {init:g}, {lo:g}, {hi:g} (mean ± s.e.m. over seeds):")
+    for unit, xs in best.items():
+        print(f"  {unit}: {np.mean(xs):.2f} ± {np.std(xs, ddof=1) / np.sqrt(len(xs)):.2f}  "
+              f"({', '.join(f'{x:.2f}' for x in xs)})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
