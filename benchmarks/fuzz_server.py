@@ -105,9 +105,11 @@ class LiveServer:
     def alive(self) -> bool:
         return self._thread.is_alive() and not self.task.done()
 
-    def stop(self) -> None:
+    def stop(self) -> bool:
+        """Cancel the session (as SIGTERM does); True if the server's thread then ended."""
         self.loop.call_soon_threadsafe(self.task.cancel)
         self._thread.join(30)
+        return not self._thread.is_alive()
 
 
 # ---------------------------------------------------------------- strategies
@@ -329,7 +331,7 @@ def run_storm(folder: Path, messages: int, batch: int = 50, seed: int | None = N
         alive = live.alive()
     finally:
         fuzzer.close()
-        live.stop()
+        stopped = live.stop()   # a cancel swallowed in the server leaves it running
     lines = (folder / "journal.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]   # raises if any line is not JSON
     kinds: dict[str, int] = {}
@@ -337,7 +339,8 @@ def run_storm(folder: Path, messages: int, batch: int = 50, seed: int | None = N
         kinds[r["kind"]] = kinds.get(r["kind"], 0) + 1
     return {"messages": fuzzer.sent, "seconds": round(seconds, 2), "messages_per_s": round(fuzzer.sent / seconds),
             "rss_before_mib": round(rss_before / 2**20, 1), "rss_after_mib": round(rss_after / 2**20, 1),
-            "welcomed_after": welcomed, "alive_after": alive, "journal_records": len(records), "kinds": kinds}
+            "welcomed_after": welcomed, "alive_after": alive, "stopped_when_cancelled": stopped,
+            "journal_records": len(records), "kinds": kinds}
 
 
 def main(argv=None) -> None:

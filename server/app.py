@@ -419,11 +419,7 @@ class EvolutionServer:
                 self.journal.write("missing", block_id=block.block_id, pids=missing, why="timeout")
                 self._status_missing(block.block_id, missing, "timeout")
                 break
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), timeout=min(left, 1.0))
-            except TimeoutError:
-                pass
+            await self._wait_changed(min(left, 1.0))
         report.mark("present", t_sent)
         report.mark("counts", t_sent)
         self._aborted.clear()
@@ -518,11 +514,7 @@ class EvolutionServer:
             if not warned:
                 log.info("waiting for a presenter and a recorder at %s", self.endpoint)
                 warned = True
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), timeout=1.0)
-            except TimeoutError:
-                pass
+            await self._wait_changed(1.0)
 
     def _have_peers(self) -> bool:
         roles = {p.role for p in self.peers.values()}
@@ -853,15 +845,23 @@ class EvolutionServer:
         self._tell_peers_soon()
         self._changed.set()
 
+    async def _wait_changed(self, timeout_s: float) -> None:
+        """Until a peer's message changes something, or timeout_s.  Not asyncio.wait_for: on
+        Python 3.11 it swallows a cancel that arrives as the event is set (CPython gh-86296),
+        and a SIGTERM that lands while reports stream in then never ends the session (the
+        fuzz test's server ran on after its stop); asyncio.timeout passes the cancel on."""
+        self._changed.clear()
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._changed.wait()
+        except TimeoutError:
+            pass
+
     async def _while_paused(self) -> None:
         """Before a block is sent: wait while the session is paused (peers stay alive)."""
         while self.control.paused:
             self._check_journal()
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), timeout=1.0)
-            except TimeoutError:
-                pass
+            await self._wait_changed(1.0)
 
     # ----------------------------------------------------------- liveness
     async def _heartbeat_loop(self) -> None:

@@ -24,6 +24,8 @@ def test_the_server_answers_or_drops_every_generated_message_and_keeps_receiving
     figures = run_storm(tmp_path / "fuzz", MESSAGES)
     assert figures["messages"] >= MESSAGES
     assert figures["alive_after"] and figures["welcomed_after"]
+    # and it stops when its task is cancelled (as SIGTERM does), though reports were streaming in
+    assert figures["stopped_when_cancelled"]
     assert figures["kinds"].get("rejected", 0) > MESSAGES // 10   # the storm did reach the validators
     assert not figures["kinds"].get("handler_error")               # no handler raised on any of it
     assert figures["rss_after_mib"] - figures["rss_before_mib"] < RSS_BOUND_MIB, figures

@@ -106,7 +106,8 @@ def make_app(hub: Hub, *, token: str = "") -> web.Application:
             await resp.write(b"event: hello\ndata: {}\n\n")
             while True:
                 try:
-                    text = await asyncio.wait_for(client.queue.get(), 15.0)
+                    async with asyncio.timeout(15.0):   # not wait_for: it can swallow a cancel on 3.11
+                        text = await client.queue.get()
                 except TimeoutError:
                     await resp.write(b": keep-alive\n\n")
                     continue
