@@ -357,3 +357,41 @@ def test_a_page_opened_mid_session_misses_no_event_and_counts_none_twice(tmp_pat
             browser.close()
     assert points == 2, "a generation published while the snapshot was on its way is missing"
     assert shown == "2", f"shown {shown}: each presentation counted once"
+
+
+def test_a_resync_asked_while_a_snapshot_is_on_its_way_takes_a_fresh_one_and_loses_nothing(tmp_path):
+    """The hub tells the page to resync (it fell behind) while the page's first snapshot is still
+    on its way: the page takes one snapshot at a time, then a fresh one, keeping the events that
+    came meanwhile; it ends with every generation and each presentation counted once."""
+    state = StatusState()
+    state.apply({"v": 1, "kind": "session", "seq": 1, "t": time.time(), "session": "s", "generations": 9,
+                 "threads": [{"name": "a", "channel": 0}], "population": 1, "references": []})
+    state.apply(_generation(2, 0))
+    with _hub_site(Hub(state, live=True)) as (url, publish):
+        fetched = []
+
+        def slow_snapshots(route) -> None:
+            reply = route.fetch()
+            fetched.append(reply)
+            if len(fetched) == 1:       # the resync comes while the first snapshot is on its way
+                publish({"v": 1, "kind": "resync", "seq": 2})   # as live.py says after a gap
+                time.sleep(0.5)
+            elif len(fetched) == 2:     # events after the second snapshot, before the page has it
+                publish(_generation(3, 1))
+                publish(_shown(4))
+                time.sleep(0.5)
+            route.fulfill(response=reply)
+
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            page = browser.new_page()
+            page.route("**/api/snapshot", slow_snapshots)
+            page.goto(url)
+            # (the sync API handles routes only inside its own calls: wait_for_timeout lets it)
+            _wait(lambda: page.wait_for_timeout(50) or len(fetched) >= 2, 20, "a second snapshot")
+            publish(_shown(5))
+            _wait(lambda: page.locator("#trajectory").get_attribute("data-points") == "2", 20, "both generations")
+            time.sleep(1.0)
+            shown = page.locator("#rig tr", has_text="shown").locator("td").inner_text()
+            browser.close()
+    assert shown == "2", f"shown {shown}: each presentation counted once"

@@ -22,13 +22,22 @@ function stride(list) {
 
 // The clone pattern (as xdream/status_client.py): listen first, then take the snapshot, then
 // fold the events newer than it.  Events that arrive while a snapshot is on its way wait in
-// `held`; those the snapshot already holds (seq not larger) are not folded twice.
-let held = null;
+// `held`; those the snapshot already holds (seq not larger) are not folded twice.  One
+// snapshot at a time: a load asked for meanwhile takes another after it, keeping `held`.
+let held = null, loading = false, again = false;
 
 async function load() {
   held = held || [];
-  const r = await fetch("/api/snapshot");
-  const fresh = await r.json();
+  if (loading) { again = true; return; }
+  loading = true;
+  let fresh = null;
+  try { fresh = await (await fetch("/api/snapshot")).json(); } catch (err) { fresh = null; }
+  loading = false;
+  if (fresh === null || again) {   // the dashboard unreachable for a moment, or a newer load asked
+    again = false;
+    setTimeout(load, fresh === null ? 1000 : 0);
+    return;
+  }
   const waiting = held;
   held = null;
   snap = fresh;
