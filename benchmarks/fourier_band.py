@@ -1,6 +1,6 @@
 """The fourier space's band limit at the validity suite's Goal budget: sphere-es, 150
 generations x 20 images, 64 px, 5 seeds, every known-optimum unit, with the generator's
-MAX_CYCLES set for this process (it is a module constant, not a config key yet).
+band limit set (`generator.max_cycles`; the same jobs and seeds as `xdream bench validity`).
 
     python -m benchmarks.fourier_band 8      # |f| <= 8 cycles per image: 591 numbers a code
 """
@@ -12,7 +12,6 @@ import argparse
 import numpy as np
 
 from benchmarks import validity
-from server.generators import fourier
 
 
 def main(argv=None) -> int:
@@ -20,13 +19,13 @@ def main(argv=None) -> int:
     ap.add_argument("max_cycles", type=int)
     ap.add_argument("--seeds", type=int, default=5)
     args = ap.parse_args(argv)
-    fourier.MAX_CYCLES = args.max_cycles
     suite = validity.make_suite("full", spaces=("fourier",), optimizers=("sphere-es",), generations=150,
                                 population=20, image_size=64, seeds=tuple(range(args.seeds)))
     best: dict[str, list[float]] = {}
     for job in validity.list_jobs(suite):
+        job["generator_params"] = {"max_cycles": args.max_cycles}
         best.setdefault(job["unit"], []).append(validity.run_job(job)["result"]["best"])
-    print(f"fourier, MAX_CYCLES {args.max_cycles}, sphere-es (mean ± s.e.m. over seeds):")
+    print(f"fourier, max_cycles {args.max_cycles}, sphere-es (mean ± s.e.m. over seeds):")
     for unit, xs in best.items():
         print(f"  {unit}: {np.mean(xs):.2f} ± {np.std(xs, ddof=1) / np.sqrt(len(xs)):.2f}  "
               f"({', '.join(f'{x:.2f}' for x in xs)})")

@@ -158,10 +158,12 @@ _CACHE: dict = {}
 def _generator(job: dict):
     from server.generators import build_generator
     from xdream.config import GeneratorConfig
-    key = ("gen", job["space"], json.dumps(job["weights"]), job["image_size"])
+    params = job.get("generator_params", {})     # e.g. fourier's max_cycles (benchmarks/fourier_band.py)
+    key = ("gen", job["space"], json.dumps(job["weights"]), job["image_size"], json.dumps(params, sort_keys=True))
     if key not in _CACHE:
         kind = "deepsim-fc6" if job["space"] == WEIGHTED_SPACE else job["space"]
-        cfg = GeneratorConfig(kind=kind, weights=job["weights"]["weights"] if job["weights"] else "", device="cpu")
+        cfg = GeneratorConfig(kind=kind, weights=job["weights"]["weights"] if job["weights"] else "", device="cpu",
+                              **params)
         _CACHE[key] = build_generator(cfg, job["image_size"])
     return _CACHE[key]
 

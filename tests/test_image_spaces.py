@@ -55,6 +55,22 @@ def test_fourier_normal_codes_give_contrasty_smooth_images(fourier):
     assert (roughness(images) < 0.3).all()   # 1/f: low frequencies dominate
 
 
+def test_fouriers_band_limit_is_a_config_key_and_sets_the_codes_size():
+    """generator.max_cycles: 8 cycles per image give 591 numbers a code (3 x (1 + 2 x 98));
+    its images have no frequency above 8 cycles (the spectrum is zero outside the band)."""
+    cfg = config("fourier")
+    cfg.max_cycles = 8
+    gen = FourierGenerator(cfg, 64)
+    assert gen.code_shape == (3 * (1 + 2 * len(half_plane_frequencies(8))),) == (591,)
+    images = gen.generate(normal_codes(gen, 2))
+    assert images.shape == (2, 64, 64, 3) and images.dtype == np.uint8
+    spectrum = gen.spectrum(torch.as_tensor(normal_codes(gen, 1), dtype=torch.float32)).abs()[0, 0]
+    fy = torch.fft.fftfreq(gen.render_px, 1 / gen.render_px).abs().view(-1, 1)
+    fx = torch.arange(spectrum.shape[1]).view(1, -1)
+    outside = (fy ** 2 + fx ** 2) > 8 ** 2
+    assert spectrum[outside].max() == 0 and spectrum[~outside].max() > 0
+
+
 def test_fourier_is_deterministic_and_codes_matter(fourier):
     codes = normal_codes(fourier, 2, seed=1)
     again = build_generator(config("fourier"), 128).generate(codes)

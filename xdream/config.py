@@ -79,6 +79,9 @@ class GeneratorConfig:
     init_sd: Positive = 1.0       # first generation: N(0, init_sd) ...
     init_stats: str = ""       # ... or per-unit mean/std from an .npz ('mean', 'std')
     init_clip: bool = False    # clip initial codes at 0 (generators trained on post-ReLU features)
+    # fourier: the highest spatial frequency, cycles per image (16: 2,391 numbers a code; 8: 591,
+    # which reached twice the grating unit's fraction at 3,000 presentations: docs/benchmarks.md)
+    max_cycles: Annotated[int, Meta(ge=1, le=64)] = 16
 
 
 @dataclass

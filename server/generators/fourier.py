@@ -6,7 +6,7 @@ Schubert, "Feature Visualization", Distill 2017), after lucid's
 (github.com/tensorflow/lucid):
 
   * the code holds the real and imaginary parts of the Fourier coefficients of
-    the lowest spatial frequencies, |f| <= MAX_CYCLES cycles per image, one set
+    the lowest spatial frequencies, |f| <= generator.max_cycles cycles per image, one set
     per (decorrelated) colour channel;
   * coefficients are scaled by 1 / max(|f|, 1) (lucid's decay_power = 1), so
     an N(0, 1) code has the 1/f amplitude spectrum of natural images and every
@@ -19,9 +19,10 @@ Schubert, "Feature Visualization", Distill 2017), after lucid's
 Code layout, flat: for each of the 3 channels, [DC, re(f_1..f_k), im(f_1..f_k)]
 over the k frequencies of a half plane (fx > 0, or fx = 0 and fy > 0); the
 other half is their complex conjugate, which keeps the image real with no
-redundant or ignored code units.  With MAX_CYCLES = 16: k = 398, 2391 numbers.
+redundant or ignored code units.  With max_cycles = 16 (the default): k = 398,
+2391 numbers; with 8, 591.
 Images are periodic (they tile), as lucid's are.  They are rendered at the
-stimulus size (at least MIN_RENDER_PX), so generator.fit matters only for
+stimulus size (at least 4 px a cycle of max_cycles), so generator.fit matters only for
 smaller stimuli: 'crop' then shows the centre of a 64-px image.
 """
 
@@ -38,12 +39,12 @@ from xdream.config import GeneratorConfig
 
 log = logging.getLogger(__name__)
 
-MAX_CYCLES = 16          # highest spatial frequency, cycles per image
+MAX_CYCLES = 16          # highest spatial frequency, cycles per image (generator.max_cycles' default)
 DECAY_POWER = 1.0        # amplitude ~ 1/f**DECAY_POWER
 PIXEL_SD = 2.0           # sd of a pixel in decorrelated space for N(0,1) codes:
                          # image std ~60 on 0-255 (as natural images and
                          # DeePSiM outputs), <0.1% of pixels clipped
-MIN_RENDER_PX = 4 * MAX_CYCLES  # render above Nyquist, then resize if smaller
+RENDER_PX_PER_CYCLE = 4        # render above Nyquist (at least 4 px a cycle), then resize if smaller
 
 # lucid/optvis/param/color.py: color_correlation_svd_sqrt and color_mean
 COLOR_CORRELATION_SVD_SQRT = np.array([[0.26, 0.09, 0.02],
@@ -85,8 +86,9 @@ class FourierGenerator(ImageGenerator):
 
     def __init__(self, cfg: GeneratorConfig, image_size: int):
         super().__init__(cfg, image_size)
-        self.render_px = max(image_size, MIN_RENDER_PX)
-        freqs = half_plane_frequencies(MAX_CYCLES)
+        self.max_cycles = cfg.max_cycles
+        self.render_px = max(image_size, RENDER_PX_PER_CYCLE * self.max_cycles)
+        freqs = half_plane_frequencies(self.max_cycles)
         self.n_freqs = len(freqs)
         self.code_shape = (3 * (1 + 2 * self.n_freqs),)
         dc_scale, scales = frequency_scales(freqs)
@@ -103,7 +105,7 @@ class FourierGenerator(ImageGenerator):
         logit_mean = np.log(COLOR_MEAN / (1.0 - COLOR_MEAN))
         self._offset = torch.tensor(logit_mean, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
         log.info("fourier image space: |f| <= %d cycles/image, %d code units, rendered at %d px",
-                 MAX_CYCLES, self.code_shape[0], self.render_px)
+                 self.max_cycles, self.code_shape[0], self.render_px)
 
     def spectrum(self, codes: torch.Tensor) -> torch.Tensor:
         """(n, code) -> (n, 3, N, N//2+1) complex rfft2 spectrum of the image."""
