@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
-
 from benchmarks import validity
 
 
@@ -19,16 +17,8 @@ def main(argv=None) -> int:
     ap.add_argument("max_cycles", type=int)
     ap.add_argument("--seeds", type=int, default=5)
     args = ap.parse_args(argv)
-    suite = validity.make_suite("full", spaces=("fourier",), optimizers=("sphere-es",), generations=150,
-                                population=20, image_size=64, seeds=tuple(range(args.seeds)))
-    best: dict[str, list[float]] = {}
-    for job in validity.list_jobs(suite):
-        job["generator_params"] = {"max_cycles": args.max_cycles}
-        best.setdefault(job["unit"], []).append(validity.run_job(job)["result"]["best"])
-    print(f"fourier, max_cycles {args.max_cycles}, sphere-es (mean ± s.e.m. over seeds):")
-    for unit, xs in best.items():
-        print(f"  {unit}: {np.mean(xs):.2f} ± {np.std(xs, ddof=1) / np.sqrt(len(xs)):.2f}  "
-              f"({', '.join(f'{x:.2f}' for x in xs)})")
+    validity.sphere_es_variant("fourier", args.seeds, f"fourier, max_cycles {args.max_cycles}, sphere-es",
+                               generator_params={"max_cycles": args.max_cycles})
     return 0
 
 

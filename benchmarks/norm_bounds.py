@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
-
 from benchmarks import validity
 
 
@@ -23,18 +21,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, default=5)
     args = ap.parse_args(argv)
     init, lo, hi = (float(x) for x in args.factors.split(","))
-    suite = validity.make_suite("full", spaces=(args.space,), optimizers=("sphere-es",), generations=150,
-                                population=20, image_size=64, seeds=tuple(range(args.seeds)))
-    best: dict[str, list[float]] = {}
-    for job in validity.list_jobs(suite):
-        job["optimizer_params"] = {"init_norm_factor": init, "min_norm_factor": lo, "max_norm_factor": hi}
-        got = validity.run_job(job)["result"]["best"]
-        best.setdefault(job["unit"], []).append(got)
-        print(f"{job['unit']} seed {job['seed']}: {got:.3f}", flush=True)
-    print(f"sphere-es on {args.space}, norm factors {init:g}, {lo:g}, {hi:g} (mean ± s.e.m. over seeds):")
-    for unit, xs in best.items():
-        print(f"  {unit}: {np.mean(xs):.2f} ± {np.std(xs, ddof=1) / np.sqrt(len(xs)):.2f}  "
-              f"({', '.join(f'{x:.2f}' for x in xs)})")
+    validity.sphere_es_variant(args.space, args.seeds, f"sphere-es on {args.space}, norm factors {init:g}, {lo:g}, "
+                               f"{hi:g}", optimizer_params={"init_norm_factor": init, "min_norm_factor": lo,
+                                                            "max_norm_factor": hi})
     return 0
 
 

@@ -227,6 +227,25 @@ def run_job(job: dict, out: Path | None = None, *, keep_best: bool = False) -> d
     return record
 
 
+def sphere_es_variant(space: str, seeds: int, title: str, **params: dict) -> dict[str, list[float]]:
+    """sphere-es at the Goal's budget (150 x 20, 64 px) on every known-optimum unit, the suite's
+    own jobs and seeds (so paired with `xdream bench validity`), each job given `params`
+    (optimizer_params, generator_params); prints each run and the mean ± s.e.m. per unit."""
+    suite = make_suite("full", spaces=(space,), optimizers=("sphere-es",), generations=150, population=20,
+                       image_size=64, seeds=tuple(range(seeds)))
+    best: dict[str, list[float]] = {}
+    for job in list_jobs(suite):
+        job.update(params)
+        got = run_job(job)["result"]["best"]
+        best.setdefault(job["unit"], []).append(got)
+        print(f"{job['unit']} seed {job['seed']}: {got:.3f}", flush=True)
+    print(f"{title} (mean ± s.e.m. over seeds):")
+    for unit, xs in best.items():
+        m, sem, _ = _mean_sem(xs)
+        print(f"  {unit}: {_fmt(m, sem)}  ({', '.join(f'{x:.2f}' for x in xs)})")
+    return best
+
+
 # --------------------------------------------------------------------------- report
 
 def aggregate(jobs: list[dict], records: list[dict]) -> dict:
