@@ -323,6 +323,20 @@ def _generation(seq: int, generation: int) -> dict:
                                          "ref_mean": 0.5, "ids": ["x"], "scores": [1.0], "images": []}]}
 
 
+def _one_generation() -> StatusState:
+    """A live session's state after its session event (seq 1) and generation 0 (seq 2)."""
+    state = StatusState()
+    state.apply({"v": 1, "kind": "session", "seq": 1, "t": time.time(), "session": "s", "generations": 9,
+                 "threads": [{"name": "a", "channel": 0}], "population": 1, "references": []})
+    state.apply(_generation(2, 0))
+    return state
+
+
+def _rig_shown(page) -> str:
+    """The rig table's 'shown' count, as the page shows it."""
+    return page.locator("#rig tr", has_text="shown").locator("td").inner_text()
+
+
 def _shown(seq: int) -> dict:
     return {"v": 1, "kind": "presentation", "seq": seq, "t": time.time(), "fate": "shown", "late": False}
 
@@ -332,11 +346,7 @@ def test_a_page_opened_mid_session_misses_no_event_and_counts_none_twice(tmp_pat
     while the snapshot is on its way is drawn, and one that is in the snapshot and also comes
     down the stream is counted once.  The snapshot's reply is held back to widen the window that
     a loaded machine opens by chance (CI lost a generation this way: 16 points drawn, 17 scored)."""
-    state = StatusState()
-    state.apply({"v": 1, "kind": "session", "seq": 1, "t": time.time(), "session": "s", "generations": 9,
-                 "threads": [{"name": "a", "channel": 0}], "population": 1, "references": []})
-    state.apply(_generation(2, 0))
-    with _hub_site(Hub(state, live=True)) as (url, publish):
+    with _hub_site(Hub(_one_generation(), live=True)) as (url, publish):
         def slow_snapshot(route) -> None:
             publish(_shown(3))              # before the snapshot: in it, and (if listening) in the stream too
             reply = route.fetch()
@@ -353,7 +363,7 @@ def test_a_page_opened_mid_session_misses_no_event_and_counts_none_twice(tmp_pat
             _wait(lambda: page.locator("#trajectory").get_attribute("data-points"), 20, "the trajectory")
             time.sleep(1.0)                 # a redraw is at most 200 ms behind its event
             points = int(page.locator("#trajectory").get_attribute("data-points"))
-            shown = page.locator("#rig tr", has_text="shown").locator("td").inner_text()
+            shown = _rig_shown(page)
             browser.close()
     assert points == 2, "a generation published while the snapshot was on its way is missing"
     assert shown == "2", f"shown {shown}: each presentation counted once"
@@ -363,11 +373,7 @@ def test_a_resync_asked_while_a_snapshot_is_on_its_way_takes_a_fresh_one_and_los
     """The hub tells the page to resync (it fell behind) while the page's first snapshot is still
     on its way: the page takes one snapshot at a time, then a fresh one, keeping the events that
     came meanwhile; it ends with every generation and each presentation counted once."""
-    state = StatusState()
-    state.apply({"v": 1, "kind": "session", "seq": 1, "t": time.time(), "session": "s", "generations": 9,
-                 "threads": [{"name": "a", "channel": 0}], "population": 1, "references": []})
-    state.apply(_generation(2, 0))
-    with _hub_site(Hub(state, live=True)) as (url, publish):
+    with _hub_site(Hub(_one_generation(), live=True)) as (url, publish):
         fetched = []
 
         def slow_snapshots(route) -> None:
@@ -392,6 +398,6 @@ def test_a_resync_asked_while_a_snapshot_is_on_its_way_takes_a_fresh_one_and_los
             publish(_shown(5))
             _wait(lambda: page.locator("#trajectory").get_attribute("data-points") == "2", 20, "both generations")
             time.sleep(1.0)
-            shown = page.locator("#rig tr", has_text="shown").locator("td").inner_text()
+            shown = _rig_shown(page)
             browser.close()
     assert shown == "2", f"shown {shown}: each presentation counted once"
