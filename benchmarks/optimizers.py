@@ -143,7 +143,7 @@ def available_optimizers() -> tuple[str, ...]:
 
 def new_optimizer(kind: str, rng: np.random.Generator, population: int, init_codes: np.ndarray):
     from server.optimizers import make_optimizer
-    return make_optimizer(kind, (DIM,), rng, population=population, init_codes=init_codes, name=kind)
+    return make_optimizer(kind, init_codes.shape[1:], rng, population=population, init_codes=init_codes, name=kind)
 
 
 def optimizer_params(opt) -> dict:
@@ -169,10 +169,17 @@ def weights_entry(path: str | None, seed: int) -> dict:
 
 
 def make_setting(generator_weights: str | None = None, alexnet_weights: str | None = None,
-                 generator_seed: int = 0, alexnet_seed: int = 0) -> dict:
-    """The in-silico world every job of an invocation shares."""
-    return {"generator": weights_entry(generator_weights, generator_seed),
-            "alexnet": weights_entry(alexnet_weights, alexnet_seed)}
+                 generator_seed: int = 0, alexnet_seed: int = 0, generator_kind: str = "deepsim-fc6") -> dict:
+    """The in-silico world every job of an invocation shares.  The generator's kind is
+    named only when it is not the protocol's DeePSiM fc6 (so stored fc6 jobs keep their keys)."""
+    generator = weights_entry(generator_weights, generator_seed)
+    if generator_kind != "deepsim-fc6":
+        generator["kind"] = generator_kind
+    return {"generator": generator, "alexnet": weights_entry(alexnet_weights, alexnet_seed)}
+
+
+def generator_kind(setting: dict) -> str:
+    return setting["generator"].get("kind", "deepsim-fc6")
 
 
 def list_jobs(suite: Suite, setting: dict) -> list[dict]:
@@ -272,7 +279,8 @@ def pipeline_for(setting: dict, device: str = "auto"):
                 raise ConfigError(f"{entry['weights']} changed since the jobs were listed (SHA-256 differs)")
         _PIPELINES.clear()
         _PIPELINES[key] = Pipeline(setting["generator"]["weights"], setting["generator"]["seed"],
-                                   setting["alexnet"]["weights"], setting["alexnet"]["seed"], device=device)
+                                   setting["alexnet"]["weights"], setting["alexnet"]["seed"], device=device,
+                                   generator_kind=generator_kind(setting))
     return _PIPELINES[key]
 
 
@@ -298,7 +306,7 @@ def run_run(job: dict, pipe, observer=None, score=None, unit_id: str | None = No
     population, generations = int(job["population"]), int(job["generations"])
     # common random numbers: every optimizer and noise level of (unit, seed) starts from
     # the same codes; the optimizer's own draws do not depend on sigma
-    init = _stream("init", unit_id, seed).standard_normal((population, DIM))
+    init = _stream("init", unit_id, seed).standard_normal((population, int(np.prod(pipe.code_shape))))
     key = STREAM_NAME.get(kind, kind)
     opt = new_optimizer(kind, _stream("optimizer", unit_id, seed, key), population, init)
     noise_rng = _stream("noise", unit_id, seed, key, sigma)

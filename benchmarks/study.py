@@ -5,9 +5,10 @@ the best clean activation any method reached, white-box reference included)
 and the known-optimum units of benchmarks/validity.py (normalised by their
 known optimum: the score is the fraction of the optimum, exact).  Every unit x
 seed x sigma x optimizer is one run of the optimizer benchmark's protocol
-(DeePSiM-fc6-shaped codes, score * max(0, 1 + sigma N(0, 1)) seen by the
-optimizer, clean scores measured); a known-optimum unit sees the generator's
-images downsampled to IMAGE_SIZE px.
+(score * max(0, 1 + sigma N(0, 1)) seen by the optimizer, clean scores
+measured), in the image space of the embedded default config (dcgan-face: the
+claims are about the default as a lab runs it) unless `space` says otherwise;
+a known-optimum unit sees the generator's images at (at most) MAX_IMAGE_SIZE px.
 
 Report per sigma: each optimizer's mean normalised score of the final
 generation's best image, with a 95 % t-interval over unit x seed; and the
@@ -44,7 +45,19 @@ from xdream.optimizer_kinds import canonical_kind
 
 DEFAULT = "sphere-es"
 PEERS = ("sphere-cma", "pycma")
-IMAGE_SIZE = 128
+MAX_IMAGE_SIZE = 128
+NATIVE_SIZE = {"deepsim-fc6": 256, "dcgan-face": 64}
+CODE_SIZE = {"deepsim-fc6": 4096, "dcgan-face": 100}
+
+
+def default_space() -> str:
+    """The embedded default config's image space: what the study measures unless told."""
+    from xdream import config
+    kinds = {t.generator.kind for t in config.load(None).threads}
+    if len(kinds) != 1 or next(iter(kinds)) not in NATIVE_SIZE:
+        raise ConfigError(f"the default config's image spaces {sorted(kinds)}: the study runs one of "
+                          f"{', '.join(NATIVE_SIZE)}")
+    return next(iter(kinds))
 
 
 @dataclass(frozen=True)
@@ -60,13 +73,23 @@ class Study:
     population: int = 40
     wb_restarts: int = 2
     wb_steps: int = 200
+    space: str = ""          # "": the embedded default config's (default_space)
+
+    @property
+    def image_size(self) -> int:
+        return min(MAX_IMAGE_SIZE, NATIVE_SIZE[self.space])
+
+    @property
+    def wb_norm(self) -> float:
+        """The white-box code-norm bound: 8 x E|z| of a N(0, I) code, as the optimizer benchmark's."""
+        return bo.WB_NORM_FACTOR * math.sqrt(CODE_SIZE[self.space])
 
     @property
     def n_units(self) -> int:
         return len(self.layers) * len(self.channels) + len(self.known)
 
     def describe(self) -> str:
-        return (f"study {self.name}: {self.n_units} units (layers {', '.join(self.layers)} x channels "
+        return (f"study {self.name} in {self.space}: {self.n_units} units (layers {', '.join(self.layers)} x channels "
                 f"{list(self.channels)}; known-optimum {', '.join(self.known) or 'none'}); seeds {list(self.seeds)}; "
                 f"sigma {list(self.sigmas)}; optimizers {', '.join(self.optimizers)}; {self.generations} generations "
                 f"x {self.population} images; white-box {self.wb_restarts} x {self.wb_steps} steps")
@@ -85,7 +108,10 @@ def make_study(name: str = "study", **overrides) -> Study:
     if name not in STUDIES:
         raise ConfigError(f"unknown study {name!r}; studies: {', '.join(STUDIES)}")
     study = replace(STUDIES[name], **{k: v for k, v in overrides.items() if v is not None})
-    study = replace(study, optimizers=tuple(canonical_kind(o) for o in study.optimizers))
+    study = replace(study, optimizers=tuple(canonical_kind(o) for o in study.optimizers),
+                    space=study.space or default_space())
+    if study.space not in NATIVE_SIZE:
+        raise ConfigError(f"unknown study space {study.space!r}; spaces: {', '.join(NATIVE_SIZE)}")
     bo.make_suite("quick", layers=study.layers, optimizers=study.optimizers)   # names checked there
     bad = [u for u in study.known if u not in validity.UNITS]
     if bad:
@@ -97,17 +123,24 @@ def make_study(name: str = "study", **overrides) -> Study:
 
 # --------------------------------------------------------------------------- jobs
 
+def make_setting(study: Study, generator_weights: str | None = None, alexnet_weights: str | None = None) -> dict:
+    return bo.make_setting(generator_weights, alexnet_weights, generator_kind=study.space)
+
+
 def list_jobs(study: Study, setting: dict) -> list[dict]:
+    if bo.generator_kind(setting) != study.space:
+        raise ConfigError(f"the setting's generator is {bo.generator_kind(setting)}, the study's space {study.space}")
     suite = bo.make_suite("quick", layers=study.layers, channel_list=study.channels, seeds=study.seeds,
                           sigmas=study.sigmas, optimizers=study.optimizers, generations=study.generations,
-                          population=study.population, wb_restarts=study.wb_restarts, wb_steps=study.wb_steps)
+                          population=study.population, wb_restarts=study.wb_restarts, wb_steps=study.wb_steps,
+                          wb_norm=study.wb_norm)
     jobs = bo.list_jobs(suite, setting) if study.layers and study.channels else []
     for name in study.known:
         for sigma in study.sigmas:
             for seed in study.seeds:
                 for opt in study.optimizers:
                     jobs.append({"type": "known", "setting": setting, "known": name,
-                                 "unit_config": validity.UNITS[name], "image_size": IMAGE_SIZE,
+                                 "unit_config": validity.UNITS[name], "image_size": study.image_size,
                                  "sigma": float(sigma), "seed": int(seed), "optimizer": opt,
                                  "generations": study.generations, "population": study.population})
     return jobs
@@ -256,8 +289,9 @@ def report_markdown(summary: dict) -> str:
 def cli_bench_study(args) -> int:
     out = Path(args.out if args.out != "bench-optimizers" else "bench-study")
     study = make_study("quick" if args.quick else "study", optimizers=bo._csv(args.optimizers),
-                       seeds=tuple(range(args.seeds)) if args.seeds else None, generations=args.generations)
-    setting = bo.make_setting(args.generator_weights, args.alexnet_weights)
+                       seeds=tuple(range(args.seeds)) if args.seeds else None, generations=args.generations,
+                       space=args.space)
+    setting = make_setting(study, args.generator_weights, args.alexnet_weights)
     jobs = list_jobs(study, setting)
     engine = engine_from_args(args)
     command = "xdream " + " ".join(shlex.quote(a) for a in sys.argv[1:])

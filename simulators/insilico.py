@@ -10,6 +10,10 @@ batch of codes into the activation of one unit, all in torch:
       -> ReLU for conv1..fc7 (the Ponce lab hooked the ReLU outputs,
          .features.ReLU4 ... .classifier.ReLU5), fc8 raw (classifier.Linear6)
 
+The generator may instead be the dcgan-face space (`generator_kind`, 100-d
+codes, 64 px images, resized to 224 as above): `xdream bench study` measures the
+optimizers in the embedded default config's image space.
+
 `Pipeline.score` is the black-box path (inference mode, the accelerated
 generator of server.generators.fast where it exists); `Pipeline.whitebox` is
 the white-box reference (Adam on the code through the same generator and
@@ -47,13 +51,13 @@ import numpy as np
 import torch
 
 from server.generators.base import pick_device, shape_mismatch
+from server.generators.dcgan_face import DCGANFaceNet, check_and_load, packaged_weights, read_state_dict
 from server.generators.deepsim import BGR_MEAN, DeePSiMFc6, load_state_dict, random_init
 from simulators.alexnet import LAYERS, AlexNet, preprocess, seeded_alexnet
 from xdream.errors import ConfigError, GeneratorError
 
 log = logging.getLogger(__name__)
 
-CODE_SHAPE = DeePSiMFc6.code_shape
 INPUT_SIZE = 224
 # feature-map side of each conv layer at 224 px (the unit sits at its centre)
 CONV_SIZES = {"conv1": 55, "conv2": 27, "conv3": 13, "conv4": 13, "conv5": 13}
@@ -202,13 +206,44 @@ def build_alexnet(weights: str | None, seed: int) -> tuple[AlexNet, str]:
     return seeded_alexnet(seed), f"seeded:{seed}"
 
 
-def build_generator(weights: str | None, seed: int) -> tuple[DeePSiMFc6, str]:
-    net = DeePSiMFc6()
-    if weights:
-        prov = load_state_dict(net, Path(weights))
+class DCGANFaceBGR(torch.nn.Module):
+    """The dcgan-face space as the pipeline takes a generator: code (100) -> 64 px
+    BGR, mean-subtracted (DeePSiM's output convention), the same image as
+    server.generators.dcgan_face makes at its native size."""
+
+    code_shape = DCGANFaceNet.code_shape
+
+    def __init__(self, net: DCGANFaceNet):
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(BGR_MEAN).view(1, 3, 1, 1))
+
+    def forward(self, code: torch.Tensor) -> torch.Tensor:
+        rgb = (self.net(code) + 1.0) * 127.5
+        return rgb.flip(1) - self.mean
+
+
+GENERATOR_KINDS = ("deepsim-fc6", "dcgan-face")
+
+
+def build_generator(weights: str | None, seed: int, kind: str = "deepsim-fc6") -> tuple[torch.nn.Module, str]:
+    """(generator, provenance).  deepsim-fc6: a state dict or seeded random weights;
+    dcgan-face: a weights file or the one its PyPI package ships (trained weights only)."""
+    if kind == "deepsim-fc6":
+        net = DeePSiMFc6()
+        if weights:
+            prov = load_state_dict(net, Path(weights))
+        else:
+            random_init(net, seed)
+            prov = f"seeded:{seed}"
+    elif kind == "dcgan-face":
+        path = Path(weights) if weights else packaged_weights()
+        face = DCGANFaceNet()
+        state, sha = read_state_dict(path)
+        check_and_load(face, state, path)
+        net, prov = DCGANFaceBGR(face), f"dcgan-face:{sha}"
     else:
-        random_init(net, seed)
-        prov = f"seeded:{seed}"
+        raise ConfigError(f"in-silico generator {kind!r}: known {', '.join(GENERATOR_KINDS)}")
     for p in net.parameters():
         p.requires_grad_(False)
     return net.eval(), prov
@@ -227,9 +262,10 @@ class Pipeline:
 
     def __init__(self, generator_weights: str | None = None, generator_seed: int = 0,
                  alexnet_weights: str | None = None, alexnet_seed: int = 0, device: str = "auto",
-                 fast: bool = True):
+                 fast: bool = True, generator_kind: str = "deepsim-fc6"):
         self.device = pick_device(device)
-        gen, self.generator_provenance = build_generator(generator_weights, generator_seed)
+        gen, self.generator_provenance = build_generator(generator_weights, generator_seed, generator_kind)
+        self.code_shape = tuple(gen.code_shape)
         net, self.alexnet_provenance = build_alexnet(alexnet_weights, alexnet_seed)
         self.generator = gen.to(self.device)          # eager: the white-box path (autograd)
         self.alexnet = net.to(self.device)
@@ -239,14 +275,14 @@ class Pipeline:
             with torch.no_grad():
                 # numpy's stream, not torch's: torch.Generator().manual_seed(s) would replay
                 # the generator's own random_init draws (its weights) as "random" codes
-                probe = np.random.default_rng([alexnet_seed, PROBE_STREAM]).standard_normal((N_PROBE, *CODE_SHAPE))
+                probe = np.random.default_rng([alexnet_seed, PROBE_STREAM]).standard_normal((N_PROBE, *self.code_shape))
                 probe = torch.as_tensor(probe, dtype=torch.float32, device=self.device)
                 condition_alexnet(self.alexnet, self._network_input(self.generator(probe)))
         for p in self.alexnet.parameters():
             p.requires_grad_(False)
         self.fast_generator = self.generator
         self.accelerated = False
-        if fast:
+        if fast and generator_kind == "deepsim-fc6":    # the accelerated path is DeePSiM's
             try:
                 from server.generators.fast import accelerate
             except ImportError:
@@ -271,15 +307,15 @@ class Pipeline:
 
     @torch.inference_mode()
     def score(self, codes: np.ndarray, unit: Unit) -> np.ndarray:
-        """Clean activations (n,) of `unit` for codes (n, 4096): the black-box path."""
-        z = torch.as_tensor(np.asarray(codes, dtype=np.float32).reshape(-1, *CODE_SHAPE), device=self.device)
+        """Clean activations (n,) of `unit` for codes (n, code size): the black-box path."""
+        z = torch.as_tensor(np.asarray(codes, dtype=np.float32).reshape(-1, *self.code_shape), device=self.device)
         bgr = self.fast_generator(z)
         return self._response(self._pre_activation(bgr, unit), unit).double().cpu().numpy()
 
     def images(self, codes: np.ndarray) -> np.ndarray:
-        """(n, 256, 256, 3) uint8 RGB, for looking at what a run found."""
+        """(n, S, S, 3) uint8 RGB (S: 256 for deepsim-fc6, 64 for dcgan-face)."""
         with torch.inference_mode():
-            z = torch.as_tensor(np.asarray(codes, dtype=np.float32).reshape(-1, *CODE_SHAPE), device=self.device)
+            z = torch.as_tensor(np.asarray(codes, dtype=np.float32).reshape(-1, *self.code_shape), device=self.device)
             rgb = (self.fast_generator(z) + self._mean).flip(1).clamp(0, 255).round().to(torch.uint8)
             return rgb.permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
@@ -292,7 +328,7 @@ class Pipeline:
         best code (by pre-activation, tracked over all steps) is re-scored on
         the black-box path, and the best of those is the result."""
         gen = torch.Generator().manual_seed(int(seed))
-        z0 = torch.randn(restarts, *CODE_SHAPE, generator=gen) * init_sd
+        z0 = torch.randn(restarts, *self.code_shape, generator=gen) * init_sd
         z = project_to_ball(z0.to(self.device), bound).requires_grad_(True)
         opt = torch.optim.Adam([z], lr=lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1), eta_min=lr / 10)

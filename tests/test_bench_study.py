@@ -23,8 +23,8 @@ def test_the_study_is_large_enough_for_claims():
     assert s.n_units >= 16 and len(s.layers) >= 4 and set(s.known) == set(validity.UNITS)
     assert len(s.seeds) == 3 and s.sigmas == (0.0, 0.2, 0.5)
     assert {"sphere-es", "sphere-cma", "pycma"} <= set(s.optimizers)
-    jobs = bs.list_jobs(s, {"generator": {"weights": None, "sha256": None, "seed": 0},
-                            "alexnet": {"weights": None, "sha256": None, "seed": 0}})
+    assert s.space == "dcgan-face" == bs.default_space()     # the claims are about the default as run
+    jobs = bs.list_jobs(s, bs.make_setting(s))
     runs = [j for j in jobs if j["type"] in ("run", "known")]
     assert len(runs) == s.n_units * 3 * 3 * len(s.optimizers)
     assert len({bs.job_path(j, Path("o")) for j in jobs}) == len(jobs)
@@ -67,3 +67,28 @@ def test_quick_study_from_the_cli(tmp_path):
     assert "Wilcoxon" in report and "| 0.5 | pycma |" in report
     # the known-optimum unit's stored runs: their score is the fraction of the optimum of their images
     assert len(list((out / "jobs" / "known").glob("*.json"))) == 2 * 2 * 3
+
+
+def test_the_study_runs_in_the_default_space_and_sees_the_images_a_session_shows():
+    import numpy as np
+
+    from benchmarks import optimizers as bo
+    from server.generators import build_generator
+    from xdream.config import GeneratorConfig
+    s = bs.make_study("quick")
+    pipe = bo.pipeline_for(bs.make_setting(s), "cpu")
+    assert pipe.code_shape == (100,) and pipe.generator_provenance.startswith("dcgan-face:")
+    codes = np.random.default_rng(3).standard_normal((6, 100))
+    shown = build_generator(GeneratorConfig(kind="dcgan-face", device="cpu"), 64).generate(codes)
+    seen = pipe.images(codes)
+    assert seen.shape == shown.shape == (6, 64, 64, 3)
+    diff = np.abs(seen.astype(int) - shown.astype(int))
+    assert diff.max() <= 1 and diff.mean() < 0.01      # float rounding at a .5 only
+    # the known-optimum units see them at their native size; the white-box bound scales with the code
+    assert s.image_size == 64 and s.wb_norm == pytest.approx(80.0)
+    fc6 = bs.make_study("quick", space="deepsim-fc6")
+    assert fc6.image_size == 128 and fc6.wb_norm == pytest.approx(512.0)
+    with pytest.raises(bs.ConfigError, match="setting's generator"):
+        bs.list_jobs(fc6, bs.make_setting(s))
+    with pytest.raises(bs.ConfigError, match="unknown study space"):
+        bs.make_study("quick", space="fourier")

@@ -52,6 +52,8 @@ def add_parser(sub) -> None:
                         "images x 5 seeds; study: a smoke test of the path (seconds; no claim)")
     b.add_argument("--spaces", help="validity: comma-separated image spaces (deepsim-fc6, fourier, dcgan-face; "
                                     "deepsim-fc6-weights is added with --generator-weights)")
+    b.add_argument("--space", choices=["dcgan-face", "deepsim-fc6"],
+                   help="study: the image space (default: the embedded default config's, dcgan-face)")
     b.add_argument("--units", help="validity: comma-separated known-optimum units (colour, gabor-energy, blob, "
                                    "convnet-capped)")
     b.add_argument("--image-size", type=int, help="validity: image side in px (default 128; quick 64)")
