@@ -266,6 +266,21 @@ def summarise(rows: list[dict], optimizers, sigmas) -> dict:
     return {"table": table, "known_sigma0": known, "comparisons": comparisons}
 
 
+def unit_key(job: dict) -> str:
+    if job["type"] == "known":
+        return f"known:{job['known']}"
+    from simulators.insilico import Unit
+    return Unit.from_dict(job["unit"]).id
+
+
+def complete_units(jobs: list[dict], records: list) -> tuple[list[dict], list, list[str]]:
+    """The jobs and records of the units whose every job (white-box included) is stored; their names.
+    A unit half done would be normalised by a partial best and paired on some seeds only."""
+    missing = {unit_key(j) for j, r in zip(jobs, records) if r is None}
+    kept = [(j, r) for j, r in zip(jobs, records) if unit_key(j) not in missing]
+    return [j for j, _ in kept], [r for _, r in kept], list(dict.fromkeys(unit_key(j) for j, _ in kept))
+
+
 def report_markdown(summary: dict) -> str:
     def num(x, fmt="{:.3f}"):
         return "-" if x is None or not np.isfinite(x) else fmt.format(x)
@@ -302,16 +317,27 @@ def cli_bench_study(args) -> int:
         print(f"[{done}/{total}] {job['type']} {job.get('optimizer', '')} {job.get('known') or job['unit']} "
               f"({rec['result']['seconds']:.0f} s)", file=sys.stderr, flush=True)
 
-    outcome = run_suite(jobs, out, engine=engine, device=args.device, progress=progress)
+    partial = ""
+    if args.stored_only:      # a study under way: its finished units, computing nothing
+        stored = [load_result(j, out) for j in jobs]
+        done_jobs, done_records, units = complete_units(jobs, stored)
+        outcome = Outcome(done_records, stored=len(done_records))
+        partial = (f"Partial: the {len(units)} of {study.n_units} units whose every job is stored "
+                   f"({sum(r is not None for r in stored)} of {len(jobs)} jobs stored): {', '.join(units)}")
+        print(partial, file=sys.stderr)
+        jobs = done_jobs
+    else:
+        outcome = run_suite(jobs, out, engine=engine, device=args.device, progress=progress)
     bo.report_failures(outcome)
     summary = summarise(scores(jobs, outcome.records), study.optimizers, study.sigmas)
-    info = {"command": command, "study": asdict(study), "machine": bo.machine(), "engine": engine.describe(),
+    info = {"command": command, "study": asdict(study), "partial": partial, "machine": bo.machine(), "engine": engine.describe(),
             "wall_seconds": time.perf_counter() - t0, "computed": outcome.computed, "stored": outcome.stored,
             "failed": [{"job": f.job, "error": f.error, "attempts": f.attempts} for f in outcome.failed]}
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(bo.plain({**info, **summary}), indent=1))
     text = report_markdown(summary)
     (out / "report.md").write_text(f"Command: `{command}`\n\n{study.describe()}; {engine.describe()}, "
-                                   f"{info['wall_seconds'] / 60:.1f} min\n\n{text}\n")
+                                   f"{info['wall_seconds'] / 60:.1f} min\n\n{partial + chr(10) * 2 if partial else ''}"
+                                   f"{text}\n")
     print(json.dumps(bo.plain({**info, **summary}), allow_nan=False) if args.json else text)
     return 1 if outcome.failed else 0

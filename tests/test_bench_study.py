@@ -66,7 +66,20 @@ def test_quick_study_from_the_cli(tmp_path):
     report = (out / "report.md").read_text()
     assert "Wilcoxon" in report and "| 0.5 | pycma |" in report
     # the known-optimum unit's stored runs: their score is the fraction of the optimum of their images
-    assert len(list((out / "jobs" / "known").glob("*.json"))) == 2 * 2 * 3
+    known = sorted((out / "jobs" / "known").glob("*.json"))
+    assert len(known) == 2 * 2 * 3
+    # a study under way: --stored-only reports the complete units, computing nothing
+    known[0].unlink()
+    p = subprocess.run([sys.executable, "-m", "xdream.cli", "bench", "study", "--quick", "--stored-only",
+                        "--device", "cpu", "--out", str(out), "--json"], capture_output=True, text=True,
+                       timeout=400, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert p.returncode == 0, p.stderr
+    partial = json.loads(p.stdout.splitlines()[0])
+    assert partial["computed"] == 0 and partial["stored"] == 1 + 2 * 2 * 3      # the conv3 unit only
+    assert "the 1 of 2 units" in partial["partial"] and "known:" not in partial["partial"].split(": ", 1)[1]
+    assert all(r["n"] == 2 for r in partial["table"]) and partial["known_sigma0"]["sphere-es"]["n"] == 0
+    assert not known[0].exists()
+    assert "Partial: the 1 of 2 units" in (out / "report.md").read_text()
 
 
 def test_the_study_runs_in_the_default_space_and_sees_the_images_a_session_shows():

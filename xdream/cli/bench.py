@@ -25,6 +25,8 @@ def add_parser(sub) -> None:
     b.add_argument("--out", default="bench-optimizers", help="optimizers: results folder (default bench-optimizers)")
     b.add_argument("--replot", action="store_true",
                    help="optimizers: draw OUT/curves.png again from OUT/results.json, running nothing")
+    b.add_argument("--stored-only", action="store_true",
+                   help="study: report the units whose every job is stored in --out, computing nothing")
     b.add_argument("--list-jobs", action="store_true", help="optimizers: print one JSON job per line and exit")
     b.add_argument("--job", help="optimizers: run one job (a line of --list-jobs, or @FILE) into --out")
     b.add_argument("--workers", type=int, help="optimizers, validity: jobs running at once on Ray (default: "
