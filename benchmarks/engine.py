@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]      # the checkout: benchmarks/, simulators/, server/, xdream/
 # what a cluster's working_dir upload leaves out (results, environments, history)
-UPLOAD_EXCLUDES = [".git", ".venv", "**/__pycache__", "bench-*", "*.nwb", "*.npy", "node_modules"]
+UPLOAD_EXCLUDES = [".git", ".venv", "**/__pycache__", "bench-*", "*.nwb", "*.npy", "node_modules", ".mypy_cache",
+                   ".pytest_cache", ".ruff_cache", ".hypothesis", "build", "sessions", "*.egg-info"]
 ATTEMPTS = 2                                    # a failed job is tried once more, then reported
 
 

@@ -133,3 +133,80 @@ def test_cli_validity_on_a_local_ray_then_a_rerun_computes_nothing(tmp_path, ray
     second = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     assert second.returncode == 0, second.stderr
     assert (json.loads(second.stdout.splitlines()[0])["computed"]) == 0
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def session_processes(sid: int) -> list[int]:
+    ps = subprocess.run(["ps", "-eo", "pid,sid,stat"], capture_output=True, text=True, check=True).stdout
+    return [int(p) for p, s, stat in (line.split() for line in ps.splitlines()[1:])
+            if int(s) == sid and not stat.startswith("Z")]
+
+
+@pytest.fixture
+def ray_cluster(ray_dir, tmp_path):
+    """A Ray cluster as a lab runs one (`ray start --head`, token authentication), kept on
+    loopback: Ray would otherwise turn 127.0.0.1 into the machine's address.  Yields (address,
+    the environment a driver needs); afterwards every process of the head's session is gone."""
+    import secrets
+    import signal
+    import time
+    token = tmp_path / "ray_token"
+    token.write_text(secrets.token_hex(32))
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+               RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+    port = free_port()
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    head = subprocess.Popen([ray_cli, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                             "--num-cpus", "2", "--include-dashboard", "false", "--temp-dir", str(ray_dir),
+                             "--disable-usage-stats"], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    address = f"127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while subprocess.run([ray_cli, "status", "--address", address], env=env,
+                             capture_output=True).returncode != 0:
+            assert head.poll() is None, "ray start --head exited"
+            assert time.monotonic() < deadline, "the Ray head did not come up in 90 s"
+            time.sleep(1)
+        yield address, env
+    finally:
+        # `ray stop` would stop every Ray on the machine: kill this head's session only
+        for _ in range(10):
+            pids = session_processes(head.pid)
+            if not pids:
+                break
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.5)
+        head.wait(10)
+        assert session_processes(head.pid) == []
+
+
+def test_cli_validity_on_a_ray_cluster_by_address_gives_the_sequential_numbers(tmp_path, ray_cluster):
+    address, env = ray_cluster
+    out = tmp_path / "v"
+    args = [sys.executable, "-m", "xdream.cli", "bench", "validity", "--quick", "--spaces", "fourier", "--units",
+            "colour,blob", "--optimizers", "ga,sphere-es", "--generations", "2", "--batch", "6", "--image-size",
+            "32", "--out", str(out), "--json", "--address", address]
+    # the driver runs outside the checkout: the cluster's workers get the code as Ray's working_dir upload
+    p = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                       env=dict(env, PYTHONPATH=str(REPO)))
+    assert p.returncode == 0, p.stderr
+    assert f"Ray cluster {address}" in p.stderr
+    summary = json.loads(p.stdout.splitlines()[0])
+    assert (summary["computed"], summary["failed"]) == (4, [])
+    jobs = validity.list_jobs(validity.make_suite("quick", spaces=("fourier",), units=("colour", "blob"),
+                                                  optimizers=("ga", "sphere-es"), generations=2, population=6,
+                                                  image_size=32))
+    for job in jobs:
+        stored = validity.load_result(job, out)
+        assert stored is not None and stored["result"]["curve"] == validity.run_job(job)["result"]["curve"]
