@@ -263,7 +263,60 @@ def summarise(rows: list[dict], optimizers, sigmas) -> dict:
         known[o] = {"mean": m, "ci_low": lo, "ci_high": hi, "n": n}
     comparisons = [paired(rows, DEFAULT, peer, s) for s in sigmas for peer in PEERS
                    if peer in optimizers and DEFAULT in optimizers]
-    return {"table": table, "known_sigma0": known, "comparisons": comparisons}
+    by_group = []
+    for g in dict.fromkeys(group_of(r["unit"]) for r in rows):
+        for s in sigmas:
+            for o in optimizers:
+                m, lo, hi, n = interval([r["score"] for r in rows if r["sigma"] == s and r["optimizer"] == o
+                                         and group_of(r["unit"]) == g])
+                by_group.append({"group": g, "sigma": s, "optimizer": o, "mean": m, "ci_low": lo, "ci_high": hi,
+                                 "n": n})
+    return {"table": table, "known_sigma0": known, "comparisons": comparisons, "by_group": by_group}
+
+
+def group_of(unit: str) -> str:
+    """An AlexNet unit's layer ("conv2" of "conv2_c0..."), or the known-optimum unit itself."""
+    return unit if unit.startswith("known:") else re.split(r"[^A-Za-z0-9]", unit, maxsplit=1)[0]
+
+
+def plot(summary: dict, path: Path) -> Path:
+    """Left: each optimizer's mean normalised score per sigma with its 95 % interval.  Right: per
+    layer (AlexNet units) and per known-optimum unit, the mean at each sigma (one line per
+    optimizer and sigma), so that where an optimizer wins or loses shows."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    optimizers = list(dict.fromkeys(r["optimizer"] for r in summary["table"]))
+    sigmas = list(dict.fromkeys(r["sigma"] for r in summary["table"]))
+    groups = list(dict.fromkeys(r["group"] for r in summary["by_group"]))
+    colours = {o: f"C{i}" for i, o in enumerate(optimizers)}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1, 2.4]})
+    width = 0.8 / max(len(optimizers), 1)
+    for i, o in enumerate(optimizers):
+        rows = [next(r for r in summary["table"] if r["sigma"] == s and r["optimizer"] == o) for s in sigmas]
+        x = np.arange(len(sigmas)) + (i - (len(optimizers) - 1) / 2) * width
+        m = np.array([r["mean"] for r in rows], dtype=float)
+        err = np.array([[r["mean"] - r["ci_low"] for r in rows], [r["ci_high"] - r["mean"] for r in rows]],
+                       dtype=float)
+        left.errorbar(x, m, yerr=np.nan_to_num(err), fmt="o", color=colours[o], capsize=3, label=o)
+        for s_i, s in enumerate(sigmas):
+            pts = [g for g in summary["by_group"] if g["sigma"] == s and g["optimizer"] == o]
+            right.plot(range(len(groups)), [next(p["mean"] for p in pts if p["group"] == g) for g in groups],
+                       color=colours[o], linestyle=("-", "--", ":")[s_i % 3], marker=".",
+                       label=f"{o}, σ {s:g}")
+    left.set_xticks(range(len(sigmas)), [f"σ {s:g}" for s in sigmas])
+    left.set_ylabel("normalised score of the final best image")
+    left.set_title("mean over units x seeds, 95 % interval", fontsize=9)
+    right.set_xticks(range(len(groups)), [g.removeprefix("known:") for g in groups], rotation=30, fontsize=8)
+    right.set_title("per layer / known-optimum unit (mean over units x seeds)", fontsize=9)
+    for ax in (left, right):
+        ax.set_ylim(0, 1.05)
+        ax.grid(alpha=0.3)
+    right.legend(fontsize=7, ncol=len(optimizers), loc="upper center", bbox_to_anchor=(0.5, -0.25))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def unit_key(job: dict) -> str:
@@ -336,6 +389,8 @@ def cli_bench_study(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(bo.plain({**info, **summary}), indent=1))
     text = report_markdown(summary)
+    if summary["table"] and any(r["n"] for r in summary["table"]):
+        plot(summary, out / "study.png")
     (out / "report.md").write_text(f"Command: `{command}`\n\n{study.describe()}; {engine.describe()}, "
                                    f"{info['wall_seconds'] / 60:.1f} min\n\n{partial + chr(10) * 2 if partial else ''}"
                                    f"{text}\n")

@@ -63,6 +63,9 @@ def test_quick_study_from_the_cli(tmp_path):
     for c in summary["comparisons"]:
         assert c["n"] == 4 and c["wins"] + c["losses"] + c["ties"] == 4
     assert 0 <= summary["known_sigma0"]["sphere-es"]["mean"] <= 1
+    groups = {g["group"] for g in summary["by_group"]}
+    assert groups == {"conv3", "known:colour"}
+    assert (out / "study.png").stat().st_size > 10_000
     report = (out / "report.md").read_text()
     assert "Wilcoxon" in report and "| 0.5 | pycma |" in report
     # the known-optimum unit's stored runs: their score is the fraction of the optimum of their images
