@@ -141,9 +141,10 @@ def available_optimizers() -> tuple[str, ...]:
     return tuple(OPTIMIZERS)
 
 
-def new_optimizer(kind: str, rng: np.random.Generator, population: int, init_codes: np.ndarray):
+def new_optimizer(kind: str, rng: np.random.Generator, population: int, init_codes: np.ndarray, **params):
     from server.optimizers import make_optimizer
-    return make_optimizer(kind, init_codes.shape[1:], rng, population=population, init_codes=init_codes, name=kind)
+    return make_optimizer(kind, init_codes.shape[1:], rng, population=population, init_codes=init_codes, name=kind,
+                          **params)
 
 
 def optimizer_params(opt) -> dict:
@@ -308,7 +309,8 @@ def run_run(job: dict, pipe, observer=None, score=None, unit_id: str | None = No
     # the same codes; the optimizer's own draws do not depend on sigma
     init = _stream("init", unit_id, seed).standard_normal((population, int(np.prod(pipe.code_shape))))
     key = STREAM_NAME.get(kind, kind)
-    opt = new_optimizer(kind, _stream("optimizer", unit_id, seed, key), population, init)
+    opt = new_optimizer(kind, _stream("optimizer", unit_id, seed, key), population, init,
+                        **job.get("optimizer_params", {}))   # the study's default, as its config sets it
     noise_rng = _stream("noise", unit_id, seed, key, sigma)
     curves = {k: [] for k in ("clean_max", "clean_mean", "seen_max", "seen_mean", "norm_mean", "norm_max")}
     best_ever, best_gen = -math.inf, -1

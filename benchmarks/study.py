@@ -123,6 +123,30 @@ def make_study(name: str = "study", **overrides) -> Study:
 
 # --------------------------------------------------------------------------- jobs
 
+def default_optimizer_params() -> dict:
+    """The keywords the embedded default config gives its optimizer where they differ from the
+    class's own defaults: the study runs the default as a session would build it."""
+    from server.optimizers import CONFIG_PARAMS, OPTIMIZERS
+    from xdream import config
+    found = set()
+    for t in config.load(None).threads:
+        kind = canonical_kind(t.optimizer.kind)
+        if kind != DEFAULT:
+            raise ConfigError(f"the default config's optimizer is {kind}; the study compares {DEFAULT}")
+        own = inspect.signature(OPTIMIZERS[kind].__init__).parameters
+        params = {}
+        for key in CONFIG_PARAMS[kind]:
+            value = getattr(t.optimizer, key)
+            if key == "decay_generations" and value == 0:
+                continue   # "the session's length": every optimizer of the study keeps its own schedule
+            if value != own[key].default:
+                params[key] = value
+        found.add(json.dumps(params, sort_keys=True))
+    if len(found) != 1:
+        raise ConfigError(f"the default config's threads configure {DEFAULT} differently: {sorted(found)}")
+    return json.loads(found.pop())
+
+
 def make_setting(study: Study, generator_weights: str | None = None, alexnet_weights: str | None = None) -> dict:
     return bo.make_setting(generator_weights, alexnet_weights, generator_kind=study.space)
 
@@ -143,6 +167,11 @@ def list_jobs(study: Study, setting: dict) -> list[dict]:
                                  "unit_config": validity.UNITS[name], "image_size": study.image_size,
                                  "sigma": float(sigma), "seed": int(seed), "optimizer": opt,
                                  "generations": study.generations, "population": study.population})
+    params = default_optimizer_params()
+    if params:      # named only when set, so that the class's defaults keep their stored jobs
+        for job in jobs:
+            if job["type"] != "whitebox" and job["optimizer"] == DEFAULT:
+                job["optimizer_params"] = params
     return jobs
 
 

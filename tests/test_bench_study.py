@@ -108,3 +108,31 @@ def test_the_study_runs_in_the_default_space_and_sees_the_images_a_session_shows
         bs.list_jobs(fc6, bs.make_setting(s))
     with pytest.raises(bs.ConfigError, match="unknown study space"):
         bs.make_study("quick", space="fourier")
+
+
+def test_the_study_runs_the_default_optimizer_as_the_default_config_sets_it(monkeypatch):
+    import numpy as np
+
+    from benchmarks import optimizers as bo
+    from xdream import config
+    s = bs.make_study("quick")
+    assert bs.default_optimizer_params() == {}      # today's default: the class's own keywords
+    assert all("optimizer_params" not in j for j in bs.list_jobs(s, bs.make_setting(s)))
+    shipped = config.load(None)
+    data = config.to_dict(shipped)
+    for t in data["threads"]:
+        t["optimizer"]["max_norm_factor"] = 30.0
+    monkeypatch.setattr(config, "load", lambda path=None: config.from_dict(data))
+    assert bs.default_optimizer_params() == {"max_norm_factor": 30.0}
+    jobs = bs.list_jobs(s, bs.make_setting(s))
+    for j in jobs:
+        assert ("optimizer_params" in j) == (j["type"] != "whitebox" and j["optimizer"] == "sphere-es")
+    job = next(j for j in jobs if j["type"] == "run" and j["optimizer"] == "sphere-es")
+
+    class Flat:                 # a pipeline of the study's code size; the score is the code's norm
+        code_shape = (100,)
+    result = bo.run_run(dict(job, generations=2), Flat(), score=lambda c: np.linalg.norm(c, axis=1), unit_id="u")
+    assert result["optimizer_params"]["max_norm_factor"] == 30.0
+    data["threads"][1]["optimizer"]["max_norm_factor"] = 20.0     # two threads, two settings: which is "the default"?
+    with pytest.raises(bs.ConfigError, match="differently"):
+        bs.default_optimizer_params()
