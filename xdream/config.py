@@ -115,7 +115,7 @@ class OptimizerConfig:
     norm_rate: Annotated[float, Meta(ge=0)] = 1.0           # how fast the code norm follows the scores; 0: fixed norm
     init_norm_factor: Positive = 3.0    # the code norm starts at this times the first codes' norm ...
     min_norm_factor: Positive = 3.0     # ... and stays within min .. max times it (3, 3, 10: sized for
-    max_norm_factor: Positive = 10.0    # DeePSiM fc6 codes, and best measured in dcgan-face too)
+    max_norm_factor: Positive = 10.0    # DeePSiM fc6 codes; the default config's dcgan-face sets 20, 3, 40)
 
     def __post_init__(self) -> None:
         self.kind = canonical_kind(self.kind)   # an old name ("ours") loads as the kind it names

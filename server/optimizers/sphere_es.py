@@ -40,7 +40,10 @@ A generation, after the first:
     its code distribution (a GAN) 1, 0.5, 10 looked natural, but in the
     dcgan-face space at 3,000 presentations the defaults did better (colour
     unit 0.93 against 0.56 of its optimum; benchmarks/norm_bounds.py,
-    docs/benchmarks.md, Validity): contrast pays there too.
+    docs/benchmarks.md, Validity): contrast pays there too, and more of it:
+    at 3, 3, 10 the norm ended at its cap (10 x ~10) on AlexNet units, and
+    the embedded default config (dcgan-face) sets 20, 3, 40, which won 33
+    of 36 paired runs against 3, 3, 10 on them (docs/benchmarks.md, Study).
 An odd population adds the centre itself, scored but not used.  The first
 generation is `init_codes` (or N(0, I)); its rank-weighted best half gives the
 first centre direction.
