@@ -110,6 +110,16 @@ def test_a_failed_job_is_retried_once_then_reported(tmp_path, ray_dir, kind):
     assert outcome.computed == 3
 
 
+def assert_the_sequential_curves(out: Path) -> None:
+    """The tiny validity suite's stored curves are the ones this process computes sequentially."""
+    jobs = validity.list_jobs(validity.make_suite("quick", spaces=("fourier",), units=("colour", "blob"),
+                                                  optimizers=("ga", "sphere-es"), generations=2, population=6,
+                                                  image_size=32))
+    for job in jobs:
+        stored = validity.load_result(job, out)
+        assert stored is not None and stored["result"]["curve"] == validity.run_job(job)["result"]["curve"]
+
+
 def test_cli_validity_on_a_local_ray_then_a_rerun_computes_nothing(tmp_path, ray_dir):
     out = tmp_path / "v"
     env = dict(os.environ, RAY_TMPDIR=str(ray_dir), PYTHONPATH=str(REPO))
@@ -123,13 +133,7 @@ def test_cli_validity_on_a_local_ray_then_a_rerun_computes_nothing(tmp_path, ray
     assert (summary["computed"], summary["stored"], summary["failed"]) == (4, 0, [])
     assert len(list(out.glob("jobs/*.json"))) == 4
     assert list((ray_dir / "ray").glob("session_*")), "Ray's session folder is not under the test's tmp path"
-    # the same numbers as this process computes sequentially
-    jobs = validity.list_jobs(validity.make_suite("quick", spaces=("fourier",), units=("colour", "blob"),
-                                                  optimizers=("ga", "sphere-es"), generations=2, population=6,
-                                                  image_size=32))
-    for job in jobs:
-        stored = validity.load_result(job, out)
-        assert stored is not None and stored["result"]["curve"] == validity.run_job(job)["result"]["curve"]
+    assert_the_sequential_curves(out)
     second = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     assert second.returncode == 0, second.stderr
     assert (json.loads(second.stdout.splitlines()[0])["computed"]) == 0
@@ -204,9 +208,4 @@ def test_cli_validity_on_a_ray_cluster_by_address_gives_the_sequential_numbers(t
     assert f"Ray cluster {address}" in p.stderr
     summary = json.loads(p.stdout.splitlines()[0])
     assert (summary["computed"], summary["failed"]) == (4, [])
-    jobs = validity.list_jobs(validity.make_suite("quick", spaces=("fourier",), units=("colour", "blob"),
-                                                  optimizers=("ga", "sphere-es"), generations=2, population=6,
-                                                  image_size=32))
-    for job in jobs:
-        stored = validity.load_result(job, out)
-        assert stored is not None and stored["result"]["curve"] == validity.run_job(job)["result"]["curve"]
+    assert_the_sequential_curves(out)
