@@ -333,6 +333,7 @@ def plot(summary: dict, path: Path) -> Path:
             right.plot(range(len(groups)), [next(p["mean"] for p in pts if p["group"] == g) for g in groups],
                        color=colours[o], linestyle=("-", "--", ":")[s_i % 3], marker=".",
                        label=f"{o}, σ {s:g}")
+    left.legend(fontsize=7, loc="lower left")
     left.set_xticks(range(len(sigmas)), [f"σ {s:g}" for s in sigmas])
     left.set_ylabel("normalised score of the final best image")
     left.set_title("mean over units x seeds, 95 % interval", fontsize=9)
