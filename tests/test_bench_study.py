@@ -116,18 +116,21 @@ def test_the_study_runs_the_default_optimizer_as_the_default_config_sets_it(monk
     from benchmarks import optimizers as bo
     from xdream import config
     s = bs.make_study("quick")
-    assert bs.default_optimizer_params() == {}      # today's default: the class's own keywords
+    shipped = {"init_norm_factor": 20.0, "max_norm_factor": 40.0}          # xdream/default_config.toml
+    assert bs.default_optimizer_params() == shipped
+    for j in bs.list_jobs(s, bs.make_setting(s)):
+        assert j.get("optimizer_params") == (shipped if j["type"] != "whitebox" and j["optimizer"] == "sphere-es"
+                                             else None)
+    data = config.to_dict(config.load(None))
+    monkeypatch.setattr(config, "load", lambda path=None: config.from_dict(data))
+    for t in data["threads"]:    # the class's own keywords: named nowhere, so stored jobs keep their keys
+        t["optimizer"].update(init_norm_factor=3.0, max_norm_factor=10.0)
+    assert bs.default_optimizer_params() == {}
     assert all("optimizer_params" not in j for j in bs.list_jobs(s, bs.make_setting(s)))
-    shipped = config.load(None)
-    data = config.to_dict(shipped)
     for t in data["threads"]:
         t["optimizer"]["max_norm_factor"] = 30.0
-    monkeypatch.setattr(config, "load", lambda path=None: config.from_dict(data))
     assert bs.default_optimizer_params() == {"max_norm_factor": 30.0}
-    jobs = bs.list_jobs(s, bs.make_setting(s))
-    for j in jobs:
-        assert ("optimizer_params" in j) == (j["type"] != "whitebox" and j["optimizer"] == "sphere-es")
-    job = next(j for j in jobs if j["type"] == "run" and j["optimizer"] == "sphere-es")
+    job = next(j for j in bs.list_jobs(s, bs.make_setting(s)) if j["type"] == "run" and j["optimizer"] == "sphere-es")
 
     class Flat:                 # a pipeline of the study's code size; the score is the code's norm
         code_shape = (100,)
