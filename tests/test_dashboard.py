@@ -341,6 +341,15 @@ def _shown(seq: int) -> dict:
     return {"v": 1, "kind": "presentation", "seq": seq, "t": time.time(), "fate": "shown", "late": False}
 
 
+def _open_with_snapshots_routed(p, url: str, handler):
+    """Debian's Chromium on `url`, every snapshot request going through `handler` (a Playwright route)."""
+    browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+    page = browser.new_page()
+    page.route("**/api/snapshot", handler)
+    page.goto(url)
+    return browser, page
+
+
 def test_a_page_opened_mid_session_misses_no_event_and_counts_none_twice(tmp_path):
     """The page listens first and takes its snapshot after (the clone pattern): an event published
     while the snapshot is on its way is drawn, and one that is in the snapshot and also comes
@@ -356,10 +365,7 @@ def test_a_page_opened_mid_session_misses_no_event_and_counts_none_twice(tmp_pat
             route.fulfill(response=reply)
 
         with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-            page = browser.new_page()
-            page.route("**/api/snapshot", slow_snapshot)
-            page.goto(url)
+            browser, page = _open_with_snapshots_routed(p, url, slow_snapshot)
             _wait(lambda: page.locator("#trajectory").get_attribute("data-points"), 20, "the trajectory")
             time.sleep(1.0)                 # a redraw is at most 200 ms behind its event
             points = int(page.locator("#trajectory").get_attribute("data-points"))
@@ -389,10 +395,7 @@ def test_a_resync_asked_while_a_snapshot_is_on_its_way_takes_a_fresh_one_and_los
             route.fulfill(response=reply)
 
         with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-            page = browser.new_page()
-            page.route("**/api/snapshot", slow_snapshots)
-            page.goto(url)
+            browser, page = _open_with_snapshots_routed(p, url, slow_snapshots)
             # (the sync API handles routes only inside its own calls: wait_for_timeout lets it)
             _wait(lambda: page.wait_for_timeout(50) or len(fetched) >= 2, 20, "a second snapshot")
             publish(_shown(5))
