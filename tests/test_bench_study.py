@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -46,13 +47,21 @@ def test_interval_and_paired_test_on_numbers_worked_by_hand():
     assert (c["wins"], c["losses"]) == (9, 1) and c["p"] > 2 / 1024
 
 
-def test_quick_study_from_the_cli(tmp_path):
-    out = tmp_path / "s"
+@pytest.fixture(scope="module")
+def quick_study(tmp_path_factory):
+    """`xdream bench study --quick`, run once sequentially: its folder and its JSON summary."""
+    out = tmp_path_factory.mktemp("study") / "s"
     p = subprocess.run([sys.executable, "-m", "xdream.cli", "bench", "study", "--quick", "--sequential",
                         "--device", "cpu", "--out", str(out), "--json"], capture_output=True, text=True,
-                       timeout=400, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(REPO)))
+                       timeout=400, cwd=out.parent, env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert p.returncode == 0, p.stderr
-    summary = json.loads(p.stdout.splitlines()[0])
+    return out, json.loads(p.stdout.splitlines()[0])
+
+
+def test_quick_study_from_the_cli(quick_study, tmp_path):
+    stored, summary = quick_study
+    out = tmp_path / "s"
+    shutil.copytree(stored, out)       # this test deletes a stored job; the folder is shared
     assert summary["failed"] == [] and summary["computed"] == 1 + 2 * 2 * 2 * 3   # white-box + runs
     table = summary["table"]
     assert {(r["sigma"], r["optimizer"]) for r in table} == {(s, o) for s in (0.0, 0.5)
@@ -139,3 +148,19 @@ def test_the_study_runs_the_default_optimizer_as_the_default_config_sets_it(monk
     data["threads"][1]["optimizer"]["max_norm_factor"] = 20.0     # two threads, two settings: which is "the default"?
     with pytest.raises(bs.ConfigError, match="differently"):
         bs.default_optimizer_params()
+
+
+def test_a_variant_without_keywords_reproduces_the_stored_default_and_a_keyword_changes_it(quick_study):
+    from benchmarks import study_variant
+
+    out, _ = quick_study
+    same = study_variant.compare(out, ["conv3"], 0.0, {}, "quick", log=lambda line: None)
+    assert len(same) == 2                                       # conv3 c0 x seeds 0, 1
+    for row in same:
+        assert row["variant"] == row["stored"]["sphere-es"]     # same seed, codes and noise: same run
+    held = {"min_norm_factor": 1.0, "init_norm_factor": 1.0, "max_norm_factor": 1.0}
+    capped = study_variant.compare(out, ["conv3"], 0.0, held, "quick", log=lambda line: None)
+    assert len(capped) == 2 and all(r["variant"] != r["stored"]["sphere-es"] for r in capped)
+    # held near the first codes' norm (about sqrt(100) = 10, give or take the pairs' log-norm offsets),
+    # where the config's default starts at 20 times it
+    assert max(r["code_norm"] for r in capped) < 30 < 100 < min(r["code_norm"] for r in same)
