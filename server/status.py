@@ -10,8 +10,9 @@ ever puts a tuple on a queue (microseconds):
 - ROUTER (`network.status_bind`): requests from REQ/DEALER clients:
   `snapshot` (the session so far, folded by xdream.status_state: what a late
   subscriber starts from, with the `seq` to continue after, zguide's "clone"
-  pattern), and the controls `pause`, `resume`, `stop`, handed to the session
-  loop with `call_soon_threadsafe`.  Beyond loopback the controls need the
+  pattern), `run` (this server run's id and last seq, a few bytes: how a
+  follower tells a restarted server from a quiet one), and the controls `pause`,
+  `resume`, `stop`, handed to the session loop with `call_soon_threadsafe`.  Beyond loopback the controls need the
   token the server prints at start.
 
 Thumbnails (JPEG, THUMB_PX a side) are encoded in that thread too, never on
@@ -92,6 +93,7 @@ class StatusPublisher(NullStatus):
         self._thread: threading.Thread | None = None
         self._ctx: zmq.Context | None = None
         self._seq = 0
+        self.run_id = secrets.token_hex(8)   # seq restarts at 1 with each run: a follower needs to know which
 
     def start(self, on_control: Callable[[str, str], None]) -> str:
         """Bind both sockets (a failure is a SessionError naming the endpoint) and start the
@@ -215,8 +217,11 @@ class StatusPublisher(NullStatus):
             request = check_request(raw)
             op = request["op"]
             if op == "snapshot":
-                reply = {"v": STATUS_VERSION, "ok": True, "pub": self.pub_endpoint,
+                reply = {"v": STATUS_VERSION, "ok": True, "pub": self.pub_endpoint, "run": self.run_id,
                          "snapshot": self.state.snapshot()}
+            elif op == "run":
+                reply = {"v": STATUS_VERSION, "ok": True, "pub": self.pub_endpoint, "run": self.run_id,
+                         "seq": self.state.seq}
             else:
                 if self.token and not secrets.compare_digest(request.get("token", ""), self.token):
                     raise ProtocolError(f"{op} needs the control token the server printed at start")

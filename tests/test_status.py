@@ -246,3 +246,68 @@ async def test_a_dashboard_that_missed_events_takes_a_fresh_snapshot_and_misses_
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         publisher.close()
+
+
+@pytest.mark.parametrize("same_pub_port", [False, True], ids=["new-pub-port", "same-pub-port"])
+async def test_a_dashboard_follows_a_server_restarted_on_the_same_endpoint(same_pub_port, caplog):
+    """A server restarted after a crash (`xdream serve --resume`) on the same status endpoint is a
+    new run: seq starts again at 1, and with status_pub_port 0 its PUB is on another port. The
+    follower must show the new run's events, not keep the old run's view with every new seq
+    ignored as already seen."""
+    from xdream.dashboard.live import follow
+    from xdream.dashboard.web import Hub
+
+    first = StatusPublisher("tcp://127.0.0.1:0")
+    endpoint = first.start(lambda op, who: None)
+    pub_port = int(first.pub_endpoint.rsplit(":", 1)[1]) if same_pub_port else 0
+    hub = Hub(StatusState(), live=True)
+    task = asyncio.create_task(follow(hub, endpoint))
+    second = None
+
+    async def until(check, what):
+        for _ in range(200):
+            if check():
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"the dashboard never showed {what}: {hub.state.snapshot()['warnings']}")
+
+    try:
+        for i in range(5):        # before or after it subscribed: then in its snapshot
+            first.emit("warning", text=f"first run {i}")
+        await until(lambda: hub.state.seq == 5, "the first run's 5 events")
+        first.close()
+        second = StatusPublisher(endpoint, pub_port)           # the same status endpoint
+        assert second.start(lambda op, who: None) == endpoint and second.run_id != first.run_id
+        for i in range(2):
+            second.emit("warning", text=f"second run {i}")
+        await until(lambda: [w["text"] for w in hub.state.warnings] == ["second run 0", "second run 1"],
+                    "the second run's state (its snapshot)")
+        second.emit("warning", text="second run 2")            # and its events after the snapshot
+        await until(lambda: hub.state.seq == 3 and hub.state.warnings[-1]["text"] == "second run 2",
+                    "the second run's next event")
+        assert "restarted (a new run)" in caplog.text
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        first.close()
+        if second is not None:
+            second.close()
+
+
+async def test_the_run_request_names_the_run_and_its_last_seq(zmq_ctx):
+    publisher = StatusPublisher("tcp://127.0.0.1:0")
+    endpoint = publisher.start(lambda op, who: None)
+    try:
+        publisher.emit("warning", text="one")
+        for _ in range(100):
+            reply = await asyncio.to_thread(status_client.request, zmq_ctx, endpoint, "run")
+            if reply["seq"] == 1:
+                break
+            await asyncio.sleep(0.02)
+        assert reply["run"] == publisher.run_id and reply["seq"] == 1 and "snapshot" not in reply
+        assert reply["pub"] == publisher.pub_endpoint
+        snap = await asyncio.to_thread(status_client.request, zmq_ctx, endpoint, "snapshot")
+        assert snap["run"] == publisher.run_id
+        assert StatusPublisher("tcp://127.0.0.1:0").run_id != publisher.run_id
+    finally:
+        publisher.close()

@@ -22,7 +22,7 @@ MAX_REQUEST_BYTES = 4096   # a request is an op and a token: anything larger is 
 # what the PUB socket carries, one kind per topic frame
 KINDS = ("session", "block", "presentation", "generation", "peers", "control", "warning", "end")
 # what the ROUTER socket answers
-OPS = ("snapshot", "pause", "resume", "stop")
+OPS = ("snapshot", "run", "pause", "resume", "stop")
 CONTROL_OPS = ("pause", "resume", "stop")
 STATES = ("running", "paused", "stopping", "ended")
 
