@@ -388,7 +388,7 @@ def cli_bench_study(args) -> int:
     out = Path(args.out if args.out != "bench-optimizers" else "bench-study")
     study = make_study("quick" if args.quick else "study", optimizers=bo._csv(args.optimizers),
                        seeds=tuple(range(args.seeds)) if args.seeds else None, generations=args.generations,
-                       space=args.space)
+                       space=args.space, layers=bo._csv(args.layers), known=bo._csv(args.units))
     setting = make_setting(study, args.generator_weights, args.alexnet_weights)
     jobs = list_jobs(study, setting)
     engine = engine_from_args(args)

@@ -164,3 +164,19 @@ def test_a_variant_without_keywords_reproduces_the_stored_default_and_a_keyword_
     # held near the first codes' norm (about sqrt(100) = 10, give or take the pairs' log-norm offsets),
     # where the config's default starts at 20 times it
     assert max(r["code_norm"] for r in capped) < 30 < 100 < min(r["code_norm"] for r in same)
+
+
+def test_the_study_reports_on_the_layers_and_units_it_is_given(quick_study, tmp_path):
+    """--layers and --units choose the units (a report on the units not used to tune the default):
+    here conv3 and the blob unit, whose jobs the quick study did not store."""
+    out = tmp_path / "s"
+    shutil.copytree(quick_study[0], out)     # the report is written there; the folder is shared
+    p = subprocess.run([sys.executable, "-m", "xdream.cli", "bench", "study", "--quick", "--stored-only",
+                        "--layers", "conv3", "--units", "blob", "--device", "cpu", "--out", str(out), "--json"],
+                       capture_output=True, text=True, timeout=400, cwd=tmp_path,
+                       env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert p.returncode == 0, p.stderr
+    partial = json.loads(p.stdout.splitlines()[0])
+    assert partial["study"]["known"] == ["blob"] and partial["study"]["layers"] == ["conv3"]
+    assert partial["partial"].startswith("Partial: the 1 of 2 units") and "blob" not in partial["partial"]
+    assert partial["computed"] == 0 and all(r["n"] == 2 for r in partial["table"])

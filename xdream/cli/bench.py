@@ -40,7 +40,7 @@ def add_parser(sub) -> None:
                                                                "(default: seeded random weights)")
     b.add_argument("--alexnet-weights", metavar="FILE", help="optimizers: torchvision-style AlexNet state dict "
                                                              "(default: seeded random weights)")
-    b.add_argument("--layers", help="optimizers: comma-separated AlexNet layers (overrides the suite's)")
+    b.add_argument("--layers", help="optimizers, study: comma-separated AlexNet layers (overrides the suite's)")
     b.add_argument("--channels", type=int, help="optimizers: channels 0..N-1 of each layer")
     b.add_argument("--channel-list", help="optimizers: comma-separated channels of each layer")
     b.add_argument("--seeds", type=int, help="optimizers: seeds 0..N-1 per unit and noise level")
@@ -56,8 +56,8 @@ def add_parser(sub) -> None:
                                     "deepsim-fc6-weights is added with --generator-weights)")
     b.add_argument("--space", choices=["dcgan-face", "deepsim-fc6"],
                    help="study: the image space (default: the embedded default config's, dcgan-face)")
-    b.add_argument("--units", help="validity: comma-separated known-optimum units (colour, gabor-energy, blob, "
-                                   "convnet-capped)")
+    b.add_argument("--units", help="validity, study: comma-separated known-optimum units (colour, gabor-energy, "
+                                   "blob, convnet-capped)")
     b.add_argument("--image-size", type=int, help="validity: image side in px (default 128; quick 64)")
     b.add_argument("--seconds", type=float, default=20.0, help="adapters: rig seconds of codes per rig (default 20)")
     b.add_argument("--rigs", help="adapters: comma-separated rigs (default: every one with a simulated peer)")
