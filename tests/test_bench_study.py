@@ -47,15 +47,20 @@ def test_interval_and_paired_test_on_numbers_worked_by_hand():
     assert (c["wins"], c["losses"]) == (9, 1) and c["p"] > 2 / 1024
 
 
+def study_cli(out: Path, *args: str) -> dict:
+    """`xdream bench study --quick ARGS --out OUT --json` from outside the checkout: its JSON summary."""
+    p = subprocess.run([sys.executable, "-m", "xdream.cli", "bench", "study", "--quick", *args, "--device", "cpu",
+                        "--out", str(out), "--json"], capture_output=True, text=True, timeout=400, cwd=out.parent,
+                       env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout.splitlines()[0])
+
+
 @pytest.fixture(scope="module")
 def quick_study(tmp_path_factory):
     """`xdream bench study --quick`, run once sequentially: its folder and its JSON summary."""
     out = tmp_path_factory.mktemp("study") / "s"
-    p = subprocess.run([sys.executable, "-m", "xdream.cli", "bench", "study", "--quick", "--sequential",
-                        "--device", "cpu", "--out", str(out), "--json"], capture_output=True, text=True,
-                       timeout=400, cwd=out.parent, env=dict(os.environ, PYTHONPATH=str(REPO)))
-    assert p.returncode == 0, p.stderr
-    return out, json.loads(p.stdout.splitlines()[0])
+    return out, study_cli(out, "--sequential")
 
 
 def test_quick_study_from_the_cli(quick_study, tmp_path):
@@ -82,11 +87,7 @@ def test_quick_study_from_the_cli(quick_study, tmp_path):
     assert len(known) == 2 * 2 * 3
     # a study under way: --stored-only reports the complete units, computing nothing
     known[0].unlink()
-    p = subprocess.run([sys.executable, "-m", "xdream.cli", "bench", "study", "--quick", "--stored-only",
-                        "--device", "cpu", "--out", str(out), "--json"], capture_output=True, text=True,
-                       timeout=400, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(REPO)))
-    assert p.returncode == 0, p.stderr
-    partial = json.loads(p.stdout.splitlines()[0])
+    partial = study_cli(out, "--stored-only")
     assert partial["computed"] == 0 and partial["stored"] == 1 + 2 * 2 * 3      # the conv3 unit only
     assert "the 1 of 2 units" in partial["partial"] and "known:" not in partial["partial"].split(": ", 1)[1]
     assert all(r["n"] == 2 for r in partial["table"]) and partial["known_sigma0"]["sphere-es"]["n"] == 0
@@ -171,12 +172,7 @@ def test_the_study_reports_on_the_layers_and_units_it_is_given(quick_study, tmp_
     here conv3 and the blob unit, whose jobs the quick study did not store."""
     out = tmp_path / "s"
     shutil.copytree(quick_study[0], out)     # the report is written there; the folder is shared
-    p = subprocess.run([sys.executable, "-m", "xdream.cli", "bench", "study", "--quick", "--stored-only",
-                        "--layers", "conv3", "--units", "blob", "--device", "cpu", "--out", str(out), "--json"],
-                       capture_output=True, text=True, timeout=400, cwd=tmp_path,
-                       env=dict(os.environ, PYTHONPATH=str(REPO)))
-    assert p.returncode == 0, p.stderr
-    partial = json.loads(p.stdout.splitlines()[0])
+    partial = study_cli(out, "--stored-only", "--layers", "conv3", "--units", "blob")
     assert partial["study"]["known"] == ["blob"] and partial["study"]["layers"] == ["conv3"]
     assert partial["partial"].startswith("Partial: the 1 of 2 units") and "blob" not in partial["partial"]
     assert partial["computed"] == 0 and all(r["n"] == 2 for r in partial["table"])
