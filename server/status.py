@@ -11,9 +11,10 @@ ever puts a tuple on a queue (microseconds):
   `snapshot` (the session so far, folded by xdream.status_state: what a late
   subscriber starts from, with the `seq` to continue after, zguide's "clone"
   pattern), `run` (this server run's id and last seq, a few bytes: how a
-  follower tells a restarted server from a quiet one), and the controls `pause`,
-  `resume`, `stop`, handed to the session loop with `call_soon_threadsafe`.  Beyond loopback the controls need the
-  token the server prints at start.
+  follower tells a restarted server from a quiet one), and the controls
+  `pause`, `resume`, `stop`, handed to the session loop with
+  `call_soon_threadsafe`.  Beyond loopback the controls need the token the
+  server prints at start.
 
 Thumbnails (JPEG, THUMB_PX a side) are encoded in that thread too, never on
 the loop: PNG-encoding a generation on the loop costs 250-400 ms (design.md).
